@@ -1,0 +1,1 @@
+"""callward collector: receive OTLP -> decode -> spool -> write Parquet. The only writer of the store."""

@@ -1,0 +1,1 @@
+"""callward enforcer: the policy language (`policy`), the decision (`engine`) and thin adapters."""

@@ -1,0 +1,367 @@
+"""The decision: a pure function of (compiled policy, request, limit state, now).
+
+:func:`decide` reads no clock, does no I/O and logs nothing; everything it needs
+is passed in. That is what lets the gRPC server, the MCP proxy, ``policy test``
+and replay share this one implementation, and tests run it with a fake clock.
+
+Evaluation order for one call (docs/policy.md has the contract):
+
+1. hidden tool -> deny ``/hide/N``
+2. no matching ``tools`` entry -> ``/default`` (deny, or allow subject to ``all_tools.limits``)
+3. ``action: deny`` -> deny
+4. every ``require`` rule must hold, else deny ``.../require/N``
+5. the first ``deny_if`` rule that holds denies (or asks approval if its action says so)
+6. ``action: require_approval`` -> require_approval
+7. every limit (tool's, then ``all_tools``) must have room; the first full one denies
+8. allow, and only then reserve one unit of every applicable limit
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, Protocol
+
+from enforcer.policy import CompiledPolicy, Condition, Limit, Rule, ToolRule
+
+ALLOW = "allow"
+DENY = "deny"
+REQUIRE_APPROVAL = "require_approval"
+
+CounterKey = tuple[str, str, int]
+"""(counter, scope key, window start in epoch seconds, UTC-aligned)."""
+
+
+class Request(NamedTuple):
+    """One tool call as the engine sees it. ``arguments`` is the decoded JSON object."""
+
+    tool: str
+    arguments: Mapping[str, Any]
+    server: str = ""
+    grant: str = ""
+    agent_id: str = ""
+    session_id: str = ""
+    call_id: str = ""
+
+
+class Decision(NamedTuple):
+    decision: str
+    rule: str
+    message: str
+    policy_version: str
+    reserved: tuple[CounterKey, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == ALLOW
+
+
+class LimitState(Protocol):
+    """Counters of allowed calls, keyed by (counter, scope key, window start)."""
+
+    def count(self, key: CounterKey) -> int: ...
+
+    def add(self, keys: Iterable[CounterKey]) -> None: ...
+
+    def release(self, keys: Iterable[CounterKey]) -> None: ...
+
+
+class InMemoryLimitState:
+    """A dict of counters. Not thread-safe: callers serialise decide+add (the server holds a lock)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[CounterKey, int] = {}
+
+    def count(self, key: CounterKey) -> int:
+        return self.counts.get(key, 0)
+
+    def add(self, keys: Iterable[CounterKey]) -> None:
+        c = self.counts
+        for k in keys:
+            c[k] = c.get(k, 0) + 1
+
+    def release(self, keys: Iterable[CounterKey]) -> None:
+        c = self.counts
+        for k in keys:
+            n = c.get(k, 0) - 1
+            if n > 0:
+                c[k] = n
+            else:
+                c.pop(k, None)
+
+    def prune(self, now: float, keep_counters: Mapping[str, int] | None = None) -> int:
+        """Drop counters whose window ended before ``now``; returns how many were dropped.
+
+        ``keep_counters`` maps counter name -> window length; unknown counters are dropped.
+        """
+        dead = []
+        for key in self.counts:
+            length = keep_counters.get(key[0]) if keep_counters is not None else 86400
+            if length is None or key[2] + length <= now:
+                dead.append(key)
+        for key in dead:
+            del self.counts[key]
+        return len(dead)
+
+    def retain_counters(self, names: Iterable[str]) -> None:
+        """Keep only the counters named (a reload keeps the counters of unchanged limits)."""
+        keep = set(names)
+        for key in [k for k in self.counts if k[0] not in keep]:
+            del self.counts[key]
+
+
+# --------------------------------------------------------------------------- predicates
+
+_MISSING = object()
+
+
+def lookup(req: Request, path: tuple[str, ...]) -> Any:
+    """The value at a condition path (``args.a.b``, ``tool``, ``agent_id`` …) or a sentinel."""
+    root = path[0]
+    cur: Any
+    if root == "args":
+        cur = req.arguments
+    elif root == "tool":
+        cur = req.tool
+    elif root == "server":
+        cur = req.server
+    elif root == "agent_id":
+        cur = req.agent_id
+    elif root == "session_id":
+        cur = req.session_id
+    elif root == "grant":
+        cur = req.grant
+    else:
+        return _MISSING
+    for seg in path[1:]:
+        if isinstance(cur, Mapping):
+            if seg not in cur:
+                return _MISSING
+            cur = cur[seg]
+        elif isinstance(cur, list) and seg.isdigit():
+            i = int(seg)
+            if i >= len(cur):
+                return _MISSING
+            cur = cur[i]
+        else:
+            return _MISSING
+    return cur
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _json_eq(a: Any, b: Any) -> bool:
+    # JSON equality: true is not 1, 1 equals 1.0.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return bool(a == b)
+
+
+def holds(cond: Condition, req: Request) -> bool:
+    """Whether one condition holds. A missing path makes every op false except ``exists``."""
+    actual = lookup(req, cond.path)
+    op = cond.op
+    if op == "exists":
+        return (actual is not _MISSING) == cond.value
+    if actual is _MISSING:
+        return False
+    v = cond.value
+    if op == "eq":
+        return _json_eq(actual, v)
+    if op == "neq":
+        return not _json_eq(actual, v)
+    if op == "in":
+        return any(_json_eq(actual, x) for x in v)
+    if op == "not_in":
+        return not any(_json_eq(actual, x) for x in v)
+    if op in ("lt", "lte", "gt", "gte"):
+        if not _num(actual):
+            return False
+        if op == "lt":
+            return bool(actual < v)
+        if op == "lte":
+            return bool(actual <= v)
+        if op == "gt":
+            return bool(actual > v)
+        return bool(actual >= v)
+    if op == "regex":
+        pattern: re.Pattern[str] | None = cond.pattern
+        return (
+            isinstance(actual, str) and pattern is not None and pattern.search(actual) is not None
+        )
+    if op == "contains":
+        if isinstance(actual, str):
+            return isinstance(v, str) and v in actual
+        if isinstance(actual, list):
+            return any(_json_eq(x, v) for x in actual)
+        return False
+    return False
+
+
+def rule_holds(rule: Rule, req: Request) -> bool:
+    for c in rule.conditions:
+        if not holds(c, req):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def scope_key(limit: Limit, req: Request) -> str:
+    s = limit.scope
+    if s == "grant":
+        return req.grant
+    if s == "agent":
+        return req.agent_id
+    if s == "session":
+        return req.session_id
+    if s == "tool":
+        return f"{req.server}/{req.tool}" if req.server else req.tool
+    return ""
+
+
+def counter_key(limit: Limit, req: Request, now: float) -> CounterKey:
+    w = limit.window_seconds
+    return (limit.counter, scope_key(limit, req), int(now // w) * w)
+
+
+def applicable_limits(entry: ToolRule | None, policy: CompiledPolicy) -> tuple[Limit, ...]:
+    if entry is None:
+        return policy.all_tools_limits
+    if not policy.all_tools_limits:
+        return entry.limits
+    return entry.limits + policy.all_tools_limits
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) -> Decision:
+    """Decide one call and, when it is allowed, reserve its quota in ``state``.
+
+    ``now`` is epoch seconds (UTC). The returned ``reserved`` keys are what a
+    failed upstream call gives back through ``state.release``.
+    """
+    version = policy.version
+    entry, hidden = policy.resolve(req.server, req.tool)
+    if hidden:
+        return Decision(
+            DENY, _hide_pointer(policy, req), f"tool {req.tool!r} is hidden by policy", version
+        )
+    if entry is None:
+        if policy.default != ALLOW:
+            return Decision(
+                DENY,
+                "/default",
+                f"tool {req.tool!r} is not allowed by policy (default deny)",
+                version,
+            )
+        allow_rule = "/default"
+    else:
+        allow_rule = entry.pointer
+        if entry.action == DENY:
+            return Decision(
+                DENY,
+                entry.pointer + "/action",
+                entry.message or f"tool {req.tool!r} is denied by policy",
+                version,
+            )
+        for rule in entry.require:
+            if not rule_holds(rule, req):
+                return Decision(
+                    DENY,
+                    rule.pointer,
+                    rule.message
+                    or entry.message
+                    or f"call to {req.tool!r} does not meet a required condition",
+                    version,
+                )
+        approval: Rule | None = None
+        for rule in entry.deny_if:
+            if rule_holds(rule, req):
+                if rule.action == REQUIRE_APPROVAL:
+                    if approval is None:
+                        approval = rule
+                    continue
+                return Decision(
+                    DENY,
+                    rule.pointer,
+                    rule.message or entry.message or f"call to {req.tool!r} matches a deny_if rule",
+                    version,
+                )
+        if approval is not None:
+            return Decision(
+                REQUIRE_APPROVAL,
+                approval.pointer,
+                approval.message or entry.message or f"call to {req.tool!r} requires approval",
+                version,
+            )
+        if entry.action == REQUIRE_APPROVAL:
+            return Decision(
+                REQUIRE_APPROVAL,
+                entry.pointer + "/action",
+                entry.message or f"call to {req.tool!r} requires human approval",
+                version,
+            )
+    limits = applicable_limits(entry, policy)
+    if not limits:
+        return Decision(ALLOW, allow_rule, "", version)
+    keys: list[CounterKey] = []
+    for lim in limits:
+        w = lim.window_seconds
+        key = (lim.counter, scope_key(lim, req), int(now // w) * w)
+        # The same counter may be listed twice (tool and all_tools): count it once.
+        if key in keys:
+            continue
+        if state.count(key) >= lim.max:
+            return Decision(
+                DENY,
+                lim.pointer,
+                lim.message
+                or f"rate limit {lim.counter!r} reached: {lim.max} per {lim.window} per {lim.scope}",
+                version,
+            )
+        keys.append(key)
+    reserved = tuple(keys)
+    state.add(reserved)
+    return Decision(ALLOW, allow_rule, "", version, reserved)
+
+
+def _hide_pointer(policy: CompiledPolicy, req: Request) -> str:
+    import fnmatch
+
+    hides = policy.document.get("hide", [])
+    for i, h in enumerate(hides):
+        if h == "*" or fnmatch.fnmatchcase(req.tool, h):
+            return f"/hide/{i}"
+        if req.server and fnmatch.fnmatchcase(f"{req.server}/{req.tool}", h):
+            return f"/hide/{i}"
+    return "/hide"
+
+
+def visible_tools(policy: CompiledPolicy, server: str, tools: Iterable[str]) -> list[str]:
+    """The names of ``tools`` that a ``tools/list`` answer may show."""
+    return [t for t in tools if not policy.resolve(server, t)[1]]
+
+
+__all__ = [
+    "ALLOW",
+    "DENY",
+    "REQUIRE_APPROVAL",
+    "CounterKey",
+    "Decision",
+    "InMemoryLimitState",
+    "LimitState",
+    "Request",
+    "counter_key",
+    "decide",
+    "holds",
+    "lookup",
+    "rule_holds",
+    "visible_tools",
+]

@@ -1,0 +1,626 @@
+"""Load, validate and compile a policy.
+
+A policy file is PolicyLayer's ``policy.json`` (accepted unchanged) or the same
+document in YAML, plus the extensions described in docs/policy.md. Loading is
+all-or-nothing: every problem is collected, sorted and raised together as
+:class:`PolicyInvalid`; a policy that has any error is never compiled, so it can
+never be evaluated half loaded.
+
+The compiled form (:class:`CompiledPolicy`) is what the engine and replay share.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from enforcer.errors import Location, PolicyError, PolicyInvalid
+
+SUPPORTED_VERSIONS = ("1",)
+OPS = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")
+WINDOWS: Mapping[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
+SCOPES = ("grant", "agent", "session", "tool", "global")
+ACTIONS = ("allow", "deny", "require_approval")
+RULE_ACTIONS = ("deny", "require_approval")
+# Request fields a condition path may start with; ``args`` is PolicyLayer's.
+PATH_ROOTS = ("args", "tool", "server", "agent_id", "session_id", "grant")
+MAX_POLICY_BYTES = 4 * 1024 * 1024
+
+_TOP_KEYS = {"version", "default", "hide", "all_tools", "tools", "description", "name"}
+_TOOL_KEYS = {"require", "deny_if", "limits", "on_deny", "action", "reason", "description"}
+_RULE_KEYS = {"conditions", "on_deny", "reason", "action", "description", "name"}
+_COND_KEYS = {"path", "op", "value"}
+_LIMIT_KEYS = {"counter", "window", "max", "scope", "on_deny", "reason"}
+_ALL_TOOLS_KEYS = {"limits"}
+
+
+# --------------------------------------------------------------------------- compiled form
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    path: tuple[str, ...]
+    op: str
+    value: Any
+    pattern: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A ``require`` or ``deny_if`` entry: all conditions must hold."""
+
+    pointer: str
+    conditions: tuple[Condition, ...]
+    message: str | None
+    action: str = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    pointer: str
+    counter: str
+    window: str
+    window_seconds: int
+    max: int
+    scope: str
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRule:
+    """One entry under ``tools``; ``key`` is the name as written (maybe a glob or server/tool)."""
+
+    key: str
+    pointer: str
+    server: str | None
+    name_pattern: str
+    is_glob: bool
+    action: str
+    require: tuple[Rule, ...]
+    deny_if: tuple[Rule, ...]
+    limits: tuple[Limit, ...]
+    message: str | None
+
+
+@dataclass(slots=True)
+class CompiledPolicy:
+    """A validated policy, ready for :func:`enforcer.engine.decide`."""
+
+    version: str
+    default: str
+    hide: tuple[str, ...]
+    hide_all: bool
+    all_tools_limits: tuple[Limit, ...]
+    tools: tuple[ToolRule, ...]
+    source: str
+    document: dict[str, Any]
+    canonical: str
+    _exact: dict[tuple[str | None, str], ToolRule] = field(default_factory=dict, repr=False)
+    _globs: tuple[ToolRule, ...] = ()
+    _resolve_cache: dict[tuple[str, str], tuple[ToolRule | None, bool]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        for t in self.tools:
+            if not t.is_glob:
+                self._exact[(t.server, t.name_pattern)] = t
+        # Most specific glob first: a server-qualified one, then the longest literal part.
+        globs = [t for t in self.tools if t.is_glob]
+        globs.sort(key=lambda t: (t.server is None, -len(t.name_pattern.replace("*", ""))))
+        self._globs = tuple(globs)
+
+    def resolve(self, server: str, tool: str) -> tuple[ToolRule | None, bool]:
+        """The tool entry that governs ``server/tool`` and whether the tool is hidden.
+
+        Precedence: exact ``server/tool``, exact ``tool``, then globs (server-qualified
+        before bare, longer literal part first, then file order). Cached per name.
+        """
+        key = (server, tool)
+        hit = self._resolve_cache.get(key)
+        if hit is not None:
+            return hit
+        entry = self._exact.get((server, tool)) if server else None
+        if entry is None:
+            entry = self._exact.get((None, tool))
+        if entry is None:
+            for g in self._globs:
+                if g.server is not None and g.server != server:
+                    continue
+                if fnmatch.fnmatchcase(tool, g.name_pattern):
+                    entry = g
+                    break
+        hidden = self.hide_all or any(
+            fnmatch.fnmatchcase(tool, h)
+            or (bool(server) and fnmatch.fnmatchcase(f"{server}/{tool}", h))
+            for h in self.hide
+        )
+        result = (entry, hidden)
+        if len(self._resolve_cache) < 65536:
+            self._resolve_cache[key] = result
+        return result
+
+    def all_limits(self) -> list[Limit]:
+        out = list(self.all_tools_limits)
+        for t in self.tools:
+            out.extend(t.limits)
+        return out
+
+    def limit_signatures(self) -> dict[str, tuple[str, int, str]]:
+        """counter -> (window, max, scope); used to keep counters across a reload."""
+        return {lim.counter: (lim.window, lim.max, lim.scope) for lim in self.all_limits()}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pointer_escape(token: str) -> str:
+    """RFC 6901 escaping of one JSON-pointer reference token."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def policy_version(document: Mapping[str, Any]) -> str:
+    """Content hash of the canonical policy: the same rules always get the same version."""
+    return "sha256:" + hashlib.sha256(canonical_json(document).encode()).hexdigest()[:16]
+
+
+def canonical_json(document: Mapping[str, Any]) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Locator:
+    """Maps a JSON path inside the document to a line and column of the source."""
+
+    def __init__(self, text: str, file: str):
+        self.file = file
+        self.marks: dict[tuple[Any, ...], tuple[int, int]] = {}
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            node = None
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                self.marks[(*path, key, "__key__")] = (
+                    k.start_mark.line + 1,
+                    k.start_mark.column + 1,
+                )
+                self._walk(v, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self._walk(v, (*path, i))
+
+    def at(self, path: tuple[Any, ...], key: bool = False) -> Location:
+        if key and (*path, "__key__") in self.marks:
+            line, col = self.marks[(*path, "__key__")]
+            return Location(self.file, line, col)
+        p = path
+        while p not in self.marks and p:
+            p = p[:-1]
+        line, col = self.marks.get(p, (1, 1))
+        return Location(self.file, line, col)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_text(text: str, file: str = "<policy>") -> tuple[dict[str, Any], _Locator]:
+    """Parse JSON or YAML text into a document; raises :class:`PolicyInvalid` on syntax errors."""
+    loc = _Locator(text, file)
+    stripped = text.lstrip()
+    doc: Any
+    if stripped.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PolicyInvalid(
+                [PolicyError(Location(file, e.lineno, e.colno), "syntax", f"invalid JSON: {e.msg}")]
+            ) from None
+    else:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            problem = getattr(e, "problem", None) or str(e)
+            raise PolicyInvalid(
+                [PolicyError(Location(file, line, col), "syntax", f"invalid YAML: {problem}")]
+            ) from None
+    if not isinstance(doc, dict):
+        raise PolicyInvalid(
+            [PolicyError(Location(file, 1, 1), "type", "a policy must be a JSON/YAML object")]
+        )
+    return doc, loc
+
+
+def load_policy(path: str | Path) -> CompiledPolicy:
+    """Read, validate and compile a policy file; raises :class:`PolicyInvalid`."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise PolicyInvalid(
+            [PolicyError(Location(str(p), 0, 0), "unreadable", e.strerror or str(e))]
+        ) from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyInvalid(
+            [
+                PolicyError(
+                    Location(str(p), 0, 0), "too_large", f"policy over {MAX_POLICY_BYTES} bytes"
+                )
+            ]
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyInvalid(
+            [PolicyError(Location(str(p), 1, 1), "encoding", f"policy is not UTF-8: {e.reason}")]
+        ) from None
+    return compile_text(text, str(p))
+
+
+def compile_text(text: str, file: str = "<policy>") -> CompiledPolicy:
+    doc, loc = parse_text(text, file)
+    return compile_document(doc, loc=loc, file=file)
+
+
+def compile_document(
+    doc: dict[str, Any], *, loc: _Locator | None = None, file: str = "<policy>"
+) -> CompiledPolicy:
+    """Validate a parsed document and compile it; every error is reported at once."""
+    if loc is None:
+        loc = _Locator("", file)
+    v = _Validator(loc)
+    compiled = v.run(doc)
+    if v.errors or compiled is None:
+        raise PolicyInvalid(v.errors)
+    return compiled
+
+
+class _Validator:
+    def __init__(self, loc: _Locator):
+        self.loc = loc
+        self.errors: list[PolicyError] = []
+        self.counters: dict[str, tuple[tuple[str, Any, Any], tuple[Any, ...]]] = {}
+
+    def err(self, path: tuple[Any, ...], code: str, msg: str, key: bool = False) -> None:
+        self.errors.append(PolicyError(self.loc.at(path, key), code, msg))
+
+    def _unknown(self, obj: Mapping[str, Any], allowed: set[str], path: tuple[Any, ...]) -> None:
+        for k in obj:
+            if k not in allowed:
+                self.err(
+                    (*path, k),
+                    "unknown_field",
+                    f"unknown field {k!r} (expected one of {', '.join(sorted(allowed))})",
+                    key=True,
+                )
+
+    def _message(self, obj: Mapping[str, Any], path: tuple[Any, ...]) -> str | None:
+        msg = None
+        for k in ("on_deny", "reason"):
+            if k in obj:
+                if not isinstance(obj[k], str):
+                    self.err((*path, k), "type", f"{k} must be a string")
+                else:
+                    msg = msg or obj[k]
+        return msg
+
+    def run(self, doc: dict[str, Any]) -> CompiledPolicy | None:
+        self._unknown(doc, _TOP_KEYS, ())
+        version = doc.get("version")
+        if "version" not in doc:
+            self.err((), "missing_field", "missing required field 'version'")
+        elif not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
+            self.err(
+                ("version",),
+                "unsupported_version",
+                f'unsupported version {version!r} (supported: "1")',
+            )
+        default = doc.get("default", "deny")
+        if default not in ("allow", "deny"):
+            self.err(
+                ("default",), "invalid_value", f'default must be "allow" or "deny", got {default!r}'
+            )
+        hide_raw = doc.get("hide", [])
+        hide: list[str] = []
+        if not isinstance(hide_raw, list):
+            self.err(("hide",), "type", "hide must be a list of tool names")
+        else:
+            for i, h in enumerate(hide_raw):
+                if not isinstance(h, str) or not h:
+                    self.err(("hide", i), "type", "hide entries must be non-empty strings")
+                else:
+                    hide.append(h)
+        all_limits: list[Limit] = []
+        at = doc.get("all_tools", {})
+        if not isinstance(at, dict):
+            self.err(("all_tools",), "type", "all_tools must be an object")
+        else:
+            self._unknown(at, _ALL_TOOLS_KEYS, ("all_tools",))
+            all_limits = self._limits(at.get("limits", []), ("all_tools", "limits"), "/all_tools")
+        tools_raw = doc.get("tools", {})
+        tools: list[ToolRule] = []
+        if not isinstance(tools_raw, dict):
+            self.err(("tools",), "type", "tools must be an object keyed by tool name")
+        else:
+            for name, body in tools_raw.items():
+                t = self._tool(name, body)
+                if t is not None:
+                    tools.append(t)
+        if self.errors:
+            return None
+        canonical = canonical_json(doc)
+        return CompiledPolicy(
+            version=policy_version(doc),
+            default=str(default),
+            hide=tuple(h for h in hide if h != "*"),
+            hide_all="*" in hide,
+            all_tools_limits=tuple(all_limits),
+            tools=tuple(tools),
+            source=self.loc.file,
+            document=doc,
+            canonical=canonical,
+        )
+
+    def _tool(self, name: str, body: Any) -> ToolRule | None:
+        path: tuple[Any, ...] = ("tools", name)
+        pointer = "/tools/" + pointer_escape(name)
+        if not name:
+            self.err(path, "invalid_value", "tool name must not be empty", key=True)
+            return None
+        if name.count("/") > 1:
+            self.err(
+                path,
+                "invalid_value",
+                f"tool name {name!r}: at most one '/' (server/tool)",
+                key=True,
+            )
+            return None
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            self.err(path, "type", f"tools.{name} must be an object")
+            return None
+        self._unknown(body, _TOOL_KEYS, path)
+        server, _, tool = name.rpartition("/")
+        action = body.get("action", "allow")
+        if action not in ACTIONS:
+            self.err(
+                (*path, "action"), "invalid_value", f"action must be one of {', '.join(ACTIONS)}"
+            )
+        message = self._message(body, path)
+        require = self._rules(
+            body.get("require", []), (*path, "require"), pointer + "/require", False
+        )
+        deny_if = self._rules(
+            body.get("deny_if", []), (*path, "deny_if"), pointer + "/deny_if", True
+        )
+        limits = self._limits(body.get("limits", []), (*path, "limits"), pointer)
+        return ToolRule(
+            key=name,
+            pointer=pointer,
+            server=server or None,
+            name_pattern=tool,
+            is_glob=any(c in tool for c in "*?["),
+            action=str(action),
+            require=tuple(require),
+            deny_if=tuple(deny_if),
+            limits=tuple(limits),
+            message=message,
+        )
+
+    def _rules(self, raw: Any, path: tuple[Any, ...], pointer: str, is_deny_if: bool) -> list[Rule]:
+        out: list[Rule] = []
+        if not isinstance(raw, list):
+            self.err(path, "type", f"{path[-1]} must be a list of rules")
+            return out
+        for i, r in enumerate(raw):
+            rp = (*path, i)
+            if not isinstance(r, dict):
+                self.err(rp, "type", "a rule must be an object with 'conditions'")
+                continue
+            self._unknown(r, _RULE_KEYS, rp)
+            conds_raw = r.get("conditions", [])
+            conds: list[Condition] = []
+            if not isinstance(conds_raw, list):
+                self.err((*rp, "conditions"), "type", "conditions must be a list")
+            else:
+                for j, c in enumerate(conds_raw):
+                    cc = self._condition(c, (*rp, "conditions", j))
+                    if cc is not None:
+                        conds.append(cc)
+                if not conds_raw and not is_deny_if:
+                    self.err(
+                        (*rp, "conditions"),
+                        "invalid_value",
+                        "a require rule needs at least one condition",
+                    )
+            action = r.get("action", "deny")
+            if action not in RULE_ACTIONS:
+                self.err(
+                    (*rp, "action"),
+                    "invalid_value",
+                    'rule action must be "deny" or "require_approval"',
+                )
+            out.append(
+                Rule(
+                    pointer=f"{pointer}/{i}",
+                    conditions=tuple(conds),
+                    message=self._message(r, rp),
+                    action=str(action),
+                )
+            )
+        return out
+
+    def _condition(self, c: Any, path: tuple[Any, ...]) -> Condition | None:
+        if not isinstance(c, dict):
+            self.err(path, "type", "a condition must be an object {path, op, value}")
+            return None
+        self._unknown(c, _COND_KEYS, path)
+        ok = True
+        p = c.get("path")
+        segs: tuple[str, ...] = ()
+        if not isinstance(p, str) or not p:
+            self.err(
+                (*path, "path"),
+                "type",
+                "condition path must be a non-empty string like 'args.amount'",
+            )
+            ok = False
+        else:
+            segs = tuple(p.split("."))
+            if segs[0] not in PATH_ROOTS or any(not s for s in segs):
+                self.err(
+                    (*path, "path"),
+                    "invalid_path",
+                    f"path {p!r} must start with one of {', '.join(PATH_ROOTS)}",
+                )
+                ok = False
+        op = c.get("op")
+        if op not in OPS:
+            self.err(
+                (*path, "op"), "unknown_op", f"unknown op {op!r} (expected one of {', '.join(OPS)})"
+            )
+            return None
+        value = c.get("value")
+        pattern = None
+        if op != "exists" and "value" not in c:
+            self.err(path, "missing_field", f"op {op!r} needs a 'value'")
+            ok = False
+        elif op in ("in", "not_in") and not isinstance(value, list):
+            self.err((*path, "value"), "type", f"op {op!r} needs a list value")
+            ok = False
+        elif op in ("lt", "lte", "gt", "gte") and not _is_number(value):
+            self.err((*path, "value"), "type", f"op {op!r} needs a number value")
+            ok = False
+        elif op == "regex":
+            if not isinstance(value, str):
+                self.err((*path, "value"), "type", "op 'regex' needs a string pattern")
+                ok = False
+            else:
+                try:
+                    pattern = re.compile(value)
+                except re.error as e:
+                    self.err((*path, "value"), "invalid_regex", f"invalid regex {value!r}: {e}")
+                    ok = False
+        elif op == "exists" and "value" in c and not isinstance(value, bool):
+            self.err((*path, "value"), "type", "op 'exists' takes an optional boolean value")
+            ok = False
+        if op == "exists" and "value" not in c:
+            value = True
+        if not ok:
+            return None
+        return Condition(path=segs, op=op, value=value, pattern=pattern)
+
+    def _limits(self, raw: Any, path: tuple[Any, ...], pointer: str) -> list[Limit]:
+        out: list[Limit] = []
+        if not isinstance(raw, list):
+            self.err(path, "type", "limits must be a list")
+            return out
+        for i, lim in enumerate(raw):
+            lp = (*path, i)
+            if not isinstance(lim, dict):
+                self.err(lp, "type", "a limit must be an object {counter, window, max, scope}")
+                continue
+            self._unknown(lim, _LIMIT_KEYS, lp)
+            ok = True
+            counter = lim.get("counter")
+            if not isinstance(counter, str) or not counter:
+                self.err((*lp, "counter"), "type", "limit counter must be a non-empty string")
+                ok = False
+            window = lim.get("window")
+            if window not in WINDOWS:
+                self.err(
+                    (*lp, "window"),
+                    "unknown_window",
+                    f"unknown window {window!r} (expected minute, hour or day)",
+                )
+                ok = False
+            mx = lim.get("max")
+            if not isinstance(mx, int) or isinstance(mx, bool):
+                self.err((*lp, "max"), "type", "limit max must be an integer")
+                ok = False
+            elif mx < 0:
+                self.err((*lp, "max"), "negative_max", f"limit max must be >= 0, got {mx}")
+                ok = False
+            scope = lim.get("scope", "grant")
+            if scope not in SCOPES:
+                self.err(
+                    (*lp, "scope"),
+                    "unknown_scope",
+                    f"unknown scope {scope!r} (expected one of {', '.join(SCOPES)})",
+                )
+                ok = False
+            msg = self._message(lim, lp)
+            if not ok:
+                continue
+            sig = (str(window), mx, str(scope))
+            prev = self.counters.get(str(counter))
+            if prev is not None and prev[0] != sig:
+                self.err(
+                    lp,
+                    "counter_conflict",
+                    f"counter {counter!r} is defined with different settings at line {self.loc.at(prev[1]).line}",
+                )
+                continue
+            self.counters.setdefault(str(counter), (sig, lp))
+            out.append(
+                Limit(
+                    pointer=f"{pointer}/limits/{i}",
+                    counter=str(counter),
+                    window=str(window),
+                    window_seconds=WINDOWS[str(window)],
+                    max=int(mx),
+                    scope=str(scope),
+                    message=msg,
+                )
+            )
+        return out
+
+
+def check_file(path: str | Path) -> list[PolicyError]:
+    """All errors of a policy file (empty when it is valid)."""
+    try:
+        load_policy(path)
+    except PolicyInvalid as e:
+        return e.errors
+    return []
+
+
+__all__ = [
+    "ACTIONS",
+    "OPS",
+    "SCOPES",
+    "WINDOWS",
+    "CompiledPolicy",
+    "Condition",
+    "Limit",
+    "PolicyInvalid",
+    "Rule",
+    "ToolRule",
+    "check_file",
+    "compile_document",
+    "compile_text",
+    "load_policy",
+    "pointer_escape",
+    "policy_version",
+]
