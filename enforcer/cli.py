@@ -12,8 +12,8 @@ from enforcer.errors import PolicyInvalid
 from enforcer.policy import load_policy
 
 policy_app = typer.Typer(help="Validate and test policies.", no_args_is_help=True)
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @policy_app.command("check")

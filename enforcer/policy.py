@@ -589,7 +589,7 @@ class _Validator:
                     counter=str(counter),
                     window=str(window),
                     window_seconds=WINDOWS[str(window)],
-                    max=int(mx),
+                    max=mx if isinstance(mx, int) else 0,
                     scope=str(scope),
                     message=msg,
                 )
