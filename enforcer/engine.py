@@ -19,7 +19,8 @@ Evaluation order for one call (docs/policy.md has the contract):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
 from enforcer.policy import CompiledPolicy, Condition, Limit, Rule, ToolRule
@@ -54,6 +55,16 @@ class Decision(NamedTuple):
     @property
     def allowed(self) -> bool:
         return self.decision == ALLOW
+
+
+_tuple_new = tuple.__new__
+
+
+def _decision(
+    decision: str, rule: str, message: str, version: str, reserved: tuple[CounterKey, ...] = ()
+) -> Decision:
+    # Same value as Decision(...), without NamedTuple's Python-level __new__ (hot path).
+    return _tuple_new(Decision, (decision, rule, message, version, reserved))
 
 
 class LimitState(Protocol):
@@ -212,17 +223,25 @@ def rule_holds(rule: Rule, req: Request) -> bool:
 # --------------------------------------------------------------------------- limits
 
 
-def scope_key(limit: Limit, req: Request) -> str:
-    s = limit.scope
-    if s == "grant":
-        return req.grant
-    if s == "agent":
-        return req.agent_id
-    if s == "session":
-        return req.session_id
-    if s == "tool":
-        return f"{req.server}/{req.tool}" if req.server else req.tool
+def _tool_scope(req: Request) -> str:
+    return f"{req.server}/{req.tool}" if req.server else req.tool
+
+
+def _global_scope(req: Request) -> str:
     return ""
+
+
+_SCOPE_KEY: Mapping[str, Callable[[Request], str]] = {
+    "grant": attrgetter("grant"),
+    "agent": attrgetter("agent_id"),
+    "session": attrgetter("session_id"),
+    "tool": _tool_scope,
+    "global": _global_scope,
+}
+
+
+def scope_key(limit: Limit, req: Request) -> str:
+    return _SCOPE_KEY.get(limit.scope, _global_scope)(req)
 
 
 def counter_key(limit: Limit, req: Request, now: float) -> CounterKey:
@@ -250,12 +269,12 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
     version = policy.version
     entry, hidden = policy.resolve(req.server, req.tool)
     if hidden:
-        return Decision(
+        return _decision(
             DENY, _hide_pointer(policy, req), f"tool {req.tool!r} is hidden by policy", version
         )
     if entry is None:
         if policy.default != ALLOW:
-            return Decision(
+            return _decision(
                 DENY,
                 "/default",
                 f"tool {req.tool!r} is not allowed by policy (default deny)",
@@ -265,7 +284,7 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
     else:
         allow_rule = entry.pointer
         if entry.action == DENY:
-            return Decision(
+            return _decision(
                 DENY,
                 entry.pointer + "/action",
                 entry.message or f"tool {req.tool!r} is denied by policy",
@@ -273,7 +292,7 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
             )
         for rule in entry.require:
             if not rule_holds(rule, req):
-                return Decision(
+                return _decision(
                     DENY,
                     rule.pointer,
                     rule.message
@@ -288,38 +307,46 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
                     if approval is None:
                         approval = rule
                     continue
-                return Decision(
+                return _decision(
                     DENY,
                     rule.pointer,
                     rule.message or entry.message or f"call to {req.tool!r} matches a deny_if rule",
                     version,
                 )
         if approval is not None:
-            return Decision(
+            return _decision(
                 REQUIRE_APPROVAL,
                 approval.pointer,
                 approval.message or entry.message or f"call to {req.tool!r} requires approval",
                 version,
             )
         if entry.action == REQUIRE_APPROVAL:
-            return Decision(
+            return _decision(
                 REQUIRE_APPROVAL,
                 entry.pointer + "/action",
                 entry.message or f"call to {req.tool!r} requires human approval",
                 version,
             )
-    limits = applicable_limits(entry, policy)
+    # applicable_limits(), inlined: this is the hottest path of every allowed call.
+    if entry is None:
+        limits = policy.all_tools_limits
+    elif policy.all_tools_limits:
+        limits = entry.limits + policy.all_tools_limits
+    else:
+        limits = entry.limits
     if not limits:
-        return Decision(ALLOW, allow_rule, "", version)
+        return _decision(ALLOW, allow_rule, "", version)
     keys: list[CounterKey] = []
+    scope_of = _SCOPE_KEY.get
+    count = state.count
     for lim in limits:
         w = lim.window_seconds
-        key = (lim.counter, scope_key(lim, req), int(now // w) * w)
+        key = (lim.counter, scope_of(lim.scope, _global_scope)(req), int(now // w) * w)
         # The same counter may be listed twice (tool and all_tools): count it once.
         if key in keys:
             continue
-        if state.count(key) >= lim.max:
-            return Decision(
+        if count(key) >= lim.max:
+            return _decision(
                 DENY,
                 lim.pointer,
                 lim.message
@@ -329,7 +356,7 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
         keys.append(key)
     reserved = tuple(keys)
     state.add(reserved)
-    return Decision(ALLOW, allow_rule, "", version, reserved)
+    return _decision(ALLOW, allow_rule, "", version, reserved)
 
 
 def _hide_pointer(policy: CompiledPolicy, req: Request) -> str:

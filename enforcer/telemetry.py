@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from collector.redact import redact_json_text, redact_text
 from enforcer.engine import Decision, Request
 
 log = logging.getLogger("callward.telemetry")
@@ -50,7 +52,16 @@ class TelemetryStats:
     export_failures: int = 0
     spans_dropped: int = 0
     record_errors: int = 0
+    queue_full_drops: int = 0
     _logged: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_drop(self, kind: str, msg: str, *args: Any) -> None:
+        with self._lock:
+            self.spans_dropped += 1
+            if kind == "queue_full":
+                self.queue_full_drops += 1
+        self.log_once(kind, msg + " (counted in stats.spans_dropped)", *args)
 
     def log_once(self, kind: str, msg: str, *args: Any) -> None:
         if kind not in self._logged:
@@ -72,8 +83,9 @@ class _CountingExporter(SpanExporter):
             result = SpanExportResult.FAILURE
             self.stats.log_once("export_exc", "span export raised %r; spans dropped", e)
         if result != SpanExportResult.SUCCESS:
-            self.stats.export_failures += 1
-            self.stats.spans_dropped += len(spans)
+            with self.stats._lock:
+                self.stats.export_failures += 1
+                self.stats.spans_dropped += len(spans)
             self.stats.log_once(
                 "export_fail",
                 "span export failed; %d span(s) dropped (counted in stats)",
@@ -88,11 +100,57 @@ class _CountingExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-def redact_arguments(arguments: Mapping[str, Any]) -> str:
-    """Arguments as redacted JSON text (secrets replaced by ``[REDACTED:kind]``)."""
-    from collector.redact import redact_json_text
+MAX_ARGUMENT_CHARS = 64 * 1024
 
-    return redact_json_text(json.dumps(arguments, ensure_ascii=False, default=str))
+
+def redact_arguments(arguments: Mapping[str, Any], max_chars: int = MAX_ARGUMENT_CHARS) -> str:
+    """Arguments as redacted JSON text (secrets replaced by ``[REDACTED:kind]``).
+
+    Redaction happens before truncation, so a cut can never expose half a secret. Oversize
+    arguments become a JSON object that says so (the column stays valid JSON)."""
+    text = redact_json_text(json.dumps(arguments, ensure_ascii=False, default=str))
+    if len(text) <= max_chars:
+        return text
+    return json.dumps(
+        {"callward.truncated": True, "chars": len(text), "prefix": text[: max_chars // 2]},
+        ensure_ascii=False,
+    )
+
+
+class _CountingBatchProcessor(BatchSpanProcessor):
+    """The SDK's batch processor, but a span it drops because its queue is full (or because
+    it was shut down) is counted and logged; the SDK itself only drops it."""
+
+    def __init__(self, exporter: SpanExporter, stats: TelemetryStats, **kw: Any):
+        super().__init__(exporter, **kw)
+        self._stats = stats
+        self._max_queue = int(kw.get("max_queue_size") or 2048)
+        self._emit_lock = threading.Lock()  # check-then-append must not race another on_end
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is None or not span.context.trace_flags.sampled:
+            return
+        with self._emit_lock:
+            inner = getattr(self, "_batch_processor", None)
+            queue = getattr(inner, "_queue", None)
+            if getattr(inner, "_shutdown", False):
+                self._stats.count_drop("shutdown", "span ended after telemetry shutdown; dropped")
+            elif queue is not None and len(queue) >= self._max_queue:
+                # The SDK's deque discards its oldest span to make room for this one.
+                self._stats.count_drop(
+                    "queue_full",
+                    "span export queue full (%d spans; backend slow or down): dropping spans",
+                    self._max_queue,
+                )
+            super().on_end(span)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        log.warning("%s is not an integer; using %d", name, default)
+        return default
 
 
 class CallSpan:
@@ -133,9 +191,23 @@ class CallSpan:
             self._recorder.stats.log_once("end", "could not end span: %r", e)
 
 
+def service_resource(default_service_name: str) -> Resource:
+    """The resource of our spans: ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` as
+    the SDK reads them, with ``default_service_name`` only when the operator set none."""
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": default_service_name}))
+    return resource
+
+
 class CallRecorder:
-    """Builds and exports the span of each call. ``exporter=None`` means the OTLP exporter
-    configured from ``OTEL_*`` variables; pass an in-memory exporter in tests."""
+    """Builds and exports the span of each call. ``exporter=None`` means the OTLP/gRPC
+    exporter configured from ``OTEL_EXPORTER_OTLP_*`` variables; pass an in-memory exporter in
+    tests. ``service_name`` is a default: ``OTEL_SERVICE_NAME`` (or ``service.name`` in
+    ``OTEL_RESOURCE_ATTRIBUTES``) overrides it, as in every OTel SDK.
+
+    ``synchronous=True`` exports inline (tests); otherwise a batch processor exports on its
+    own thread and a full queue drops spans, counted in ``stats`` and logged."""
 
     def __init__(
         self,
@@ -148,9 +220,7 @@ class CallRecorder:
         self.stats = TelemetryStats()
         self._published: set[str] = set()
         self._lock = threading.Lock()
-        resource = Resource.create({"service.name": service_name})
-        # Resource.create lets OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES override the default.
-        self.provider = TracerProvider(resource=resource)
+        self.provider = TracerProvider(resource=service_resource(service_name))
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -159,11 +229,12 @@ class CallRecorder:
         if synchronous:
             self.processor: Any = SimpleSpanProcessor(wrapped)
         else:
-            self.processor = BatchSpanProcessor(
+            self.processor = _CountingBatchProcessor(
                 wrapped,
+                self.stats,
                 max_queue_size=max_queue_size,
-                max_export_batch_size=512,
-                schedule_delay_millis=500,
+                max_export_batch_size=min(512, max_queue_size),
+                schedule_delay_millis=_env_int("OTEL_BSP_SCHEDULE_DELAY", 500),
             )
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("callward")
@@ -191,7 +262,7 @@ class CallRecorder:
                 "callward.policy.version": decision.policy_version,
             }
             if decision.message:
-                attrs["callward.message"] = decision.message
+                attrs["callward.message"] = redact_text(decision.message)
             for key, value in (
                 ("gen_ai.tool.call.id", req.call_id),
                 ("gen_ai.agent.id", req.agent_id),

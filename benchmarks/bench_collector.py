@@ -1,0 +1,184 @@
+"""Collector ingest benchmark: OTLP batches of 512 spans over loopback gRPC into Parquet,
+against a decode-only baseline measured on the same requests in the same run.
+
+    python benchmarks/bench_collector.py [--requests 200] [--clients 2]
+
+Figures:
+- parse-only: protobuf parsing of the requests, nothing else (context for the floor);
+- decode-only: parsing plus decoding to tool-call rows (redaction included), in process,
+  with no network, spool or Parquet: the baseline the ingest rate is compared with;
+- ingest: the real collector (``python -m collector``, a separate process, fsync on),
+  clients sending the same requests; timed from the first send until every row is in a
+  Parquet file; p50/p99 Export latency as the clients saw it;
+- RSS: the collector process's peak resident memory during the run (psutil).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from collector.decode import Decoder  # noqa: E402
+from collector.otlp_build import tool_call_batch  # noqa: E402
+from collector.otlp_parse import parse_request  # noqa: E402
+from collector.receiver import EXPORT_METHOD  # noqa: E402
+from collector.store import parquet_files  # noqa: E402
+
+SPANS_PER_REQUEST = 512
+console = Console()
+
+
+def build_requests(n: int) -> list[bytes]:
+    return [
+        tool_call_batch(SPANS_PER_REQUEST, offset=i * SPANS_PER_REQUEST).SerializeToString()
+        for i in track(range(n), description="building OTLP requests", console=console)
+    ]
+
+
+def parse_only(requests: list[bytes]) -> float:
+    start = time.perf_counter()
+    for data in requests:
+        parse_request(data)
+    return len(requests) * SPANS_PER_REQUEST / (time.perf_counter() - start)
+
+
+def decode_only(requests: list[bytes]) -> float:
+    decoder = Decoder()
+    decoder.decode(parse_request(requests[0])[0], time.time_ns())  # warm caches, imports
+    start = time.perf_counter()
+    for data in requests:
+        decoder.decode(parse_request(data)[0], time.time_ns())
+    return len(requests) * SPANS_PER_REQUEST / (time.perf_counter() - start)
+
+
+def stored_rows(data_dir: Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in parquet_files(data_dir))
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+
+def ingest(requests: list[bytes], clients: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
+        data_dir = Path(tmp)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "collector", "--data-dir", str(data_dir)]
+            + ["--listen", "127.0.0.1:0"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            address = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+            sampler = RssSampler(proc.pid)
+            sampler.start()
+            latencies: list[float] = []
+            lock = threading.Lock()
+            channel = grpc.insecure_channel(
+                address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+            )
+            export = channel.unary_unary(EXPORT_METHOD)
+            export(requests[0], timeout=60)  # connect and warm up; stored too
+            expected = len(requests) * SPANS_PER_REQUEST
+
+            def client(share: list[bytes]) -> None:
+                for data in share:
+                    t0 = time.perf_counter()
+                    export(data, timeout=60)
+                    dt = time.perf_counter() - t0
+                    with lock:
+                        latencies.append(dt)
+
+            shares = [requests[i::clients] for i in range(clients)]
+            threads = [threading.Thread(target=client, args=(s,)) for s in shares]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            acked = time.perf_counter() - start
+            while stored_rows(data_dir) < expected:
+                time.sleep(0.02)
+            stored = time.perf_counter() - start
+            sampler.done.set()
+            sampler.join()
+            channel.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        latencies.sort()
+        return {
+            "rate": expected / stored,
+            "ack_rate": expected / acked,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000,
+            "rss_mb": sampler.peak / 1e6,
+            "seconds": stored,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200, help="requests of 512 spans")
+    parser.add_argument("--clients", type=int, default=2, help="concurrent exporting clients")
+    args = parser.parse_args()
+    requests = build_requests(args.requests)
+    spans = args.requests * SPANS_PER_REQUEST
+    console.print(f"{spans} spans in {args.requests} requests of {SPANS_PER_REQUEST}")
+    parse_rate = parse_only(requests)
+    decode_rate = decode_only(requests)
+    result = ingest(requests, args.clients)
+
+    table = Table(title="collector ingest (same run, same requests)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("vs decode-only", justify="right")
+    table.add_row("parse-only (protobuf)", f"{parse_rate:,.0f} spans/s", f"{parse_rate / decode_rate:.2f}x")
+    table.add_row("decode-only baseline", f"{decode_rate:,.0f} spans/s", "1.00x")
+    table.add_row(
+        "ingest into Parquet", f"{result['rate']:,.0f} spans/s", f"{result['rate'] / decode_rate:.2f}x"
+    )
+    table.add_row(
+        "acknowledged (spooled)",
+        f"{result['ack_rate']:,.0f} spans/s",
+        f"{result['ack_rate'] / decode_rate:.2f}x",
+    )
+    table.add_row("Export latency p50", f"{result['p50_ms']:.1f} ms", "")
+    table.add_row("Export latency p99", f"{result['p99_ms']:.1f} ms", "")
+    table.add_row("collector peak RSS", f"{result['rss_mb']:.0f} MB", "")
+    table.add_row("run time", f"{result['seconds']:.1f} s", "")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

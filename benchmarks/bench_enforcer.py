@@ -1,0 +1,450 @@
+"""Enforcer benchmark: in-process decisions, gRPC Check next to a raw gRPC echo, spans on/off.
+
+Not a test: it prints figures, each next to a baseline measured in the same run, so the
+ratios hold on any machine even when the absolute numbers do not.
+
+    python benchmarks/bench_enforcer.py            # full run (about a minute)
+    python benchmarks/bench_enforcer.py --quick    # smaller samples
+
+1. ``decide`` latency, timed call by call, for the seed policy and for the 50-tool policy
+   (examples/policies/fifty_tools.yaml) on a mixed workload; baseline: the cost of the
+   timer itself.
+2. gRPC Check latency (one caller, sequential) and throughput (several caller threads)
+   next to an echo service on the same gRPC stack returning a message of the same size.
+   Servers run in their own processes so that the client does not share their GIL; the
+   echo and Check samples are interleaved in rounds so that load from elsewhere hits both.
+3. Check+Report throughput with one span per call exported (to a discarding exporter
+   behind the real BatchSpanProcessor) against the same with telemetry off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import Progress  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from enforcer.engine import InMemoryLimitState, Request, decide  # noqa: E402
+from enforcer.policy import load_policy  # noqa: E402
+from enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService  # noqa: E402
+from enforcer.telemetry import CallRecorder  # noqa: E402
+from proto.callward.v1 import enforcer_pb2 as pb  # noqa: E402
+from proto.callward.v1 import enforcer_pb2_grpc as pb_grpc  # noqa: E402
+
+SEED = REPO / "examples" / "policies" / "seed.json"
+FIFTY = REPO / "examples" / "policies" / "fifty_tools.yaml"
+T0 = 1_800_000_000.0
+ECHO_METHOD = "/bench.Echo/Echo"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+console = Console(highlight=False)
+
+# A day of a team's agents, condensed: (server, tool, arguments).
+FIFTY_CALLS: list[tuple[str, str, dict[str, Any]]] = [
+    ("filesystem", "read_file", {"path": "/workspace/src/app.py"}),
+    ("filesystem", "read_file", {"path": "/etc/passwd"}),
+    ("filesystem", "write_file", {"path": "/workspace/notes.md", "content": "todo"}),
+    ("filesystem", "write_file", {"path": "/workspace/.env", "content": "KEY=1"}),
+    ("filesystem", "list_directory", {"path": "/workspace"}),
+    ("filesystem", "delete_file", {"path": "/workspace/tmp.txt"}),
+    ("github", "create_issue", {"repo": "acme/api", "title": "flaky test"}),
+    ("github", "create_issue", {"repo": "other/repo", "title": "spam"}),
+    ("github", "create_pull_request", {"base": "main", "draft": True, "title": "fix"}),
+    ("github", "merge_pull_request", {"number": 42}),
+    ("github", "push_files", {"branch": "feature/x", "files": [{"path": "a.py"}]}),
+    ("github", "get_file_contents", {"repo": "acme/api", "path": "README.md"}),
+    ("github", "list_branches", {"repo": "acme/web"}),
+    ("github", "add_issue_comment", {"issue": 7, "body": "looks good"}),
+    ("slack", "post_message", {"channel": "#eng-builds", "text": "deploy finished"}),
+    ("slack", "post_message", {"channel": "#eng-builds", "text": "the password is hunter2"}),
+    ("slack", "get_channel_history", {"channel": "#ops-alerts", "limit": 50}),
+    ("stripe", "create_charge", {"amount": 2500, "currency": "usd", "customer": "cus_123"}),
+    ("stripe", "create_charge", {"amount": 250000, "currency": "usd", "customer": "cus_123"}),
+    ("stripe", "create_charge", {"amount": 900, "currency": "jpy", "customer": "cus_9"}),
+    ("stripe", "create_refund", {"amount": 1200, "reason": "duplicate"}),
+    ("stripe", "list_customers", {"limit": 10}),
+    ("postgres", "query", {"sql": "SELECT id, total FROM orders ORDER BY id DESC LIMIT 20"}),
+    ("postgres", "query", {"sql": "select 1; drop table orders"}),
+    ("postgres", "describe_table", {"table": "orders"}),
+    ("", "run_python_file", {"path": "/workspace/jobs/report.py"}),
+    ("python", "run_python_code", {"code": "print(sum(range(10)))"}),
+    ("python", "run_python_code", {"code": "import subprocess; subprocess.run(['id'])"}),
+    ("shell", "execute_command", {"command": "git status", "timeout": 30}),
+    ("shell", "execute_command", {"command": "sudo rm -rf /", "timeout": 30}),
+    ("fetch", "fetch", {"url": "https://docs.python.org/3/library/json.html"}),
+    ("fetch", "fetch", {"url": "http://169.254.169.254/latest/meta-data/"}),
+    ("brave", "web_search", {"query": "model context protocol gateway"}),
+    ("jira", "create_issue", {"project": "OPS", "summary": "rotate keys"}),
+    ("gmail", "send_email", {"to": "bob@acme.com", "attachments": [{"size": 2048}]}),
+    ("gmail", "send_email", {"to": "someone@example.org", "subject": "hello"}),
+    ("kubernetes", "get_pods", {"namespace": "default"}),
+    ("kubernetes", "delete_pod", {"namespace": "prod", "name": "api-7d9"}),
+    ("aws", "terminate_instances", {"ids": ["i-0abc"]}),
+    ("internal", "reset_admin", {}),
+    ("unknown", "do_anything", {"x": 1}),
+]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def pct(sorted_values: Sequence[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def summary(samples_ns: list[int]) -> tuple[float, float]:
+    s = sorted(samples_ns)
+    return pct(s, 0.50), pct(s, 0.99)
+
+
+# --------------------------------------------------------------------------- 1. in process
+
+
+def seed_requests(n: int) -> list[Request]:
+    # run_python_file from many grants, ten calls each: every call is allowed and reserves.
+    return [
+        Request(
+            tool="run_python_file", arguments={"path": "/workspace/job.py"}, grant=f"g{i // 10}"
+        )
+        for i in range(n)
+    ]
+
+
+def fifty_requests(n: int) -> list[Request]:
+    out = []
+    for i in range(n):
+        server, tool, args = FIFTY_CALLS[i % len(FIFTY_CALLS)]
+        out.append(
+            Request(
+                tool=tool,
+                arguments=args,
+                server=server,
+                grant=f"g{i % 20}",
+                agent_id=f"agent-{i % 50}",
+                session_id=f"s-{i % 400}",
+                call_id=f"c{i}",
+            )
+        )
+    return out
+
+
+def time_decide(path: Path, requests: list[Request]) -> tuple[list[int], dict[str, int]]:
+    policy = load_policy(path)
+    state = InMemoryLimitState()
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    kinds: dict[str, int] = {}
+    for i, req in enumerate(requests):
+        now = T0 + i * 0.001  # 1000 calls a second: windows roll over now and then
+        t = clock()
+        d = decide(policy, req, state, now)
+        samples.append(clock() - t)
+        kinds[d.decision] = kinds.get(d.decision, 0) + 1
+    return samples, kinds
+
+
+def timer_cost(n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    samples = []
+    for _ in range(n):
+        t = clock()
+        samples.append(clock() - t)
+    return samples
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class DiscardingExporter(SpanExporter):
+    """Takes spans and drops them: the cost measured is building and batching spans."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def serve(kind: str) -> None:
+    """Child process: run one server, print its port, stop when stdin closes."""
+    if kind == "echo":
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)}
+        )
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        print(port, flush=True)
+        sys.stdin.read()
+        server.stop(0)
+        return
+    recorder = None
+    if kind == "enforcer-spans":
+        recorder = CallRecorder(exporter=DiscardingExporter())
+    service = EnforcerService(
+        load_policy(SEED),
+        config=EnforcerConfig(listen="127.0.0.1:0", max_workers=8),
+        recorder=recorder,
+    )
+    enforcer = EnforcerServer(service)
+    print(enforcer.start(), flush=True)
+    sys.stdin.read()
+    enforcer.stop(0)
+    if recorder is not None:
+        recorder.shutdown()
+
+
+class Child:
+    def __init__(self, kind: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        grpc.channel_ready_future(self.channel).result(timeout=30)
+
+    def close(self) -> None:
+        self.channel.close()
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- 2./3. gRPC
+
+
+class Calls:
+    """Numbered requests, so that every Check has its own call_id and the grant rotates."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def next(self) -> pb.CheckRequest:
+        with self.lock:
+            self.n += 1
+            i = self.n
+        return pb.CheckRequest(
+            call_id=f"{self.prefix}-{i}",
+            agent_id="agent-1",
+            session_id="session-1",
+            grant=f"g{i // 10}",
+            tool="run_python_file",
+            arguments_json='{"path": "/workspace/jobs/report.py", "args": ["--since", "7d"]}',
+            traceparent=TRACEPARENT,
+        )
+
+
+def sequential(call: Callable[[], Any], n: int) -> list[int]:
+    clock = time.perf_counter_ns
+    out = []
+    for _ in range(n):
+        t = clock()
+        call()
+        out.append(clock() - t)
+    return out
+
+
+def throughput(call: Callable[[], Any], n_per_thread: int, threads: int) -> float:
+    def worker() -> None:
+        for _ in range(n_per_thread):
+            call()
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    t = time.perf_counter()
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    return n_per_thread * threads / (time.perf_counter() - t)
+
+
+def run(calls: int, rounds: int, threads: int) -> None:
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    console.print(
+        f"[bold]callward enforcer benchmark[/bold] {started}, python {sys.version.split()[0]}, grpcio {grpc.__version__}"
+    )
+    results: dict[str, Any] = {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("in-process decide", total=4 + rounds * 3 + 6)
+        # 1. in process
+        timer = summary(timer_cost(calls))
+        progress.advance(task)
+        for name, path, reqs in (
+            ("seed", SEED, seed_requests(calls)),
+            ("fifty_tools", FIFTY, fifty_requests(calls)),
+        ):
+            time_decide(path, reqs[: calls // 10])  # warm-up: caches, specialised bytecode
+            samples, kinds = time_decide(path, reqs)
+            results[name] = (summary(samples), kinds)
+            progress.advance(task)
+
+        # 2. gRPC latency, interleaved rounds
+        progress.update(task, description="starting servers")
+        echo, plain, spans = Child("echo"), Child("enforcer"), Child("enforcer-spans")
+        try:
+            echo_call = echo.channel.unary_unary(ECHO_METHOD)
+            check_plain = pb_grpc.EnforcerStub(plain.channel)
+            check_spans = pb_grpc.EnforcerStub(spans.channel)
+            plain_calls, spans_calls = Calls("p"), Calls("s")
+            payload = plain_calls.next().SerializeToString()
+
+            def do_echo() -> None:
+                echo_call(payload, timeout=10)
+
+            def do_check() -> None:
+                check_plain.Check(plain_calls.next(), timeout=10)
+
+            def pair(stub: Any, numbering: Calls) -> Callable[[], None]:
+                def go() -> None:
+                    req = numbering.next()
+                    stub.Check(req, timeout=10)
+                    stub.Report(
+                        pb.ReportRequest(call_id=req.call_id, outcome="ok", duration_ms=3.0),
+                        timeout=10,
+                    )
+
+                return go
+
+            pair_plain, pair_spans = pair(check_plain, plain_calls), pair(check_spans, spans_calls)
+            for warm in (do_echo, do_check, pair_spans):
+                sequential(warm, 300)
+            progress.advance(task)
+            lat_echo: list[int] = []
+            lat_check: list[int] = []
+            per_round = max(1, calls // (10 * rounds))
+            progress.update(task, description="gRPC latency")
+            for _ in range(rounds):
+                lat_echo += sequential(do_echo, per_round)
+                lat_check += sequential(do_check, per_round)
+                progress.advance(task)
+            results["echo_lat"] = summary(lat_echo)
+            results["check_lat"] = summary(lat_check)
+
+            progress.update(task, description="gRPC throughput")
+            tp: dict[str, list[float]] = {"echo": [], "check": [], "pair_off": [], "pair_on": []}
+            n_thread = max(1, calls // (40 * rounds))
+            for _ in range(rounds):
+                tp["echo"].append(throughput(do_echo, n_thread, threads))
+                tp["check"].append(throughput(do_check, n_thread, threads))
+                progress.advance(task)
+                tp["pair_off"].append(throughput(pair_plain, n_thread, threads))
+                tp["pair_on"].append(throughput(pair_spans, n_thread, threads))
+                progress.advance(task)
+            results["tp"] = {k: statistics.median(v) for k, v in tp.items()}
+            results["payload"] = len(payload)
+        finally:
+            for child in (echo, plain, spans):
+                child.close()
+
+    report(results, timer, calls, rounds, threads)
+
+
+def report(
+    results: dict[str, Any], timer: tuple[float, float], calls: int, rounds: int, threads: int
+) -> None:
+    t = Table(title=f"in-process decide, {calls} calls each (timed one by one)")
+    for col in ("policy", "p50 µs", "p99 µs", "target p50", "decisions"):
+        t.add_column(col)
+    t.add_row("(timer alone)", f"{timer[0] / 1000:.2f}", f"{timer[1] / 1000:.2f}", "", "")
+    for name, target in (("seed", 3.0), ("fifty_tools", 10.0)):
+        (p50, p99), kinds = results[name]
+        ok = "met" if p50 / 1000 <= target else "MISSED"
+        t.add_row(
+            name,
+            f"{p50 / 1000:.2f}",
+            f"{p99 / 1000:.2f}",
+            f"≤ {target:g} ({ok})",
+            ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+        )
+    console.print(t)
+
+    e50, e99 = results["echo_lat"]
+    c50, c99 = results["check_lat"]
+    ratio = c50 / e50
+    g = Table(
+        title=f"gRPC, one caller, {results['payload']}-byte request, {rounds} interleaved rounds"
+    )
+    for col in ("service", "p50 µs", "p99 µs", "p50 ratio to echo"):
+        g.add_column(col)
+    g.add_row("echo (baseline)", f"{e50 / 1000:.0f}", f"{e99 / 1000:.0f}", "1.00")
+    g.add_row(
+        "Enforcer.Check",
+        f"{c50 / 1000:.0f}",
+        f"{c99 / 1000:.0f}",
+        f"{ratio:.2f} (target ≤ 1.25: {'met' if ratio <= 1.25 else 'MISSED'})",
+    )
+    console.print(g)
+
+    tp = results["tp"]
+    h = Table(title=f"gRPC throughput, {threads} caller threads (median of {rounds} rounds)")
+    for col in ("workload", "calls/s", "ratio"):
+        h.add_column(col)
+    h.add_row("echo (baseline)", f"{tp['echo']:.0f}", "1.00")
+    h.add_row("Check", f"{tp['check']:.0f}", f"{tp['check'] / tp['echo']:.2f} of echo")
+    h.add_row("Check+Report, telemetry off (baseline)", f"{tp['pair_off']:.0f}", "1.00")
+    h.add_row(
+        "Check+Report, one span per call exported",
+        f"{tp['pair_on']:.0f}",
+        f"{tp['pair_on'] / tp['pair_off']:.2f} of off",
+    )
+    console.print(h)
+    console.print(
+        json.dumps(
+            {
+                "seed_p50_us": round(results["seed"][0][0] / 1000, 2),
+                "fifty_p50_us": round(results["fifty_tools"][0][0] / 1000, 2),
+                "check_over_echo_p50": round(ratio, 3),
+                "spans_on_over_off_throughput": round(tp["pair_on"] / tp["pair_off"], 3),
+            }
+        ),
+        markup=False,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Enforcer benchmark (not a test).")
+    parser.add_argument("--calls", type=int, default=100_000, help="in-process calls per policy")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved gRPC rounds")
+    parser.add_argument("--threads", type=int, default=4, help="caller threads for throughput")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
+    parser.add_argument(
+        "--serve", choices=("echo", "enforcer", "enforcer-spans"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return 0
+    run(args.calls // 10 if args.quick else args.calls, args.rounds, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""``callward collector``: run the OTLP receiver that keeps the audit trail."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.console import Console
+
+from collector.config import ENV_VARS, load_config
+
+console = Console(stderr=True)
+
+
+def collector(
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help=f"Store directory [env {ENV_VARS['data_dir']}]."
+    ),
+    listen: str = typer.Option(
+        None,
+        "--listen",
+        help=f"HOST:PORT for OTLP/gRPC; port 0 picks a free one [default 127.0.0.1:4317, "
+        f"env {ENV_VARS['listen']}].",
+    ),
+    forward: str = typer.Option(
+        None,
+        "--forward",
+        help=f"Pass spans on to this OTLP/gRPC endpoint [env {ENV_VARS['forward']}].",
+    ),
+    flush_interval: float = typer.Option(
+        None,
+        "--flush-interval",
+        help=f"Seconds between Parquet flushes [default 2, env {ENV_VARS['flush_interval_s']}].",
+    ),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        help=f"Spans that trigger a flush [default 20000, env {ENV_VARS['batch_size']}].",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+) -> None:
+    """Receive OTLP trace spans and keep every tool call in Parquet + DuckDB."""
+    from collector.service import Collector
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(
+            data_dir=data_dir,
+            listen=listen,
+            forward=forward,
+            flush_interval_s=flush_interval,
+            batch_size=batch_size,
+        )
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+    service = Collector(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        port = service.start()
+    except OSError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    host = config.listen.rpartition(":")[0]
+    # One plain line on stdout that scripts (and tests) can read the bound port from.
+    print(f"callward collector listening on {host}:{port}", flush=True)
+    console.print(f"data in [bold]{service.data_dir}[/bold]; Ctrl-C or SIGTERM to stop")
+    while not stop.wait(0.5):
+        pass
+    console.print("stopping: finishing in-flight exports and flushing to Parquet")
+    service.stop()
+    console.print(f"stopped; {service.writer.rows_written if service.writer else 0} row(s) written")
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("collector")(collector)

@@ -1,0 +1,147 @@
+"""The OTLP/gRPC TraceService endpoint of the collector.
+
+The handler takes the raw request bytes (not a parsed message) so that it decides how
+bad input is answered instead of the gRPC runtime: bytes that are not a protobuf get
+INVALID_ARGUMENT, text that is not UTF-8 is repaired (collector/otlp_parse.py), and
+spans that cannot be records are reported in ``partial_success`` as the OTLP
+specification asks (https://opentelemetry.io/docs/specs/otlp/#partial-success).
+
+An Export is answered only after ``ingest`` returned, i.e. once its rows are fsync'ed in
+the spool. Status codes, in one place (:func:`status_for`): INVALID_ARGUMENT is final
+for the client; UNAVAILABLE (busy, disk trouble) tells OTLP exporters to retry; the gRPC
+runtime itself answers RESOURCE_EXHAUSTED to requests over ``max_request_bytes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from collector.decode import Decoder, DecodeResult
+from collector.otlp_parse import MalformedRequestError, parse_request
+
+log = logging.getLogger("callward.collector.receiver")
+
+SERVICE_NAME = "opentelemetry.proto.collector.trace.v1.TraceService"
+EXPORT_METHOD = f"/{SERVICE_NAME}/Export"
+
+
+class BusyError(RuntimeError):
+    """The collector is behind on writing; the client should retry later."""
+
+
+def status_for(error: Exception) -> grpc.StatusCode:
+    """The gRPC status an Export failure is answered with."""
+    if isinstance(error, MalformedRequestError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, BusyError | OSError):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+@dataclass
+class ReceiverStats:
+    requests: int = 0
+    spans_seen: int = 0
+    rows_accepted: int = 0
+    spans_rejected: int = 0
+    malformed_requests: int = 0
+    repaired_requests: int = 0
+    failed_requests: int = 0
+    forward_errors: int = 0
+
+
+class TraceReceiver:
+    """Parses, decodes and ingests Exports; optionally passes the (redacted) request on."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        ingest: Callable[[DecodeResult], None],
+        forward: Callable[[ExportTraceServiceRequest], None] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ):
+        self.decoder = decoder
+        self.ingest = ingest
+        self.forward = forward
+        self.clock = clock
+        self.stats = ReceiverStats()
+        self._stats_lock = threading.Lock()
+
+    def handle(self, data: bytes) -> ExportTraceServiceResponse:
+        """Process one serialized Export; raises for a failure of the whole request."""
+        request, repaired = parse_request(data)
+        if self.forward is not None:
+            self.decoder.redact_in_place(request)
+        result = self.decoder.decode(request, self.clock())
+        self.ingest(result)
+        if self.forward is not None:
+            try:
+                self.forward(request)
+            except Exception as e:  # forwarding must never fail what is already stored
+                with self._stats_lock:
+                    self.stats.forward_errors += 1
+                log.warning("forwarding failed: %r", e)
+        with self._stats_lock:
+            self.stats.requests += 1
+            self.stats.spans_seen += result.spans_seen
+            self.stats.rows_accepted += result.table.num_rows
+            self.stats.spans_rejected += result.rejected
+            self.stats.repaired_requests += int(repaired)
+        response = ExportTraceServiceResponse()
+        if result.rejected:
+            response.partial_success.rejected_spans = result.rejected
+            response.partial_success.error_message = result.error_message()
+        return response
+
+    def export(self, data: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+        try:
+            return self.handle(data)
+        except Exception as e:
+            code = status_for(e)
+            with self._stats_lock:
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    self.stats.malformed_requests += 1
+                else:
+                    self.stats.failed_requests += 1
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("Export failed")
+            context.abort(code, str(e)[:1000] or type(e).__name__)
+            raise  # not reached: abort raises
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(
+            self.export,
+            request_deserializer=None,  # raw bytes: parsing is ours
+            response_serializer=ExportTraceServiceResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Export": method})
+
+
+def serve(
+    receiver: TraceReceiver, listen: str, *, max_request_bytes: int, workers: int
+) -> tuple[grpc.Server, int]:
+    """Start a gRPC server for ``receiver`` on ``listen``; returns it and the bound port."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otlp-export"),
+        handlers=[receiver.handler()],
+        options=[
+            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ],
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"could not listen on {listen}")
+    server.start()
+    return server, port

@@ -1,0 +1,328 @@
+"""The store writer: tool-call rows into Hive-partitioned Parquet plus a DuckDB view.
+
+Layout under the data directory ``D``::
+
+    D/tool_calls/date=YYYY-MM-DD/part-<uuid>.parquet   the rows (partitioned by start_time's UTC date)
+    D/callward.duckdb                                  a view ``tool_calls`` over those files
+    D/policies/<version>.json                          every policy version seen (see decode.py)
+
+What it promises:
+
+- **No half file is ever visible.** Each Parquet file is written under a temp name that
+  no reader's ``*.parquet`` glob matches (``.part-<uuid>.parquet.tmp``; DuckDB's glob does
+  not skip dot files), fsync'ed, renamed into place and the directory fsync'ed. A crash leaves either the whole file or a stale temp file, removed at start.
+- **(trace_id, span_id) is unique across the store.** :class:`StoreWriter` keeps the keys
+  already written in memory (rebuilt from the Parquet files when it opens) and drops rows
+  whose key it has seen, so OTLP retries and spool replays after a crash never duplicate.
+- **Readers are never locked out.** DuckDB allows one read-write process *or* many
+  read-only ones per file, so the DuckDB file is opened only for the moment it takes to
+  (re)create the view, then closed. The view holds the absolute path of ``D``, so
+  ``duckdb D/callward.duckdb`` works from any directory.
+- **The view never fails on an empty store.** Until the first Parquet file exists the view
+  is an empty, typed ``SELECT``; it is switched to ``read_parquet`` once files exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from collector.schema import (
+    DUCKDB_FILE,
+    PARQUET_DIR,
+    PARTITION_COLUMN,
+    POLICIES_DIR,
+    STRING_COLUMNS,
+    TABLE,
+    TOOL_CALL_SCHEMA,
+)
+
+log = logging.getLogger("callward.collector.store")
+
+# Temp files start with a dot and end in .tmp: no reader glob (*.parquet, *.json) sees them.
+_TEMP_PREFIX = "."
+_TEMP_SUFFIX = ".tmp"
+_REQUIRED = ("start_time", "end_time", "trace_id", "span_id")
+_DUCKDB_TYPES = {
+    "start_time": "TIMESTAMPTZ",
+    "end_time": "TIMESTAMPTZ",
+    "duration_ms": "DOUBLE",
+    "result_bytes": "BIGINT",
+}
+# Parquet row groups sized for analytic scans; zstd is small on disk and fast to read.
+_COMPRESSION = "zstd"
+
+
+class StoreLockedError(RuntimeError):
+    """The DuckDB file is held by another read-write process; the view was not refreshed."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (POSIX needs the directory fsync'ed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old state or all of it, never part."""
+    tmp = path.with_name(f"{_TEMP_PREFIX}{path.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Validate ``table`` and cast it to TOOL_CALL_SCHEMA (column order, types, UTC).
+
+    Missing optional columns are filled (``""`` for text, null for numbers); unknown
+    columns and rows without a time or a well-formed trace/span id raise ValueError,
+    because they would break the one schema every reader relies on.
+    """
+    unknown = [n for n in table.column_names if n not in TOOL_CALL_SCHEMA.names]
+    if unknown:
+        raise ValueError(f"columns not in the tool-call schema: {', '.join(sorted(unknown))}")
+    missing_required = [n for n in _REQUIRED if n not in table.column_names]
+    if missing_required:
+        raise ValueError(f"required columns missing: {', '.join(missing_required)}")
+    n = table.num_rows
+    columns: list[pa.Array | pa.ChunkedArray] = []
+    for field in TOOL_CALL_SCHEMA:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            timestamp = pa.types.is_timestamp(field.type) and pa.types.is_timestamp(col.type)
+            if timestamp and col.type.tz is None:  # naive timestamps are taken as UTC
+                col = pc.assume_timezone(col, "UTC")
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise ValueError(f"column {field.name}: cannot cast to {field.type}: {e}") from e
+            if field.name in STRING_COLUMNS and col.null_count:
+                col = pc.fill_null(col, "")
+        elif field.name in STRING_COLUMNS:
+            col = pa.array([""] * n, type=field.type)
+        else:
+            col = pa.nulls(n, type=field.type)
+        if not field.nullable and col.null_count:
+            raise ValueError(f"column {field.name}: {col.null_count} null value(s)")
+        columns.append(col)
+    out = pa.Table.from_arrays(columns, schema=TOOL_CALL_SCHEMA)
+    for name, width in (("trace_id", 32), ("span_id", 16)):
+        ok = pc.match_substring_regex(out.column(name), f"^[0-9a-f]{{{width}}}$")
+        if not pc.all(ok).as_py():
+            raise ValueError(f"column {name}: every value must be {width} lowercase hex digits")
+    return out
+
+
+def _keys(table: pa.Table) -> list[bytes]:
+    """The dedupe key of each row: trace id and span id as 24 raw bytes (compact in memory)."""
+    tids = table.column("trace_id").to_pylist()
+    sids = table.column("span_id").to_pylist()
+    return [bytes.fromhex(t + s) for t, s in zip(tids, sids, strict=True)]
+
+
+def parquet_files(data_dir: Path) -> list[Path]:
+    """Every visible Parquet file of the store, in a stable order."""
+    root = Path(data_dir) / PARQUET_DIR
+    return sorted(p for p in root.glob("*/*.parquet") if not p.name.startswith("."))
+
+
+def _empty_view_sql() -> str:
+    cols = []
+    for field in TOOL_CALL_SCHEMA:
+        sql_type = _DUCKDB_TYPES.get(field.name, "VARCHAR")
+        cols.append(f"CAST(NULL AS {sql_type}) AS {_ident(field.name)}")
+    cols.append(f"CAST(NULL AS DATE) AS {_ident(PARTITION_COLUMN)}")
+    return "SELECT " + ", ".join(cols) + " WHERE false"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def view_sql(data_dir: Path) -> str:
+    """The ``CREATE VIEW`` statement for ``data_dir`` in its current state."""
+    root = Path(data_dir).resolve()
+    if parquet_files(root):
+        glob = str(root / PARQUET_DIR / "**" / "*.parquet")
+        body = (
+            f"SELECT * FROM read_parquet({_literal(glob)}, "
+            "hive_partitioning = true, union_by_name = true)"
+        )
+    else:
+        body = _empty_view_sql()
+    return f"CREATE OR REPLACE VIEW {_ident(TABLE)} AS {body}"
+
+
+def refresh_view(data_dir: Path, *, attempts: int = 5, wait_s: float = 0.1) -> None:
+    """(Re)create the ``tool_calls`` view, holding the DuckDB file open only briefly.
+
+    Raises StoreLockedError when another process keeps the file open (readers open it
+    read-only, which excludes a writer); callers retry on their next flush.
+    """
+    path = Path(data_dir) / DUCKDB_FILE
+    sql = view_sql(data_dir)
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            con = duckdb.connect(str(path))
+        except duckdb.IOException as e:  # lock held by another process
+            last = e
+            time.sleep(wait_s * (attempt + 1))
+            continue
+        try:
+            con.execute(sql)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        return
+    raise StoreLockedError(f"could not open {path} read-write: {last}")
+
+
+def ensure_store(data_dir: Path) -> Path:
+    """Create the store layout under ``data_dir`` (idempotent), remove stale temp files from
+    an interrupted write, and (re)create the view. Returns the resolved data directory."""
+    root = Path(data_dir).resolve()
+    (root / PARQUET_DIR).mkdir(parents=True, exist_ok=True)
+    (root / POLICIES_DIR).mkdir(parents=True, exist_ok=True)
+    for stale in (root / PARQUET_DIR).glob(f"*/{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+    for stale in (root / POLICIES_DIR).glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+    try:
+        refresh_view(root)
+    except StoreLockedError as e:
+        log.warning("tool_calls view not refreshed (%s); will retry after the next write", e)
+    return root
+
+
+def save_policy(data_dir: Path, version: str, document: str) -> bool:
+    """Keep a policy document as ``D/policies/<version>.json`` (written once, atomically).
+
+    The version is a content hash, so an existing file already holds this document.
+    Returns True when the file was created now.
+    """
+    if "/" in version or version.startswith("."):
+        raise ValueError(f"not a policy version: {version!r}")
+    path = Path(data_dir) / POLICIES_DIR / f"{version}.json"
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, document.encode("utf-8"))
+    return True
+
+
+def _write_partition(root: Path, date: str, table: pa.Table) -> Path:
+    part_dir = root / PARQUET_DIR / f"{PARTITION_COLUMN}={date}"
+    new_dir = not part_dir.exists()
+    part_dir.mkdir(parents=True, exist_ok=True)
+    if new_dir:
+        fsync_dir(part_dir.parent)
+    final = part_dir / f"part-{uuid.uuid4().hex}.parquet"
+    tmp = part_dir / f"{_TEMP_PREFIX}{final.name}{_TEMP_SUFFIX}"
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression=_COMPRESSION)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(part_dir)
+    return final
+
+
+class StoreWriter:
+    """Appends conformed tool-call rows to the store, at most once per (trace_id, span_id).
+
+    Not thread-safe: one writer per store (the collector's writer thread, or the generator).
+    """
+
+    def __init__(self, data_dir: Path):
+        self.root = ensure_store(data_dir)
+        self._seen: set[bytes] = set()
+        self._view_stale = False
+        self.rows_written = 0
+        self.duplicates_dropped = 0
+        self.files_written = 0
+        for path in parquet_files(self.root):
+            keys = pq.read_table(path, columns=["trace_id", "span_id"])
+            self._seen.update(_keys(keys))
+
+    @property
+    def known_keys(self) -> int:
+        return len(self._seen)
+
+    def write(self, table: pa.Table) -> list[Path]:
+        """Conform, de-duplicate and write ``table``; returns the Parquet files created."""
+        table = conform(table)
+        if table.num_rows == 0:
+            return []
+        keys = _keys(table)
+        keep: list[bool] = []
+        batch_seen: set[bytes] = set()
+        for key in keys:
+            fresh = key not in self._seen and key not in batch_seen
+            keep.append(fresh)
+            if fresh:
+                batch_seen.add(key)
+        dropped = len(keys) - len(batch_seen)
+        if dropped:
+            self.duplicates_dropped += dropped
+            table = table.filter(pa.array(keep, type=pa.bool_()))
+        if table.num_rows == 0:
+            return []
+        had_files = self.files_written > 0 or bool(parquet_files(self.root))
+        dates = pc.strftime(table.column("start_time"), format="%Y-%m-%d")
+        written: list[Path] = []
+        for date in sorted(pc.unique(dates).to_pylist()):
+            part = table.filter(pc.equal(dates, date))
+            written.append(_write_partition(self.root, date, part))
+        # Only now, with every file durable, do the keys count as stored.
+        self._seen.update(batch_seen)
+        self.rows_written += table.num_rows
+        self.files_written += len(written)
+        if not had_files or self._view_stale:
+            self._try_refresh_view()
+        return written
+
+    def _try_refresh_view(self) -> None:
+        try:
+            refresh_view(self.root)
+            self._view_stale = False
+        except StoreLockedError as e:
+            self._view_stale = True
+            log.warning("tool_calls view not refreshed (%s); will retry", e)
+
+    def close(self) -> None:
+        if self._view_stale:
+            self._try_refresh_view()
+
+
+def write_tool_calls(data_dir: Path, table: pa.Table | Iterable[pa.RecordBatch]) -> None:
+    """Write tool-call rows into the store at ``data_dir`` (creating it if needed).
+
+    The batch entry point for other writers such as the dataset generator: validates and
+    casts to TOOL_CALL_SCHEMA, drops rows whose (trace_id, span_id) is already stored,
+    partitions by date, writes each file atomically and refreshes the ``tool_calls`` view.
+    """
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_batches(list(table))
+    writer = StoreWriter(data_dir)
+    writer.write(table)
+    writer.close()

@@ -1,0 +1,1 @@
+"""The operator's dashboard: a Streamlit app that only reads the store (see README.md)."""

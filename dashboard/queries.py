@@ -1,0 +1,523 @@
+"""Every SQL statement the dashboard runs, and the one connection they run on.
+
+The dashboard only reads. It opens one in-memory DuckDB database per data directory (cached
+for the life of the app) whose view ``tool_calls`` reads the store's Hive-partitioned Parquet
+files directly, then switches off file access outside the data directory and locks the
+configuration. Reading the Parquet files rather than the collector's ``callward.duckdb``
+keeps the dashboard working while the collector holds that file open for writing (DuckDB
+lets only one process open a database file when one of them writes).
+
+Every query is bounded: a row cap (``LIMIT``), a time limit (a timer interrupts the cursor),
+and a cache with a TTL so a page re-run does not re-scan the store. A failed query raises
+:class:`QueryError`, which keeps the SQL and its parameters for the page to show.
+
+Pages never pull raw calls in bulk: each query aggregates in SQL and returns at most a few
+thousand rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import streamlit as st
+
+from collector.schema import PARQUET_DIR, PARTITION_COLUMN, TABLE, TOOL_CALL_SCHEMA
+
+CACHE_TTL_S = 30
+QUERY_TIMEOUT_S = 20.0
+MAX_ROWS = 5000
+MAX_FILTER_VALUES = 500
+TOP_N = 10
+
+# Bucket widths offered to charts, narrowest first; a chart gets the narrowest one that keeps it
+# under MAX_BUCKETS points.
+BUCKETS: tuple[tuple[str, timedelta], ...] = (
+    ("1 minute", timedelta(minutes=1)),
+    ("10 minutes", timedelta(minutes=10)),
+    ("1 hour", timedelta(hours=1)),
+    ("6 hours", timedelta(hours=6)),
+    ("1 day", timedelta(days=1)),
+    ("7 days", timedelta(days=7)),
+)
+MAX_BUCKETS = 400
+
+# Columns a "top N" query may group by; never interpolate anything else into SQL.
+TOP_COLUMNS = ("agent_id", "server", "tool")
+
+REDACTION_MARKER = "[REDACTED:"
+_REDACTION_KIND = r"\[REDACTED:([^\]]*)\]"
+_URL_HOST = r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/@\s\"]*@)?([A-Za-z0-9.\-_]+)"
+
+_DUCK_TYPES = {
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+    pa.string(): "VARCHAR",
+    pa.float64(): "DOUBLE",
+    pa.int64(): "BIGINT",
+}
+
+
+class QueryError(Exception):
+    """A dashboard query failed; carries the SQL and its parameters so the page can show them."""
+
+    def __init__(self, message: str, sql: str, params: Sequence[Any] = ()):
+        super().__init__(message)
+        self.message = message
+        self.sql = sql
+        self.params = tuple(params)
+
+
+class QueryTimeout(QueryError):
+    """A query ran past its time limit and was interrupted."""
+
+
+# --------------------------------------------------------------------------- filters
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """The cross-page filters: a half-open time range and optional agent/server/tool sets."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    agents: tuple[str, ...] = ()
+    servers: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+
+    def where(self, prefix: str = "") -> tuple[str, list[Any]]:
+        """SQL predicate (never empty) and its parameters, with partition pruning on date."""
+        conds: list[str] = []
+        params: list[Any] = []
+        if self.start is not None:
+            conds += [f"{prefix}{PARTITION_COLUMN} >= ?", f"{prefix}start_time >= ?"]
+            params += [self.start.date(), self.start]
+        if self.end is not None:
+            conds += [f"{prefix}{PARTITION_COLUMN} <= ?", f"{prefix}start_time < ?"]
+            params += [self.end.date(), self.end]
+        for column, values in (
+            ("agent_id", self.agents),
+            ("server", self.servers),
+            ("tool", self.tools),
+        ):
+            if values:
+                marks = ", ".join("?" for _ in values)
+                conds.append(f"{prefix}{column} IN ({marks})")
+                params += list(values)
+        return (" AND ".join(conds) or "TRUE"), params
+
+
+def bucket_for(start: datetime | None, end: datetime | None) -> str:
+    """The narrowest bucket width that keeps a chart of [start, end) under MAX_BUCKETS points."""
+    if start is None or end is None:
+        return BUCKETS[-2][0]
+    span = max(end - start, timedelta(seconds=1))
+    for name, width in BUCKETS:
+        if span / width <= MAX_BUCKETS:
+            return name
+    return BUCKETS[-1][0]
+
+
+# --------------------------------------------------------------------------- the connection
+
+
+@dataclass
+class Store:
+    """One read-only view of a data directory."""
+
+    data_dir: Path
+    con: duckdb.DuckDBPyConnection
+    has_files: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def glob(self) -> str:
+        # The collector writes under dot-prefixed temp names and renames; never read those.
+        return str(self.data_dir / PARQUET_DIR / "*" / "[!.]*.parquet")
+
+    def parquet_files(self) -> list[Path]:
+        files = (self.data_dir / PARQUET_DIR).glob("*/*.parquet")
+        return sorted(p for p in files if not p.name.startswith("."))
+
+    def refresh(self) -> None:
+        """Switch the view from the empty placeholder to the Parquet files once they appear."""
+        if self.has_files:
+            return
+        with self.lock:
+            if self.has_files or not self.parquet_files():
+                return
+            self.con.execute(
+                f"CREATE OR REPLACE VIEW {TABLE} AS SELECT * FROM read_parquet("
+                f"{_sql_literal(self.glob)}, hive_partitioning = true, "
+                f"hive_types = {{'{PARTITION_COLUMN}': DATE}})"
+            )
+            self.has_files = True
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _empty_view_sql() -> str:
+    cols = [
+        f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {f.name}" for f in TOOL_CALL_SCHEMA
+    ]
+    cols.append(f"CAST(NULL AS DATE) AS {PARTITION_COLUMN}")
+    return f"CREATE OR REPLACE VIEW {TABLE} AS SELECT {', '.join(cols)} WHERE FALSE"
+
+
+def open_store(data_dir: str | Path) -> Store:
+    """Open a read-only view of ``data_dir`` (uncached; the app uses :func:`connect`)."""
+    root = Path(data_dir).resolve()
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(_empty_view_sql())
+    con.execute(f"SET allowed_directories = [{_sql_literal(str(root) + '/')}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    store = Store(root, con)
+    store.refresh()
+    return store
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def connect(data_dir: str) -> Store:
+    """The app's one connection per data directory."""
+    return open_store(data_dir)
+
+
+def run(
+    store: Store,
+    sql: str,
+    params: Sequence[Any] = (),
+    *,
+    max_rows: int = MAX_ROWS,
+    timeout_s: float = QUERY_TIMEOUT_S,
+) -> pd.DataFrame:
+    """Run one bounded query; ``frame.attrs['truncated']`` says whether rows were cut."""
+    store.refresh()
+    bounded = f"SELECT * FROM ({sql}) AS bounded LIMIT {int(max_rows) + 1}"
+    cur = store.con.cursor()
+    timer = threading.Timer(timeout_s, cur.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        frame = cur.execute(bounded, list(params)).df()
+    except duckdb.InterruptException:
+        raise QueryTimeout(
+            f"query interrupted after {timeout_s:g} s", sql, params
+        ) from None
+    except duckdb.Error as e:
+        raise QueryError(f"{type(e).__name__}: {e}", sql, params) from None
+    finally:
+        timer.cancel()
+        cur.close()
+    truncated = len(frame) > max_rows
+    if truncated:
+        frame = frame.head(max_rows)
+    frame.attrs["truncated"] = truncated
+    return frame
+
+
+def _q(data_dir: str, sql: str, params: Sequence[Any] = (), **kw: Any) -> pd.DataFrame:
+    return run(connect(data_dir), sql, params, **kw)
+
+
+_cached = st.cache_data(ttl=CACHE_TTL_S, max_entries=512, show_spinner=False)
+
+
+# --------------------------------------------------------------------------- store-wide
+
+
+@_cached
+def store_summary(data_dir: str) -> dict[str, Any]:
+    """Size and freshness of the whole store (no filters): for the sidebar and empty states."""
+    store = connect(data_dir)
+    files = store.parquet_files()
+    frame = run(
+        store,
+        f"SELECT count(*) AS calls, min(start_time) AS first_span, max(end_time) AS last_span,"
+        f" count(DISTINCT {PARTITION_COLUMN}) AS days FROM {TABLE}",
+    )
+    row = frame.iloc[0]
+    return {
+        "data_dir": str(store.data_dir),
+        "files": len(files),
+        "bytes": sum(f.stat().st_size for f in files),
+        "calls": int(row["calls"]),
+        "days": int(row["days"]),
+        "first_span": None if pd.isna(row["first_span"]) else row["first_span"].to_pydatetime(),
+        "last_span": None if pd.isna(row["last_span"]) else row["last_span"].to_pydatetime(),
+    }
+
+
+@_cached
+def filter_options(data_dir: str) -> dict[str, list[str]]:
+    """The busiest agents, servers and tools, offered in the filter pickers."""
+    out: dict[str, list[str]] = {}
+    for column in TOP_COLUMNS:
+        frame = _q(
+            data_dir,
+            f"SELECT {column} AS value FROM {TABLE} WHERE coalesce({column}, '') <> ''"
+            f" GROUP BY {column} ORDER BY count(*) DESC, {column}",
+            max_rows=MAX_FILTER_VALUES,
+        )
+        out[column] = sorted(frame["value"].tolist())
+    return out
+
+
+# --------------------------------------------------------------------------- overview
+
+
+@_cached
+def headline(data_dir: str, flt: CallFilter) -> dict[str, Any]:
+    """The figures at the top of the overview."""
+    where, params = flt.where()
+    frame = _q(
+        data_dir,
+        f"""
+        SELECT count(*) AS calls,
+               count(*) FILTER (WHERE decision = 'deny') AS denied,
+               count(*) FILTER (WHERE decision = 'require_approval') AS approvals,
+               count(*) FILTER (WHERE decision = 'allow') AS allowed,
+               count(*) FILTER (WHERE outcome = 'error') AS errors,
+               count(DISTINCT agent_id) AS agents,
+               count(DISTINCT session_id) AS sessions,
+               max(end_time) AS last_span
+        FROM {TABLE} WHERE {where}
+        """,
+        params,
+    )
+    row = frame.iloc[0].to_dict()
+    decided = int(row["denied"]) + int(row["approvals"]) + int(row["allowed"])
+    row["deny_rate"] = (int(row["denied"]) / decided) if decided else 0.0
+    return row
+
+
+@_cached
+def decisions_over_time(data_dir: str, flt: CallFilter) -> pd.DataFrame:
+    """Calls per time bucket and decision ("none" when the call was not decided)."""
+    where, params = flt.where()
+    bucket = bucket_for(flt.start, flt.end)
+    return _q(
+        data_dir,
+        f"""
+        SELECT time_bucket(INTERVAL '{bucket}', start_time) AS bucket,
+               CASE WHEN coalesce(decision, '') = '' THEN 'none' ELSE decision END AS decision,
+               count(*) AS calls
+        FROM {TABLE} WHERE {where}
+        GROUP BY ALL ORDER BY bucket, decision
+        """,
+        params,
+        max_rows=MAX_BUCKETS * 4 * 2,
+    )
+
+
+@_cached
+def top(data_dir: str, flt: CallFilter, column: str, n: int = TOP_N) -> pd.DataFrame:
+    """The ``n`` busiest values of ``column`` with their deny counts."""
+    if column not in TOP_COLUMNS:
+        raise ValueError(f"cannot group by {column!r}")
+    where, params = flt.where()
+    return _q(
+        data_dir,
+        f"""
+        SELECT coalesce({column}, '') AS {column}, count(*) AS calls,
+               count(*) FILTER (WHERE decision = 'deny') AS denied
+        FROM {TABLE} WHERE {where}
+        GROUP BY 1 ORDER BY calls DESC, 1
+        """,
+        params,
+        max_rows=n,
+    )
+
+
+@_cached
+def policy_versions(data_dir: str, flt: CallFilter) -> pd.DataFrame:
+    """Policy versions seen in decisions, with when each was first and last in force."""
+    where, params = flt.where()
+    return _q(
+        data_dir,
+        f"""
+        SELECT policy_version, min(start_time) AS first_seen, max(start_time) AS last_seen,
+               count(*) AS calls, count(*) FILTER (WHERE decision = 'deny') AS denied
+        FROM {TABLE} WHERE {where} AND coalesce(policy_version, '') <> ''
+        GROUP BY 1 ORDER BY last_seen DESC
+        """,
+        params,
+    )
+
+
+# --------------------------------------------------------------------------- runaway agents
+
+
+@_cached
+def agent_activity(data_dir: str, flt: CallFilter) -> pd.DataFrame:
+    """Per agent: its usual (median) calls per bucket against its busiest bucket."""
+    where, params = flt.where()
+    bucket = bucket_for(flt.start, flt.end)
+    return _q(
+        data_dir,
+        f"""
+        WITH per AS (
+            SELECT agent_id, time_bucket(INTERVAL '{bucket}', start_time) AS bucket,
+                   count(*) AS calls, count(*) FILTER (WHERE decision = 'deny') AS denied
+            FROM {TABLE} WHERE {where} AND coalesce(agent_id, '') <> ''
+            GROUP BY ALL
+        )
+        SELECT agent_id, sum(calls) AS calls, sum(denied) AS denied,
+               count(*) AS active_buckets, median(calls) AS usual, max(calls) AS peak,
+               arg_max(bucket, calls) AS peak_at, max(calls) / median(calls) AS peak_vs_usual,
+               '{bucket}' AS bucket_width
+        FROM per GROUP BY agent_id ORDER BY peak_vs_usual DESC, calls DESC, agent_id
+        """,
+        params,
+    )
+
+
+@_cached
+def agent_timeline(data_dir: str, flt: CallFilter, agent_id: str) -> pd.DataFrame:
+    """One agent's calls per bucket and decision, for its activity chart."""
+    narrowed = CallFilter(flt.start, flt.end, (agent_id,), flt.servers, flt.tools)
+    return decisions_over_time(data_dir, narrowed)
+
+
+@_cached
+def calls_in_window(
+    data_dir: str,
+    start: datetime,
+    end: datetime,
+    agent_id: str = "",
+    session_id: str = "",
+    trace_id: str = "",
+    span_ids: tuple[str, ...] = (),
+    max_rows: int = 1000,
+) -> pd.DataFrame:
+    """The calls behind a finding, in time order: its window, narrowed by agent, session,
+    trace or span ids (each one given narrows further)."""
+    conds = [
+        f"{PARTITION_COLUMN} BETWEEN ? AND ?",
+        "start_time BETWEEN ? AND ?",
+    ]
+    params: list[Any] = [start.date(), end.date(), start, end]
+    if agent_id:
+        conds.append("agent_id = ?")
+        params.append(agent_id)
+    if session_id:
+        conds.append("session_id = ?")
+        params.append(session_id)
+    if trace_id:
+        conds.append("trace_id = ?")
+        params.append(trace_id)
+    if span_ids:
+        conds.append(f"span_id IN ({', '.join('?' for _ in span_ids)})")
+        params += list(span_ids)
+    return _q(data_dir, _CALL_COLUMNS_SQL.format(where=" AND ".join(conds)), params, max_rows=max_rows)
+
+
+_CALL_COLUMNS_SQL = f"""
+    SELECT start_time, agent_id, session_id, server, tool, decision, rule, message,
+           arguments, outcome, error_type, duration_ms, result_bytes, policy_version,
+           trace_id, span_id
+    FROM {TABLE} WHERE {{where}} ORDER BY start_time, span_id
+"""
+
+
+# --------------------------------------------------------------------------- exfiltration
+
+
+@_cached
+def destinations(data_dir: str, flt: CallFilter) -> pd.DataFrame:
+    """Hosts named in call arguments (URLs), ordered by when each was first used."""
+    where, params = flt.where()
+    return _q(
+        data_dir,
+        f"""
+        WITH hits AS (
+            SELECT lower(regexp_extract(arguments, '{_URL_HOST}', 1)) AS destination,
+                   start_time, agent_id, tool, decision
+            FROM {TABLE} WHERE {where} AND contains(arguments, '://')
+        )
+        SELECT destination, min(start_time) AS first_used, arg_min(agent_id, start_time)
+               AS first_agent, arg_min(tool, start_time) AS first_tool,
+               max(start_time) AS last_used, count(*) AS calls,
+               count(DISTINCT agent_id) AS agents,
+               count(*) FILTER (WHERE decision = 'deny') AS denied
+        FROM hits WHERE destination <> ''
+        GROUP BY destination ORDER BY first_used, destination
+        """,
+        params,
+    )
+
+
+@_cached
+def redactions(data_dir: str, flt: CallFilter) -> pd.DataFrame:
+    """How many secrets were redacted from arguments, by kind (``[REDACTED:kind]`` markers)."""
+    where, params = flt.where()
+    return _q(
+        data_dir,
+        f"""
+        WITH marked AS (
+            SELECT unnest(regexp_extract_all(arguments, '{_REDACTION_KIND}', 1)) AS kind,
+                   span_id
+            FROM {TABLE} WHERE {where} AND contains(arguments, '{REDACTION_MARKER}')
+        )
+        SELECT kind, count(*) AS secrets, count(DISTINCT span_id) AS calls
+        FROM marked GROUP BY kind ORDER BY secrets DESC, kind
+        """,
+        params,
+    )
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@_cached
+def sessions(data_dir: str, flt: CallFilter, max_rows: int = 500) -> pd.DataFrame:
+    """The most recent sessions under the filters, with their size and deny count."""
+    where, params = flt.where()
+    return _q(
+        data_dir,
+        f"""
+        SELECT session_id, arg_min(agent_id, start_time) AS agent_id,
+               min(start_time) AS started, max(end_time) AS ended, count(*) AS calls,
+               count(*) FILTER (WHERE decision = 'deny') AS denied,
+               count(DISTINCT trace_id) AS traces
+        FROM {TABLE} WHERE {where} AND coalesce(session_id, '') <> ''
+        GROUP BY session_id ORDER BY started DESC, session_id
+        """,
+        params,
+        max_rows=max_rows,
+    )
+
+
+@_cached
+def session_calls(
+    data_dir: str, session_id: str = "", trace_id: str = "", max_rows: int = MAX_ROWS
+) -> pd.DataFrame:
+    """Every call of one session or one trace, in order."""
+    if not session_id and not trace_id:
+        raise ValueError("a session or a trace id is needed")
+    conds, params = [], []
+    if session_id:
+        conds.append("session_id = ?")
+        params.append(session_id)
+    if trace_id:
+        conds.append("trace_id = ?")
+        params.append(trace_id)
+    return _q(data_dir, _CALL_COLUMNS_SQL.format(where=" AND ".join(conds)), params, max_rows=max_rows)
+
+
+# --------------------------------------------------------------------------- policies
+
+
+@_cached
+def policy_usage(data_dir: str) -> pd.DataFrame:
+    """Every policy version that decided a call, over the whole store."""
+    return policy_versions(data_dir, CallFilter())

@@ -1,0 +1,85 @@
+"""Sessions: one session or trace, call by call, with what was decided and why."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, context, queries, widgets
+from dashboard.queries import QueryError
+
+ctx = context.page(
+    "Sessions",
+    "Pick a session (or paste a trace id) to see its calls in order.",
+)
+SHOWN = [
+    "start_time",
+    "agent_id",
+    "server",
+    "tool",
+    "decision",
+    "rule",
+    "message",
+    "arguments",
+    "outcome",
+    "error_type",
+    "duration_ms",
+    "trace_id",
+    "span_id",
+]
+
+
+def render() -> None:
+    wanted_session = st.query_params.get("session", "")
+    wanted_trace = st.query_params.get("trace", "")
+    recent = queries.sessions(ctx.data_dir, ctx.flt)
+    ids = recent["session_id"].tolist()
+    if wanted_session and wanted_session not in ids:
+        ids.insert(0, wanted_session)
+    labels = {
+        row.session_id: f"{row.session_id} · {row.agent_id} · {row.started:%Y-%m-%d %H:%M} · "
+        f"{row.calls:,} calls, {row.denied:,} denied"
+        for row in recent.itertuples()
+    }
+    left, right = st.columns([3, 2])
+    with left:
+        session = st.selectbox(
+            "Session (most recent first)",
+            ids,
+            index=ids.index(wanted_session) if wanted_session in ids else 0 if ids else None,
+            format_func=lambda s: labels.get(s, s),
+            key="session_pick",
+        )
+    with right:
+        trace = st.text_input("…or a trace id", value=wanted_trace, key="trace_pick").strip()
+    widgets.truncated_note(recent)
+
+    if trace:
+        calls = queries.session_calls(ctx.data_dir, trace_id=trace)
+        what = f"trace `{trace}`"
+    elif session:
+        calls = queries.session_calls(ctx.data_dir, session_id=session)
+        what = f"session `{session}`"
+    else:
+        st.info("No session in this range; widen the filters.")
+        return
+    if calls.empty:
+        st.warning(f"No call recorded for {what}.")
+        return
+
+    denied = int((calls["decision"] == "deny").sum())
+    errors = int((calls["outcome"] == "error").sum())
+    cols = st.columns(4)
+    cols[0].metric("Calls", f"{len(calls):,}")
+    cols[1].metric("Denied", f"{denied:,}")
+    cols[2].metric("Errors", f"{errors:,}")
+    cols[3].metric("Tools", f"{calls['tool'].nunique():,}")
+    st.markdown(f"Calls of {what}, in order:")
+    st.altair_chart(charts.timeline(calls), width="stretch")
+    name = f"calls-{(trace or session or 'calls')[:40]}"
+    widgets.table(calls[SHOWN], name)
+
+
+try:
+    render()
+except QueryError as error:
+    widgets.query_error(error)

@@ -1,0 +1,1 @@
+"""Realistic labeled agent traffic for callward: the generator, its incidents and labels."""

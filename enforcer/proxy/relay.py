@@ -1,0 +1,520 @@
+"""The relay: one client session forwarded to one upstream connection, message by message.
+
+Both sides are the SDK's transport streams of :class:`SessionMessage`, so the relay is
+the same for stdio and streamable HTTP. It forwards every JSON-RPC message unchanged in
+both directions, with three exceptions:
+
+* a ``tools/call`` request goes through the :class:`~enforcer.proxy.gate.Gate` first; a
+  refused call is answered here and never reaches the server;
+* a ``tools/list`` response loses the tools the policy hides (every time, so a tool stays
+  hidden after ``notifications/tools/list_changed``);
+* failures are answered here: a malformed message, an upstream that closes or crashes
+  mid-call, or one that does not answer within ``call_timeout``.
+
+Request ids are not rewritten. Client and server each own their id space and the proxy
+never originates a request of its own, except one: after the upstream died, the next
+client request reconnects and replays the client's ``initialize`` under a
+``callward-reinit-N`` id whose answer is swallowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup, TaskStatus
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp.types import (
+    ErrorData,
+    JSONRPCError,
+    JSONRPCMessage,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    RequestId,
+)
+
+from enforcer.proxy.gate import Gate, Identity, Verdict, refusal_result
+from enforcer.proxy.upstream import Connector
+
+log = logging.getLogger("callward.proxy")
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+UPSTREAM_UNAVAILABLE = -32001
+"""The upstream server could not be reached, or it closed while the request was pending."""
+UPSTREAM_TIMEOUT = -32002
+"""The upstream server did not answer within the proxy's per-call timeout."""
+MESSAGE_TOO_LARGE = -32003
+"""A message over the proxy's size limit (see :mod:`enforcer.proxy.stdio`)."""
+
+OVERSIZE_METHOD = "callward/oversize"
+"""Stands in for a message too large to read; the relay answers it with an error."""
+
+DEFAULT_CALL_TIMEOUT = 120.0
+"""Seconds an upstream gets to answer one request before the client gets an error."""
+MIN_INITIALIZE_TIMEOUT = 60.0
+"""``initialize`` gets at least this long: a server's first start (npx, uvx) can be slow."""
+
+IdentityResolver = Callable[[SessionMessage, str], Identity]
+"""(message as received, clientInfo.name seen at initialize) -> who is calling."""
+
+MalformedHook = Callable[[Exception], str | None]
+"""Given the transport's parse exception, the raw text that failed (if the transport knows)."""
+
+
+@dataclass(slots=True)
+class Inflight:
+    """A client request forwarded upstream and not answered yet."""
+
+    method: str
+    watcher: anyio.CancelScope
+    verdict: Verdict | None = None
+    progress_token: Any = None
+
+
+@dataclass(slots=True)
+class RelayStats:
+    forwarded: int = 0
+    refused: int = 0
+    upstream_connects: int = 0
+    dropped_late_responses: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class Relay:
+    """Forward one client session to its upstream, enforcing policy on ``tools/call``."""
+
+    _reinit_ids = itertools.count(1)
+
+    def __init__(
+        self,
+        gate: Gate,
+        connector: Connector,
+        identify: IdentityResolver,
+        *,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
+        on_malformed: MalformedHook | None = None,
+    ):
+        self.gate = gate
+        self.connector = connector
+        self.identify = identify
+        self.call_timeout = call_timeout
+        self.on_malformed = on_malformed
+        self.stats = RelayStats()
+        self.client_name = ""
+        self._init: JSONRPCRequest | None = None
+        self._inflight: dict[RequestId, Inflight] = {}
+        self._progress: dict[Any, RequestId] = {}
+        self._up_write: ObjectSendStream[SessionMessage] | None = None
+        self._client_write: ObjectSendStream[SessionMessage] | None = None
+        self._tg: TaskGroup | None = None
+        self._connect_lock = anyio.Lock()
+        self._reinit_id: str | None = None
+        self._reinit_done: anyio.Event | None = None
+        self._reinit_error: str = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(
+        self,
+        client_read: ObjectReceiveStream[SessionMessage | Exception],
+        client_write: ObjectSendStream[SessionMessage],
+    ) -> None:
+        """Relay until the client closes its side; the upstream is closed with it."""
+        self._client_write = client_write
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await self._connect()
+                try:
+                    async for item in client_read:
+                        await self._from_client(item)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    pass
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._client_write = None
+            await client_write.aclose()
+
+    async def _connect(self) -> str:
+        """Open the upstream connection; returns "" or why it failed."""
+        assert self._tg is not None
+        try:
+            await self._tg.start(self._upstream_task)
+            self.stats.upstream_connects += 1
+            return ""
+        except Exception as e:
+            log.warning("could not connect to the upstream server: %r", e)
+            return f"upstream server could not be started: {type(e).__name__}: {e}"
+
+    async def _upstream_task(self, *, task_status: TaskStatus[None]) -> None:
+        started = False
+        try:
+            async with self.connector() as (up_read, up_write):
+                self._up_write = up_write
+                started = True
+                task_status.started()
+                async for item in up_read:
+                    await self._from_upstream(item)
+            log.warning("upstream server closed the connection")
+        except Exception as e:
+            if not started:
+                raise
+            log.warning("upstream connection failed: %r", e)
+        finally:
+            self._up_write = None
+            if started:
+                # Shielded so pending callers hear about it even during shutdown, but
+                # bounded: a client that stopped reading must not hold the proxy open.
+                with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 2.0):
+                    await self._fail_all("upstream server closed the connection")
+
+    async def _ensure_upstream(self) -> str:
+        """Reconnect (and replay ``initialize``) after the upstream died; "" when ready."""
+        async with self._connect_lock:
+            if self._up_write is not None:
+                return ""
+            failure = await self._connect()
+            if failure or self._init is None:
+                return failure
+            return await self._reinitialize(self._init)
+
+    async def _reinitialize(self, init: JSONRPCRequest) -> str:
+        rid = f"callward-reinit-{next(self._reinit_ids)}"
+        self._reinit_id, self._reinit_done, self._reinit_error = rid, anyio.Event(), ""
+        replay = init.model_copy(update={"id": rid})
+        if not await self._send_up(JSONRPCMessage(replay)):
+            return "upstream server closed during re-initialisation"
+        with anyio.move_on_after(max(self.call_timeout, MIN_INITIALIZE_TIMEOUT)):
+            await self._reinit_done.wait()
+        done = self._reinit_done.is_set()
+        self._reinit_id = None
+        if not done:
+            return "upstream server did not answer initialize after a restart"
+        if self._reinit_error:
+            return f"upstream server refused initialize after a restart: {self._reinit_error}"
+        note = JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized")
+        await self._send_up(JSONRPCMessage(note))
+        log.info("reconnected to the upstream server")
+        return ""
+
+    # ------------------------------------------------------------------ client -> upstream
+
+    async def _from_client(self, item: SessionMessage | Exception) -> None:
+        if isinstance(item, Exception):
+            await self._answer_malformed(item)
+            return
+        root = item.message.root
+        if isinstance(root, JSONRPCRequest):
+            await self._client_request(item, root)
+        elif isinstance(root, JSONRPCNotification):
+            if root.method == OVERSIZE_METHOD:
+                self._count("oversize")
+                return
+            if root.method == "notifications/cancelled":
+                await self._client_cancelled(root)
+            await self._send_up(item.message)
+        else:  # the client's answer to a server->client request (sampling, roots, elicitation)
+            await self._send_up(item.message)
+
+    async def _client_request(self, item: SessionMessage, req: JSONRPCRequest) -> None:
+        if req.method == OVERSIZE_METHOD:
+            params = req.params or {}
+            self._count("oversize")
+            await self._error(
+                req.id,
+                MESSAGE_TOO_LARGE,
+                f"message of {params.get('bytes', '?')} bytes is over the proxy's limit "
+                f"of {params.get('limit', '?')} bytes",
+            )
+            return
+        if req.method == "initialize":
+            self._init = req
+            info = (req.params or {}).get("clientInfo")
+            if isinstance(info, dict) and isinstance(info.get("name"), str):
+                self.client_name = info["name"]
+        verdict: Verdict | None = None
+        if req.method == "tools/call":
+            checked = await self._check_call(item, req)
+            if checked is None:
+                return
+            verdict = checked
+        if self._up_write is None:
+            failure = await self._ensure_upstream()
+            if failure:
+                await self._fail_request(
+                    req.id, req.method, verdict, failure, "upstream_unavailable"
+                )
+                return
+        watcher = anyio.CancelScope()
+        token = _progress_token(req.params)
+        self._inflight[req.id] = Inflight(req.method, watcher, verdict, token)
+        if token is not None:
+            self._progress[token] = req.id
+        assert self._tg is not None
+        timeout = self.call_timeout
+        if req.method == "initialize":
+            timeout = max(timeout, MIN_INITIALIZE_TIMEOUT)
+        self._tg.start_soon(self._watch, req.id, watcher, timeout)
+        if not await self._send_up(item.message):
+            self._pop(req.id)
+            await self._fail_request(
+                req.id,
+                req.method,
+                verdict,
+                "upstream server closed the connection",
+                "upstream_closed",
+            )
+            return
+        self.stats.forwarded += 1
+
+    async def _check_call(self, item: SessionMessage, req: JSONRPCRequest) -> Verdict | None:
+        """Gate a ``tools/call``; None when it was answered here (refused or malformed)."""
+        params = req.params or {}
+        identity = self.identify(item, self.client_name)
+        meta = params.get("_meta")
+        traceparent = meta.get("traceparent", "") if isinstance(meta, dict) else ""
+        traceparent = traceparent if isinstance(traceparent, str) else ""
+        name = params.get("name")
+        arguments = params.get("arguments")
+        arguments = {} if arguments is None else arguments
+        problem = ""
+        if not isinstance(name, str) or not name:
+            problem = "tools/call needs a tool name in params.name"
+        elif not isinstance(arguments, dict):
+            problem = "tools/call params.arguments must be an object"
+        if problem:
+            self.gate.record_rejected(
+                name if isinstance(name, str) else "",
+                arguments if isinstance(arguments, dict) else {},
+                identity,
+                "invalid_params",
+                problem,
+                traceparent,
+            )
+            self._count("invalid_params")
+            await self._error(req.id, INVALID_PARAMS, problem)
+            return None
+        assert isinstance(name, str) and isinstance(arguments, dict)
+        verdict = await self.gate.check(name, arguments, identity, traceparent)
+        if verdict.forward:
+            return verdict
+        self.stats.refused += 1
+        await self._to_client(
+            JSONRPCMessage(
+                JSONRPCResponse(jsonrpc="2.0", id=req.id, result=refusal_result(verdict))
+            )
+        )
+        return None
+
+    async def _client_cancelled(self, note: JSONRPCNotification) -> None:
+        """The client gave up on a request: close its span. Quota stays spent (the call may
+        have run; giving it back would let an agent bypass a limit by cancelling)."""
+        rid = (note.params or {}).get("requestId")
+        if not isinstance(rid, str | int):
+            return
+        entry = self._pop(rid)
+        if entry is not None and entry.verdict is not None:
+            duration = self.gate.finish(entry.verdict, "error", 0, "cancelled")
+            await self.gate.report(entry.verdict, "ok", duration, 0, "cancelled")
+
+    async def _answer_malformed(self, exc: Exception) -> None:
+        """JSON-RPC says: -32700 for text that is not JSON, -32600 for JSON that is not a
+        valid request; with the request's id when it can be read, else null."""
+        self._count("malformed")
+        raw = self.on_malformed(exc) if self.on_malformed is not None else None
+        rid: RequestId | None = None
+        code, why = PARSE_ERROR, "parse error: the message is not valid JSON"
+        if raw is not None:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                pass
+            else:
+                code, why = INVALID_REQUEST, "invalid request: not a valid JSON-RPC 2.0 message"
+                candidate = doc.get("id") if isinstance(doc, dict) else None
+                if isinstance(candidate, str | int) and not isinstance(candidate, bool):
+                    rid = candidate
+        log.warning("malformed message from the client: %s", why)
+        await self._error(rid, code, why)
+
+    # ------------------------------------------------------------------ upstream -> client
+
+    async def _from_upstream(self, item: SessionMessage | Exception) -> None:
+        if isinstance(item, Exception):
+            self._count("upstream_malformed")
+            log.warning("unreadable message from the upstream server ignored: %r", item)
+            return
+        message = item.message
+        root = message.root
+        if isinstance(root, JSONRPCResponse | JSONRPCError):
+            if self._reinit_id is not None and root.id == self._reinit_id:
+                if isinstance(root, JSONRPCError):
+                    self._reinit_error = root.error.message
+                if self._reinit_done is not None:
+                    self._reinit_done.set()
+                return
+            entry = self._pop(root.id)
+            if entry is None:
+                self.stats.dropped_late_responses += 1
+                return
+            if entry.method == "tools/list" and isinstance(root, JSONRPCResponse):
+                message = self._filter_listing(root)
+            if entry.verdict is not None:
+                await self._complete_call(entry.verdict, message)
+                return
+            await self._to_client(message)
+            return
+        related: RequestId | None = None
+        if isinstance(root, JSONRPCNotification) and root.method == "notifications/progress":
+            related = self._progress.get((root.params or {}).get("progressToken"))
+        if related is None and len(self._inflight) == 1:
+            related = next(iter(self._inflight))
+        await self._to_client(message, related)
+
+    def _filter_listing(self, resp: JSONRPCResponse) -> JSONRPCMessage:
+        tools = resp.result.get("tools")
+        if not isinstance(tools, list):
+            return JSONRPCMessage(resp)
+        shown = self.gate.visible(tools)
+        if len(shown) == len(tools):
+            return JSONRPCMessage(resp)
+        result = {**resp.result, "tools": shown}
+        return JSONRPCMessage(JSONRPCResponse(jsonrpc="2.0", id=resp.id, result=result))
+
+    async def _complete_call(self, verdict: Verdict, message: JSONRPCMessage) -> None:
+        root = message.root
+        if isinstance(root, JSONRPCError):
+            outcome, error_type, size = "error", f"jsonrpc_{root.error.code}", 0
+        else:
+            assert isinstance(root, JSONRPCResponse)
+            size = len(json.dumps(root.result, separators=(",", ":"), default=str))
+            failed = root.result.get("isError") is True
+            outcome, error_type = ("error", "tool_error") if failed else ("ok", "")
+        duration = self.gate.finish(verdict, outcome, size, error_type)
+        await self._to_client(message)
+        await self.gate.report(verdict, outcome, duration, size, error_type)
+
+    # ------------------------------------------------------------------ failures
+
+    async def _watch(self, rid: RequestId, watcher: anyio.CancelScope, timeout: float) -> None:
+        with watcher:
+            await anyio.sleep(timeout)
+        if watcher.cancel_called:
+            return
+        entry = self._pop(rid)
+        if entry is None:
+            return
+        self._count("timeout")
+        cancel = JSONRPCNotification(
+            jsonrpc="2.0",
+            method="notifications/cancelled",
+            params={"requestId": rid, "reason": "callward: upstream timeout"},
+        )
+        await self._send_up(JSONRPCMessage(cancel))
+        await self._fail_request(
+            rid,
+            entry.method,
+            entry.verdict,
+            f"upstream server did not answer {entry.method} within {timeout:g} s",
+            "timeout",
+            code=UPSTREAM_TIMEOUT,
+        )
+
+    async def _fail_all(self, why: str) -> None:
+        pending = list(self._inflight.items())
+        self._inflight.clear()
+        self._progress.clear()
+        for rid, entry in pending:
+            entry.watcher.cancel()
+            await self._fail_request(rid, entry.method, entry.verdict, why, "upstream_closed")
+
+    async def _fail_request(
+        self,
+        rid: RequestId,
+        method: str,
+        verdict: Verdict | None,
+        why: str,
+        error_type: str,
+        *,
+        code: int = UPSTREAM_UNAVAILABLE,
+    ) -> None:
+        self._count(error_type)
+        duration = 0.0
+        if verdict is not None:
+            duration = self.gate.finish(verdict, "error", 0, error_type)
+        await self._error(rid, code, why)
+        if verdict is not None:
+            await self.gate.report(verdict, "error", duration, 0, error_type)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _pop(self, rid: RequestId) -> Inflight | None:
+        entry = self._inflight.pop(rid, None)
+        if entry is not None:
+            entry.watcher.cancel()
+            if entry.progress_token is not None:
+                self._progress.pop(entry.progress_token, None)
+        return entry
+
+    def _count(self, kind: str) -> None:
+        self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
+
+    async def _send_up(self, message: JSONRPCMessage) -> bool:
+        writer = self._up_write
+        if writer is None:
+            return False
+        try:
+            await writer.send(SessionMessage(message))
+            return True
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+
+    async def _to_client(self, message: JSONRPCMessage, related: RequestId | None = None) -> None:
+        writer = self._client_write
+        if writer is None:
+            return
+        metadata = (
+            ServerMessageMetadata(related_request_id=related) if related is not None else None
+        )
+        try:
+            await writer.send(SessionMessage(message, metadata=metadata))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            log.debug("client went away; message dropped")
+
+    async def _error(self, rid: RequestId | None, code: int, message: str) -> None:
+        error = ErrorData(code=code, message=message)
+        if rid is None:
+            # JSON-RPC answers an unreadable request with id null; the SDK type needs an
+            # id, so build it unvalidated (the SDK's writers then omit the null id).
+            root: Any = JSONRPCError.model_construct(jsonrpc="2.0", id=None, error=error)
+        else:
+            root = JSONRPCError(jsonrpc="2.0", id=rid, error=error)
+        await self._to_client(JSONRPCMessage.model_construct(root=root))
+
+
+def _progress_token(params: dict[str, Any] | None) -> Any:
+    meta = (params or {}).get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return token if isinstance(token, str | int) else None
+
+
+__all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "INVALID_PARAMS",
+    "MESSAGE_TOO_LARGE",
+    "OVERSIZE_METHOD",
+    "PARSE_ERROR",
+    "UPSTREAM_TIMEOUT",
+    "UPSTREAM_UNAVAILABLE",
+    "IdentityResolver",
+    "Relay",
+]

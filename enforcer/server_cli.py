@@ -1,0 +1,133 @@
+"""``callward enforcer``: serve a policy over gRPC until SIGINT/SIGTERM; SIGHUP reloads it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.console import Console
+
+from enforcer.errors import PolicyInvalid
+from enforcer.policy import load_policy
+from enforcer.reload import PolicyReloader
+from enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService, ListenFailed
+from enforcer.telemetry import CallRecorder
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+log = logging.getLogger("callward.enforcer")
+
+
+def telemetry_wanted(otlp: bool | None, otlp_endpoint: str | None) -> bool:
+    """Explicit flag, else on when an OTLP endpoint is configured (flag or environment)."""
+    if otlp is not None:
+        return otlp
+    return bool(otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def _recorder(endpoint: str | None) -> CallRecorder:
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return CallRecorder(exporter=OTLPSpanExporter(endpoint=endpoint))
+    return CallRecorder()
+
+
+def enforcer(
+    policy: Path = typer.Option(..., "--policy", help="Policy file (JSON or YAML)."),
+    listen: str = typer.Option("127.0.0.1:50051", "--listen", help="HOST:PORT; port 0 picks one."),
+    otlp: bool | None = typer.Option(
+        None,
+        "--otlp/--no-otlp",
+        help="Export one span per call over OTLP "
+        "[default: on when OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint is set].",
+    ),
+    otlp_endpoint: str | None = typer.Option(
+        None, "--otlp-endpoint", help="OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317."
+    ),
+    reload_interval: float = typer.Option(
+        1.0, "--reload-interval", help="Seconds between policy file checks; 0: SIGHUP only."
+    ),
+    pending_ttl: float = typer.Option(
+        600.0, "--pending-ttl", help="Seconds an allowed call waits for its Report."
+    ),
+    workers: int = typer.Option(8, "--workers", help="gRPC worker threads."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+) -> None:
+    """Serve Check/Report over gRPC (with health and reflection) for one policy file."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        compiled = load_policy(policy)
+    except PolicyInvalid as e:
+        err.print(e.report(), markup=False)
+        err.print(f"callward enforcer: {policy} is not a valid policy; not starting", markup=False)
+        raise typer.Exit(2) from None
+    try:
+        config = EnforcerConfig(
+            listen=listen, max_workers=workers, pending_ttl_s=pending_ttl
+        ).validated()
+    except ValueError as e:
+        err.print(f"callward enforcer: {e}", markup=False)
+        raise typer.Exit(2) from None
+
+    recorder = _recorder(otlp_endpoint) if telemetry_wanted(otlp, otlp_endpoint) else None
+    service = EnforcerService(compiled, config=config, recorder=recorder)
+    server = EnforcerServer(service)
+    try:
+        server.start()
+    except ListenFailed as e:
+        err.print(f"callward enforcer: {e}", markup=False)
+        if recorder is not None:
+            recorder.shutdown()
+        raise typer.Exit(1) from None
+    reloader = PolicyReloader(
+        policy,
+        service.swap_policy,
+        lambda: service.policy.version,
+        interval_s=reload_interval,
+    )
+    reloader.start()
+
+    done = threading.Event()
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        done.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        reloader.request_reload()
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+
+    out.print(
+        f"callward enforcer listening on {server.address} "
+        f"policy {compiled.version} ({len(compiled.tools)} tool rule(s)) from {policy}; "
+        f"telemetry {'on' if recorder is not None else 'off'}",
+        markup=False,
+    )
+    out.file.flush()
+    while not done.wait(0.5):
+        pass
+    reloader.stop()
+    server.stop()
+    if recorder is not None:
+        recorder.shutdown()  # flushes spans still queued
+    out.print("callward enforcer stopped", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("enforcer")(enforcer)
+
+
+__all__ = ["enforcer", "register", "telemetry_wanted"]

@@ -1,0 +1,1 @@
+"""Protocol buffers of the callward APIs and their generated Python stubs."""

@@ -1,0 +1,1 @@
+"""The callward protobuf package."""

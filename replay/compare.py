@@ -1,0 +1,187 @@
+"""Put recorded traffic, a baseline and a candidate side by side, one row per call.
+
+This is where replay decides what it can and cannot say about a call:
+
+* a call is **replayed** when it has a recorded decision and readable arguments; spans
+  without a decision (from other instrumentation) never went through the enforcer, so they
+  take no quota in replay either;
+* it is **UNKNOWN** in the comparison when there is nothing faithful to compare with: no
+  recorded decision, unreadable arguments, or (with the recorded decisions as baseline) a
+  decision a human changed (an approval attribute);
+* for **fidelity**, a call is also UNKNOWN when its policy version is not kept in
+  ``D/policies`` or its recorded decision was ``require_approval`` (what happened next
+  depended on a person).
+
+Limits need history: calls are read from the start of the UTC day that contains ``since``
+(the longest window is a day) so counters are warm, but only calls from ``since`` on are
+reported. ``--agent`` and ``--tool`` choose what is reported, never what is replayed, since
+a global or per-tool limit is shared with everyone else's calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from enforcer.policy import CompiledPolicy
+from replay.evaluate import Progress, ReplayStats, replay
+from replay.load import LoadedCalls, RecordedPolicies, SkippedFile, load_calls, load_recorded_policies
+
+RECORDED = "__recorded__"
+
+UNKNOWN_REASONS = (
+    "no_decision",
+    "unreadable_arguments",
+    "human_approval",
+    "unknown_policy_version",
+)
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    """What to replay: one typed config, filled by the CLI or by a test."""
+
+    data_dir: Path
+    candidate: CompiledPolicy
+    baseline: CompiledPolicy | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    agent: str | None = None
+    tool: str | None = None
+    skip_bad_files: bool = False
+
+
+@dataclass
+class Comparison:
+    """Everything a report needs. ``calls`` holds one row per reported call."""
+
+    request: ReplayRequest
+    calls: pl.DataFrame
+    stats: ReplayStats
+    fidelity_stats: ReplayStats
+    files_read: int
+    skipped_files: tuple[SkippedFile, ...]
+    invalid_policy_files: tuple[SkippedFile, ...]
+    recorded_versions: tuple[str, ...] = ()
+    first_call_us: int | None = None
+    last_call_us: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _warmup_start(since: datetime | None) -> datetime | None:
+    if since is None:
+        return None
+    return since.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
+    """Replay the store under the candidate (and the baseline, and each recorded version)."""
+    report = progress or (lambda stage, fraction: None)
+    report("reading the store", 0.0)
+    loaded: LoadedCalls = load_calls(
+        req.data_dir,
+        since=_warmup_start(req.since),
+        until=req.until,
+        skip_bad_files=req.skip_bad_files,
+    )
+    recorded: RecordedPolicies = load_recorded_policies(req.data_dir)
+    report("reading the store", 1.0)
+    calls = loaded.frame
+    since_us = int(req.since.timestamp() * 1_000_000) if req.since else None
+    in_report = pl.lit(True) if since_us is None else pl.col("start_us") >= since_us
+    if req.agent is not None:
+        in_report = in_report & (pl.col("agent_id") == req.agent)
+    if req.tool is not None:
+        in_report = in_report & (pl.col("tool") == req.tool)
+    calls = calls.with_row_index("__call").with_columns(
+        in_report.alias("in_report"),
+        ((pl.col("decision") != "") & pl.col("args_ok")).alias("replayable"),
+    )
+
+    replayable = calls.filter(pl.col("replayable"))
+    candidate, stats = replay(replayable, {"candidate": req.candidate}, "candidate", progress=report)
+    replayed = replayable.select("__call").hstack(candidate)
+    if req.baseline is not None:
+        base, _ = replay(replayable, {"baseline": req.baseline}, "baseline", progress=report)
+        base = base.rename({"r_decision": "b_decision", "r_rule": "b_rule", "r_message": "b_message"})
+    else:
+        base = replayable.select(
+            pl.col("decision").alias("b_decision"),
+            pl.col("rule").alias("b_rule"),
+            pl.lit(None, dtype=pl.String).alias("b_message"),
+        )
+    replayed = replayed.hstack(base)
+
+    fidelity, fidelity_stats = _fidelity(replayable, recorded.by_version, report)
+    replayed = replayed.hstack(fidelity)
+
+    calls = calls.join(replayed, on="__call", how="left").drop("__call")
+    approval_unknown = pl.col("approval") if req.baseline is None else pl.lit(False)
+    calls = calls.with_columns(
+        pl.when(pl.col("decision") == "")
+        .then(pl.lit("no_decision"))
+        .when(~pl.col("args_ok"))
+        .then(pl.lit("unreadable_arguments"))
+        .when(approval_unknown)
+        .then(pl.lit("human_approval"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("unknown_reason"),
+        pl.when(pl.col("decision") == "")
+        .then(pl.lit("no_decision"))
+        .when(~pl.col("args_ok"))
+        .then(pl.lit("unreadable_arguments"))
+        .when(pl.col("approval") | (pl.col("decision") == "require_approval"))
+        .then(pl.lit("human_approval"))
+        .when(pl.col("f_decision").is_null())
+        .then(pl.lit("unknown_policy_version"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("fidelity_unknown_reason"),
+    )
+    reported = calls.filter(pl.col("in_report"))
+    first = reported.get_column("start_us").min() if reported.height else None
+    last = reported.get_column("start_us").max() if reported.height else None
+    return Comparison(
+        request=req,
+        calls=reported,
+        stats=stats,
+        fidelity_stats=fidelity_stats,
+        files_read=loaded.files_read,
+        skipped_files=loaded.skipped,
+        invalid_policy_files=recorded.invalid,
+        recorded_versions=tuple(sorted(recorded.by_version)),
+        first_call_us=int(first) if isinstance(first, int) else None,
+        last_call_us=int(last) if isinstance(last, int) else None,
+    )
+
+
+def _fidelity(
+    replayable: pl.DataFrame, policies: dict[str, CompiledPolicy], progress: Progress
+) -> tuple[pl.DataFrame, ReplayStats]:
+    """Each call replayed under its own recorded policy version (null when unknown)."""
+    known = pl.col("policy_version").is_in(list(policies))
+    mask = replayable.select(known.alias("k")).get_column("k")
+    subset = replayable.filter(mask)
+    empty = pl.DataFrame(
+        {"f_decision": [None] * replayable.height, "f_rule": [None] * replayable.height},
+        schema={"f_decision": pl.String, "f_rule": pl.String},
+    )
+    if subset.height == 0:
+        return empty, ReplayStats(0, 0, 0, 0)
+    result, stats = replay(subset, policies, subset.get_column("policy_version"), progress=progress)
+    placed = (
+        replayable.select(pl.arange(0, replayable.height, dtype=pl.UInt32).alias("__i"))
+        .filter(mask)
+        .hstack(result.select(pl.col("r_decision").alias("f_decision"), pl.col("r_rule").alias("f_rule")))
+    )
+    full = (
+        pl.DataFrame({"__i": pl.arange(0, replayable.height, dtype=pl.UInt32, eager=True)})
+        .join(placed, on="__i", how="left")
+        .sort("__i")
+    )
+    return full.select("f_decision", "f_rule"), stats
+
+
+__all__ = ["RECORDED", "UNKNOWN_REASONS", "Comparison", "ReplayRequest", "compare"]

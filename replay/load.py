@@ -1,0 +1,266 @@
+"""Read recorded tool calls and recorded policy versions from the store, for replay.
+
+Replay reads the Parquet files of the store directly with an in-memory DuckDB connection
+rather than opening ``callward.duckdb``: the collector may hold that file open for
+writing, and the view only points at the same files. Only the columns replay needs are
+read; messages are fetched later for the few example calls a report shows.
+
+A file that cannot be read is named in the error; with ``skip_bad_files`` the rest is
+read and the skipped files are listed in the result (and in every report).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow.parquet as pq
+
+from collector.schema import PARQUET_DIR, PARTITION_COLUMN, POLICIES_DIR
+from enforcer.errors import PolicyInvalid
+from enforcer.policy import CompiledPolicy, compile_text, policy_version
+
+# A recorded decision that a human changed or confirmed carries an attribute whose name
+# starts with this prefix (``callward.approval.id``, ``callward.approval.granted`` …).
+APPROVAL_ATTRIBUTE_PREFIX = "callward.approval"
+_DATE_DIR = re.compile(rf"^{PARTITION_COLUMN}=(\d{{4}}-\d{{2}}-\d{{2}})$")
+
+CALL_COLUMNS = (
+    "start_us",
+    "end_us",
+    "span_id",
+    "call_id",
+    "agent_id",
+    "session_id",
+    "grant",
+    "server",
+    "tool",
+    "arguments",
+    "args_ok",
+    "decision",
+    "rule",
+    "policy_version",
+    "outcome",
+    "approval",
+)
+
+
+_CONNECTION: list[duckdb.DuckDBPyConnection] = []
+
+
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    """A cursor on one in-memory DuckDB database per process (opening one costs ~0.1 s)."""
+    if not _CONNECTION:
+        _CONNECTION.append(duckdb.connect())
+    return _CONNECTION[0].cursor()
+
+
+class StoreError(Exception):
+    """The store cannot be read as asked (missing directory, no files, a corrupt file)."""
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedCalls:
+    """The recorded calls of a time range, one row per span (columns: ``CALL_COLUMNS``)."""
+
+    frame: pl.DataFrame
+    files_read: int
+    skipped: tuple[SkippedFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordedPolicies:
+    """Every policy version kept in ``D/policies``; files that fail to load are listed."""
+
+    by_version: dict[str, CompiledPolicy] = field(default_factory=dict)
+    invalid: tuple[SkippedFile, ...] = ()
+
+
+def store_files(data_dir: Path) -> list[Path]:
+    """The Parquet files of the store, in a stable order; raises StoreError when none."""
+    if not data_dir.is_dir():
+        raise StoreError(f"data directory {data_dir} does not exist")
+    root = data_dir / PARQUET_DIR
+    files = sorted(p for p in root.glob("*/*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise StoreError(f"no recorded tool calls in {data_dir} (no {PARQUET_DIR}/*/*.parquet)")
+    return files
+
+
+def _in_days(path: Path, since: datetime | None, until: datetime | None) -> bool:
+    """Partition pruning: whether the file's date partition can hold calls of the range."""
+    m = _DATE_DIR.match(path.parent.name)
+    if m is None:
+        return True
+    day = m.group(1)
+    if since is not None and day < since.strftime("%Y-%m-%d"):
+        return False
+    return not (until is not None and day > until.strftime("%Y-%m-%d"))
+
+
+def _query(files: Sequence[Path], since: datetime | None, until: datetime | None) -> str:
+    listing = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in files) + "]"
+    where = []
+    if since is not None:
+        where.append(f"start_time >= make_timestamp({_micros(since)})")
+    if until is not None:
+        where.append(f"start_time < make_timestamp({_micros(until)})")
+    text = "coalesce(arguments, '')"
+    return f"""
+        SELECT
+            epoch_us(start_time) AS start_us,
+            epoch_us(end_time) AS end_us,
+            coalesce(span_id, '') AS span_id,
+            coalesce(call_id, '') AS call_id,
+            coalesce(agent_id, '') AS agent_id,
+            coalesce(session_id, '') AS session_id,
+            coalesce("grant", '') AS "grant",
+            coalesce(server, '') AS server,
+            coalesce(tool, '') AS tool,
+            CASE WHEN {text} = '' THEN '{{}}' ELSE {text} END AS arguments,
+            {text} = '' OR coalesce(try(json_type({text})) = 'OBJECT', false) AS args_ok,
+            coalesce(decision, '') AS decision,
+            coalesce("rule", '') AS "rule",
+            coalesce(policy_version, '') AS policy_version,
+            coalesce(outcome, '') AS outcome,
+            coalesce(strpos(attributes, '"{APPROVAL_ATTRIBUTE_PREFIX}') > 0, false) AS approval
+        FROM read_parquet({listing}, hive_partitioning = false, union_by_name = true)
+        {"WHERE " + " AND ".join(where) if where else ""}
+    """
+
+
+def _micros(t: datetime) -> int:
+    return int(t.timestamp() * 1_000_000)
+
+
+def _probe(files: Sequence[Path]) -> list[SkippedFile]:
+    """Read each file on its own to find the ones that cannot be read."""
+    bad = []
+    for p in files:
+        try:
+            pq.read_metadata(p)
+            with _duckdb() as con:
+                con.sql(_query([p], None, None)).fetchall()
+        except Exception as e:  # any failure to read a file makes it a bad file
+            bad.append(SkippedFile(str(p), _first_line(e)))
+    return bad
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def load_calls(
+    data_dir: Path,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    skip_bad_files: bool = False,
+) -> LoadedCalls:
+    """The calls with ``since <= start_time < until`` (UTC); raises StoreError."""
+    files = [p for p in store_files(data_dir) if _in_days(p, since, until)]
+    skipped: list[SkippedFile] = []
+    if not files:
+        return LoadedCalls(_empty(), 0)
+    try:
+        with _duckdb() as con:
+            frame = con.sql(_query(files, since, until)).pl()
+    except (duckdb.Error, OSError) as e:
+        bad = _probe(files)
+        if not bad:
+            raise StoreError(f"cannot read the store: {_first_line(e)}") from None
+        if not skip_bad_files:
+            names = "; ".join(f"{b.path}: {b.reason}" for b in bad)
+            raise StoreError(
+                f"corrupt or unreadable Parquet file(s): {names} "
+                "(use --skip-bad-files to read the rest)"
+            ) from None
+        skipped = bad
+        bad_paths = {b.path for b in bad}
+        files = [p for p in files if str(p) not in bad_paths]
+        if not files:
+            return LoadedCalls(_empty(), 0, tuple(skipped))
+        with _duckdb() as con:
+            frame = con.sql(_query(files, since, until)).pl()
+    return LoadedCalls(frame.select(CALL_COLUMNS), len(files), tuple(skipped))
+
+
+def _empty() -> pl.DataFrame:
+    schema: dict[str, pl.DataType] = {c: pl.String() for c in CALL_COLUMNS}
+    schema.update(start_us=pl.Int64(), end_us=pl.Int64(), args_ok=pl.Boolean(), approval=pl.Boolean())
+    return pl.DataFrame(schema=schema)
+
+
+def fetch_messages(data_dir: Path, span_ids: Sequence[str]) -> dict[str, str]:
+    """The recorded message of a few calls, by span id (for the report's examples)."""
+    if not span_ids:
+        return {}
+    try:
+        files = store_files(data_dir)
+    except StoreError:
+        return {}
+    listing = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in files) + "]"
+    try:
+        with _duckdb() as con:
+            rows = con.execute(
+                f"SELECT span_id, coalesce(message, '') FROM read_parquet({listing}, "
+                "union_by_name = true) WHERE span_id IN (SELECT unnest(?))",
+                [list(span_ids)],
+            ).fetchall()
+    except duckdb.Error:
+        return {}  # examples lose their recorded message, the replay result stands
+    return {str(s): str(m) for s, m in rows}
+
+
+def load_recorded_policies(data_dir: Path) -> RecordedPolicies:
+    """Compile every ``D/policies/<version>.json`` whose content hashes to its name."""
+    folder = data_dir / POLICIES_DIR
+    found: dict[str, CompiledPolicy] = {}
+    invalid: list[SkippedFile] = []
+    if not folder.is_dir():
+        return RecordedPolicies()
+    for path in sorted(folder.glob("*.json")):
+        try:
+            text = path.read_text(encoding="utf-8")
+            policy = compile_text(text, str(path))
+        except PolicyInvalid as e:
+            invalid.append(SkippedFile(str(path), e.report().splitlines()[0]))
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            invalid.append(SkippedFile(str(path), _first_line(e)))
+            continue
+        version = policy_version(json.loads(policy.canonical))
+        if _name_of(version) != path.stem and version != path.stem:
+            invalid.append(
+                SkippedFile(str(path), f"content hashes to {version}, not to the file name")
+            )
+            continue
+        found[version] = policy
+    return RecordedPolicies(found, tuple(invalid))
+
+
+def _name_of(version: str) -> str:
+    """``sha256:abc`` is stored as ``sha256-abc.json`` or ``sha256:abc.json``."""
+    return version.replace(":", "-")
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time (``2026-05-01``, ``2026-05-01T12:00``, with or without offset) in UTC."""
+    value = text.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    t = datetime.fromisoformat(value)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)

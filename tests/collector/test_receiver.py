@@ -1,0 +1,222 @@
+"""The OTLP/gRPC endpoint over a real loopback server: the standard exporter, gzip,
+partial success, malformed and oversize requests, backpressure, and what lands on disk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import grpc
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from collector.config import load_config
+from collector.otlp_build import SpanSpec, build_request, callward_attributes, tool_call_batch
+from collector.receiver import EXPORT_METHOD
+from collector.schema import DUCKDB_FILE
+from collector.service import SPOOL_DIR, Collector
+from collector.spool import Spool
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start(tmp_path: Path, **settings) -> Collector:
+    config = load_config(environ={}, data_dir=tmp_path, listen="127.0.0.1:0", **settings)
+    service = Collector(config)
+    service.start()
+    return service
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    service = start(tmp_path, flush_interval_s=60.0)
+    yield service
+    service.stop()
+
+
+def export(port: int, data: bytes, **kwargs) -> ExportTraceServiceResponse:
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 128 * 1024 * 1024)]
+    ) as channel:
+        call = channel.unary_unary(
+            EXPORT_METHOD, request_serializer=None, response_deserializer=None
+        )
+        return ExportTraceServiceResponse.FromString(call(data, timeout=60, **kwargs))
+
+
+def stored(data_dir: Path, sql: str = "select count(*) from tool_calls") -> list[tuple]:
+    con = duckdb.connect(str(data_dir / DUCKDB_FILE), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_spans_from_the_standard_sdk_exporter_are_stored(tmp_path: Path) -> None:
+    service = start(tmp_path, flush_interval_s=60.0)
+    provider = TracerProvider(resource=Resource.create({"service.name": "some-agent"}))
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{service.port}", insecure=True)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with (
+        tracer.start_as_current_span("invoke_agent"),
+        tracer.start_as_current_span(
+            "execute_tool search",
+            attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search"},
+        ),
+    ):
+        pass
+    provider.shutdown()
+    service.stop()
+    assert stored(
+        tmp_path, "select tool, decision, service_name, parent_span_id <> '' from tool_calls"
+    ) == [("search", "", "some-agent", True)]
+
+
+def test_gzip_requests_are_accepted_and_acked_only_once_spooled(
+    collector: Collector, tmp_path: Path
+) -> None:
+    response = export(
+        collector.port, tool_call_batch(50).SerializeToString(), compression=grpc.Compression.Gzip
+    )
+    assert not response.HasField("partial_success")
+    # Acknowledged and not flushed yet (flush interval 60 s): it is in the spool on disk.
+    assert collector.pending_rows == 50
+    spooled = [p for _, p in Spool(tmp_path / SPOOL_DIR).recover()]
+    assert len(spooled) == 1
+    assert collector.flush() == 50
+    assert stored(tmp_path) == [(50,)]
+
+
+def test_partial_success_counts_rejected_spans_with_a_reason(
+    collector: Collector, tmp_path: Path
+) -> None:
+    good = [SpanSpec(attributes=callward_attributes(i)) for i in range(3)]
+    bad = SpanSpec(start_ns=2_000_000, end_ns=1_000_000, attributes=callward_attributes())
+    response = export(collector.port, build_request([*good, bad]).SerializeToString())
+    assert response.partial_success.rejected_spans == 1
+    assert "end_time before start_time" in response.partial_success.error_message
+    collector.flush()
+    assert stored(tmp_path) == [(3,)]
+
+
+@pytest.mark.parametrize("data", [b"\xff\xff\xff\xff", b"\x0a\x05abc", bytes(range(200))])
+def test_malformed_protobuf_is_invalid_argument_and_the_server_keeps_serving(
+    collector: Collector, data: bytes
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        export(collector.port, data)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not export(collector.port, tool_call_batch(1).SerializeToString()).HasField(
+        "partial_success"
+    )
+    assert collector.receiver is not None and collector.receiver.stats.malformed_requests == 1
+
+
+def test_requests_over_64_mib_are_resource_exhausted(collector: Collector) -> None:
+    request = build_request(
+        [
+            SpanSpec(attributes=callward_attributes(**{"blob": "x" * (1024 * 1024)}))
+            for _ in range(65)
+        ]
+    )
+    data = request.SerializeToString()
+    assert len(data) > 64 * 1024 * 1024
+    with pytest.raises(grpc.RpcError) as info:
+        export(collector.port, data)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Just under the limit is fine, and the big values are cut on the way in.
+    small = build_request(
+        [
+            SpanSpec(attributes=callward_attributes(**{"blob": "x" * (1024 * 1024)}))
+            for _ in range(60)
+        ]
+    )
+    assert not export(collector.port, small.SerializeToString()).HasField("partial_success")
+
+
+def test_non_utf8_spans_are_stored(collector: Collector, tmp_path: Path) -> None:
+    request = build_request(
+        [SpanSpec(attributes=callward_attributes(**{"gen_ai.agent.id": "AG\x01"}))]
+    )
+    data = request.SerializeToString().replace(b"AG\x01", b"A\xc3\x28")
+    assert not export(collector.port, data).HasField("partial_success")
+    collector.flush()
+    assert stored(tmp_path, "select agent_id from tool_calls") == [("A\ufffd(",)]
+
+
+def test_a_busy_collector_answers_unavailable(tmp_path: Path) -> None:
+    service = start(tmp_path, flush_interval_s=60.0, batch_size=10_000, max_pending_spans=5)
+    try:
+        export(service.port, tool_call_batch(5).SerializeToString())
+        with pytest.raises(grpc.RpcError) as info:
+            export(service.port, tool_call_batch(1).SerializeToString())
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # OTLP clients retry this
+        service.flush()
+        export(service.port, tool_call_batch(1).SerializeToString())
+    finally:
+        service.stop()
+    assert stored(tmp_path) == [(6,)]
+
+
+def test_retried_exports_are_stored_once(collector: Collector, tmp_path: Path) -> None:
+    data = tool_call_batch(20).SerializeToString()
+    for _ in range(3):
+        export(collector.port, data)
+    collector.flush()
+    export(collector.port, data)
+    collector.flush()
+    assert stored(tmp_path, "select count(*), count(distinct span_id) from tool_calls") == [
+        (20, 20)
+    ]
+
+
+def test_policy_spans_are_kept_as_files(collector: Collector, tmp_path: Path) -> None:
+    import hashlib
+
+    doc = json.dumps({"default": "deny", "version": "1"}, separators=(",", ":"), sort_keys=True)
+    version = "sha256:" + hashlib.sha256(doc.encode()).hexdigest()[:16]
+    spec = SpanSpec(
+        name="callward.policy",
+        attributes={"callward.policy.version": version, "callward.policy.document": doc},
+    )
+    export(collector.port, build_request([spec]).SerializeToString())
+    assert (tmp_path / "policies" / f"{version}.json").read_text() == doc
+
+
+def test_clean_stop_flushes_everything_and_empties_the_spool(tmp_path: Path) -> None:
+    service = start(tmp_path, flush_interval_s=60.0)
+    export(service.port, tool_call_batch(30).SerializeToString())
+    service.stop()
+    assert stored(tmp_path) == [(30,)]
+    assert Spool(tmp_path / SPOOL_DIR).segments() == []
+
+
+def test_restart_recovers_an_unflushed_spool(tmp_path: Path) -> None:
+    service = start(tmp_path, flush_interval_s=60.0)
+    export(service.port, tool_call_batch(7).SerializeToString())
+    # Simulate a crash: the port closes and the writer exits without flushing.
+    assert service.server is not None and service.spool is not None
+    service.server.stop(None).wait()
+    assert service._cond is not None and service._thread is not None
+    with service._cond:
+        service._pending.clear()
+        service._pending_rows = 0
+        service._stopping = True
+        service._cond.notify_all()
+    service._thread.join()
+    service.spool.close()
+    again = start(tmp_path)
+    try:
+        assert again.stats.recovered_rows == 7
+    finally:
+        again.stop()
+    assert stored(tmp_path) == [(7,)]

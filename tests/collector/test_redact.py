@@ -1,0 +1,381 @@
+"""Tests for collector/redact.py: one planted secret of each kind, key-like names, extra
+patterns, hostile input, and the invariants (idempotent, bounded growth, valid JSON stays
+valid JSON, no planted secret survives)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collector.redact import (
+    BUILTIN_KINDS,
+    ENV_PATTERNS,
+    Redactor,
+    count_redactions,
+    looks_random,
+    redact_json_text,
+    redact_text,
+)
+
+# kind -> (text that carries the secret, the substring that must not survive)
+PLANTED: dict[str, tuple[str, str]] = {
+    "aws_access_key": ("AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    "aws_secret_key": (
+        "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    ),
+    "github_token": (
+        "ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+        "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
+    ),
+    "gitlab_token": ("glpat-xYz12345678901234567", "xYz12345678901234567"),
+    "slack_token": (
+        "xoxb-123456789012-1234567890123-abcdefABCDEF",
+        "1234567890123-abcdefABCDEF",
+    ),
+    "slack_webhook": (
+        "https://hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/cccccccccccccccccccccccc",
+        "cccccccccccccccccccccccc",
+    ),
+    "stripe_key": ("sk_live_51HaBcDeFgHiJkLmNoPqRsTu", "51HaBcDeFgHiJkLmNoPqRsTu"),
+    "openai_key": ("sk-proj-abcDEF1234567890ghijKLMNOP", "abcDEF1234567890ghijKLMNOP"),
+    "anthropic_key": (
+        "sk-ant-api03-abcdefghijklmnopqrstuvwxyz012345",
+        "abcdefghijklmnopqrstuvwxyz012345",
+    ),
+    "jwt": (
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    ),
+    "private_key": (
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAq7BFUpkGp3+XQ\nZmV4YW1wbGU=\n"
+        "-----END RSA PRIVATE KEY-----",
+        "MIIEowIBAAKCAQEAq7BFUpkGp3+XQ",
+    ),
+    "url_password": ("postgres://admin:Tr0ub4dor-3xyz@db.internal:5432/app", "Tr0ub4dor-3xyz"),
+}
+EXTRA_TEXT_CASES = {
+    "github_pat": ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "github_token"),
+    "github_server": ("ghs_" + "Q" * 18 + "7" * 18, "github_token"),
+    "github_oauth": ("gho_" + "z9" * 18, "github_token"),
+    "slack_user": ("xoxp-2222-3333-abcdefabcdef", "slack_token"),
+    "stripe_restricted": ("rk_live_ABCDEFGHIJKLMNOP1234", "stripe_key"),
+    "stripe_test": ("sk_test_ABCDEFGHIJKLMNOP1234", "stripe_key"),
+    "openai_legacy": ("sk-" + "a1" * 10 + "T3BlbkFJ" + "b2" * 10, "openai_key"),
+}
+
+
+def test_every_builtin_kind_has_a_planted_secret() -> None:
+    assert {k.kind for k in BUILTIN_KINDS} == set(PLANTED)
+
+
+@pytest.mark.parametrize("kind", sorted(PLANTED))
+def test_planted_secret_in_text_is_replaced_by_its_marker(kind: str) -> None:
+    text, secret = PLANTED[kind]
+    out = redact_text(f"before {text} after")
+    assert f"[REDACTED:{kind}]" in out
+    assert secret not in out
+    assert out.startswith("before ") and out.endswith(" after")
+
+
+@pytest.mark.parametrize("kind", sorted(PLANTED))
+def test_planted_secret_in_json_arguments_is_replaced(kind: str) -> None:
+    text, secret = PLANTED[kind]
+    args = {"note": f"use {text} please", "nested": {"list": [1, text]}}
+    out = redact_json_text(json.dumps(args))
+    parsed = json.loads(out)
+    assert secret not in out
+    assert f"[REDACTED:{kind}]" in parsed["nested"]["list"][1]
+    assert parsed["note"].startswith("use ") and parsed["nested"]["list"][0] == 1
+
+
+@pytest.mark.parametrize("case", sorted(EXTRA_TEXT_CASES))
+def test_token_variants(case: str) -> None:
+    text, kind = EXTRA_TEXT_CASES[case]
+    out = redact_text(f"x={text};")
+    assert out == f"x=[REDACTED:{kind}];"
+
+
+def test_url_password_keeps_user_host_and_path() -> None:
+    out = redact_text("clone https://bob:hunter2@git.example.com/repo.git now")
+    assert out == "clone https://bob:[REDACTED:url_password]@git.example.com/repo.git now"
+    # An '@' inside the password (invalid but common) does not leak the rest.
+    out = redact_text("mysql://root:p@ss@db:3306/x")
+    assert out == "mysql://root:[REDACTED:url_password]@db:3306/x"
+
+
+def test_anthropic_key_is_not_typed_as_openai() -> None:
+    assert redact_text(PLANTED["anthropic_key"][0]) == "[REDACTED:anthropic_key]"
+
+
+def test_unterminated_private_key_block_is_still_redacted() -> None:
+    text = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\nAAAA"
+    out = redact_text(text)
+    assert out == "[REDACTED:private_key]"
+
+
+def test_private_key_with_escaped_newlines_in_raw_text() -> None:
+    raw = '{"key": "-----BEGIN EC PRIVATE KEY-----\\nMHcCAQEEIBf0\\n-----END EC PRIVATE KEY-----"'
+    out = redact_text(raw)  # truncated JSON: redacted as text
+    assert "MHcCAQEEIBf0" not in out and "[REDACTED:private_key]" in out
+
+
+# --- key-like names ------------------------------------------------------------------------
+
+
+def test_values_under_key_like_names() -> None:
+    args = {
+        "password": "hunter2",
+        "db_passwd": 123456,
+        "api_key": "Zx9qL2mP8vR4tY7w",
+        "headers": {"Authorization": "Bearer abcDEF123456ghiJKL"},
+        "client_secret": "9f86d081884c7d659a2feaa0c55ad015",
+        "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "tokens": ["aB3dE6gH9jK2mN5p"],
+    }
+    out = json.loads(redact_json_text(json.dumps(args)))
+    assert out == {
+        "password": "[REDACTED:password]",
+        "db_passwd": "[REDACTED:password]",
+        "api_key": "[REDACTED:high_entropy_secret]",
+        "headers": {"Authorization": "[REDACTED:high_entropy_secret]"},
+        "client_secret": "[REDACTED:high_entropy_secret]",
+        "aws_secret_access_key": "[REDACTED:aws_secret_key]",
+        "tokens": ["[REDACTED:high_entropy_secret]"],
+    }
+
+
+def test_ordinary_values_are_left_alone() -> None:
+    args = {
+        "max_tokens": 100,
+        "token_count": "5",
+        "author": "John Smith",
+        "passenger": "Ada Lovelace",
+        "keyword": "invoice",
+        "secret_santa": "the gift is under the tree",
+        "commit": "a" * 40,
+        "path": "/home/user/project/README.md",
+        "url": "https://api.example.com/v1/items?page=2",
+        "ask": "task-runner",
+        "auth_mode": "oauth",
+    }
+    text = json.dumps(args)
+    assert redact_json_text(text) == text
+
+
+def test_key_value_pairs_in_free_text() -> None:
+    text = (
+        "curl -H 'Authorization: Bearer abcDEF123456ghiJKL' -d password=hunter2 "
+        "'https://x.test/?token=short&apikey=Zx9qL2mP8vR4tY7w'"
+    )
+    out = redact_text(text)
+    assert out == (
+        "curl -H 'Authorization: [REDACTED:high_entropy_secret]' -d password=[REDACTED:password] "
+        "'https://x.test/?token=short&apikey=[REDACTED:high_entropy_secret]'"
+    )
+
+
+def test_looks_random() -> None:
+    assert looks_random("Zx9qL2mP8vR4tY7w")
+    assert looks_random("Bearer abcDEF123456ghiJKL")
+    assert not looks_random("short1A")
+    assert not looks_random("aaaaaaaaaaaaaaaaaaaaaaa1")
+    assert not looks_random("correct horse battery staple")
+    assert not looks_random("alllowercaseletters")
+
+
+# --- JSON handling -------------------------------------------------------------------------
+
+
+def test_unchanged_json_keeps_its_formatting() -> None:
+    text = '{ "a" :1,\n "b": "plain"}'
+    assert redact_json_text(text) is text or redact_json_text(text) == text
+
+
+def test_non_json_is_redacted_as_text() -> None:
+    out = redact_json_text("not json AKIAIOSFODNN7EXAMPLE {")
+    assert out == "not json [REDACTED:aws_access_key] {"
+
+
+def test_unicode_escaped_secret_inside_json_is_found() -> None:
+    escaped = json.dumps({"k": "AKIAIOSFODNN7EXAMPLE"}).replace("A", "\\u0041")
+    out = redact_json_text(escaped)
+    assert "AKIAIOSFODNN7EXAMPLE" not in json.loads(out)["k"]
+    assert json.loads(out) == {"k": "[REDACTED:aws_access_key]"}
+
+
+def test_secrets_in_keys_are_redacted() -> None:
+    out = json.loads(redact_json_text(json.dumps({"AKIAIOSFODNN7EXAMPLE": 1})))
+    assert out == {"[REDACTED:aws_access_key]": 1}
+
+
+# --- extra patterns --------------------------------------------------------------------
+
+
+def test_extra_patterns_whole_match_and_secret_group() -> None:
+    r = Redactor(
+        extra_patterns={
+            "employee_id": r"EMP-\d{6}",
+            "internal_pin": r"pin is (?P<secret>\d{4})",
+        }
+    )
+    assert r.redact_text("user EMP-123456 ok") == "user [REDACTED:employee_id] ok"
+    assert r.redact_text("the pin is 1234.") == "the pin is [REDACTED:internal_pin]."
+    assert r.redact_json_text('{"a": "EMP-000001"}') == '{"a": "[REDACTED:employee_id]"}'
+    # built-ins still apply
+    assert r.redact_text("AKIAIOSFODNN7EXAMPLE") == "[REDACTED:aws_access_key]"
+    # the default redactor does not know the extras
+    assert redact_text("EMP-123456") == "EMP-123456"
+
+
+@pytest.mark.parametrize(
+    ("patterns", "message"),
+    [
+        ({"Bad Kind": "x"}, "lowercase"),
+        ({"ok": "("}, "not a valid regex"),
+        ({"ok": "a*"}, "empty string"),
+        ({"x" * 41: "abc"}, "lowercase"),
+    ],
+)
+def test_invalid_extra_patterns_are_rejected(patterns: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Redactor(extra_patterns=patterns)
+
+
+def test_environment_inline_json_and_files(tmp_path: Path) -> None:
+    inline = Redactor.from_environment({ENV_PATTERNS: '{"ticket": "TCK-[0-9]{5}"}'})
+    assert inline.redact_text("TCK-12345") == "[REDACTED:ticket]"
+
+    yaml_file = tmp_path / "patterns.yaml"
+    yaml_file.write_text("ticket: 'TCK-[0-9]{5}'\n", encoding="utf-8")
+    assert Redactor.from_environment({ENV_PATTERNS: str(yaml_file)}).redact_text(
+        "TCK-12345"
+    ) == ("[REDACTED:ticket]")
+
+    json_file = tmp_path / "patterns.json"
+    json_file.write_text('{"ticket": "TCK-[0-9]{5}"}', encoding="utf-8")
+    assert Redactor.from_environment({ENV_PATTERNS: str(json_file)}).redact_text(
+        "TCK-12345"
+    ) == ("[REDACTED:ticket]")
+
+    assert Redactor.from_environment({}).extra == []
+    with pytest.raises(ValueError, match="mapping"):
+        Redactor.from_environment({ENV_PATTERNS: '{"ticket": 5}'})
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="mapping"):
+        Redactor.from_environment({ENV_PATTERNS: str(bad)})
+
+
+def test_count_redactions() -> None:
+    assert count_redactions("") == 0
+    assert count_redactions("[REDACTED:jwt] and [REDACTED:aws_access_key]") == 2
+    assert count_redactions("[REDACTED:Not A Kind]") == 0
+    out = redact_text(" ".join(text for text, _ in PLANTED.values()))
+    assert count_redactions(out) == len(PLANTED)
+
+
+# --- hostile input ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A" * 1_000_000,
+        "auth" * 250_000,
+        "token:" * 150_000,
+        "-----BEGIN PRIVATE KEY-----" * 20_000,
+        "https://" * 100_000,
+        "a=b " * 200_000,
+        "sk-" * 300_000,
+        "eyJ" * 300_000,
+        "x" * 500_000 + "AKIAIOSFODNN7EXAMPLE",
+    ],
+    ids=lambda t: f"{t[:12]!r}x{len(t)}",
+)
+def test_oversize_input_finishes_and_still_redacts(text: str) -> None:
+    out = redact_text(text)
+    assert "AKIAIOSFODNN7EXAMPLE" not in out
+    assert len(out) <= len(text) + 30 * count_redactions(out)
+
+
+@pytest.mark.timeout(60)
+def test_deeply_nested_json_falls_back_to_text() -> None:
+    text = "[" * 200_000 + '"AKIAIOSFODNN7EXAMPLE"' + "]" * 200_000
+    out = redact_json_text(text)
+    assert "AKIAIOSFODNN7EXAMPLE" not in out
+
+
+def test_odd_text_survives() -> None:
+    for text in ["", "\x00", "\ud800 lone surrogate", "ü" * 100, "[REDACTED:", "password="]:
+        assert redact_text(text) == text
+        assert redact_json_text(text) == text
+    # NaN is accepted by Python's JSON reader; it passes through untouched
+    assert redact_json_text('{"x": NaN, "pwd": "abc"}') == '{"x": NaN, "pwd": "[REDACTED:password]"}'
+
+
+# --- properties ------------------------------------------------------------------------
+
+_SEPARATORS = st.sampled_from([" ", "\n", "\t", '"', "'", ",", "(", ")", ";", "<", ">", "|"])
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=25,
+)
+
+
+@given(st.text(max_size=300))
+def test_redact_text_is_idempotent_and_bounded(text: str) -> None:
+    once = redact_text(text)
+    assert redact_text(once) == once
+    assert len(once) <= len(text) + 30 * count_redactions(once)
+
+
+@given(_json)
+def test_redact_json_text_returns_valid_json_and_is_idempotent(value: object) -> None:
+    text = json.dumps(value, ensure_ascii=False)
+    out = redact_json_text(text)
+    json.loads(out)
+    assert redact_json_text(out) == out
+
+
+@given(
+    st.text(max_size=80),
+    st.sampled_from(sorted(PLANTED)),
+    _SEPARATORS,
+    _SEPARATORS,
+    st.text(max_size=80),
+)
+def test_no_planted_secret_survives_in_text(
+    prefix: str, kind: str, sep_a: str, sep_b: str, suffix: str
+) -> None:
+    secret_text, secret = PLANTED[kind]
+    out = redact_text(prefix + sep_a + secret_text + sep_b + suffix)
+    assert secret not in out
+
+
+@given(
+    st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4),
+    st.sampled_from(sorted(PLANTED)),
+    st.text(max_size=10),
+)
+def test_no_planted_secret_survives_in_json(
+    others: dict[str, str], kind: str, key: str
+) -> None:
+    secret_text, secret = PLANTED[kind]
+    args = dict(others)
+    args[key] = {"value": secret_text, "list": [secret_text]}
+    out = redact_json_text(json.dumps(args))
+    assert secret not in out
+    assert secret not in json.dumps(json.loads(out), ensure_ascii=False)
+
+
+def test_marker_format() -> None:
+    assert re.fullmatch(r"\[REDACTED:[a-z0-9_]+\]", redact_text("AKIAIOSFODNN7EXAMPLE"))

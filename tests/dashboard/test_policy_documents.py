@@ -1,0 +1,51 @@
+"""Reading the kept policy documents and diffing two."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from collector.schema import POLICIES_DIR
+from dashboard import policy_documents
+from enforcer.policy import policy_version
+
+DOC = {"version": "1", "default": "allow"}
+
+
+def test_versions_come_from_content_whatever_the_file_is_called(tmp_path: Path) -> None:
+    folder = tmp_path / POLICIES_DIR
+    folder.mkdir()
+    (folder / "misnamed.json").write_text(json.dumps(DOC))
+    wrapped = {"version": "x", "document": {**DOC, "default": "deny"}}
+    (folder / "wrapped.json").write_text(json.dumps(wrapped))
+    (folder / ".tmp-partial.json").write_text("{")
+    docs = policy_documents.load_all(tmp_path)
+    assert sorted(d.version for d in docs) == sorted(
+        [policy_version(DOC), policy_version(wrapped["document"])]
+    )
+
+
+def test_bad_files_are_listed_with_their_problem(tmp_path: Path) -> None:
+    folder = tmp_path / POLICIES_DIR
+    folder.mkdir()
+    (folder / "broken.json").write_text("{not json")
+    (folder / "list.json").write_text("[1, 2]")
+    (folder / "binary.json").write_bytes(b"\xff\xfe\x00")
+    docs = {d.path.name: d for d in policy_documents.load_all(tmp_path)}
+    assert all(d.document is None and d.problem for d in docs.values())
+    assert docs["list.json"].problem == "not a JSON object"
+
+
+def test_a_missing_folder_is_no_documents(tmp_path: Path) -> None:
+    assert policy_documents.load_all(tmp_path) == []
+
+
+def test_the_diff_shows_the_change_and_names_both_versions(tmp_path: Path) -> None:
+    old = policy_documents.PolicyDocument("v-old", tmp_path / "a.json", DOC)
+    new = policy_documents.PolicyDocument(
+        "v-new", tmp_path / "b.json", {**DOC, "default": "deny"}
+    )
+    text = policy_documents.diff(old, new)
+    assert '-  "default": "allow",' in text and '+  "default": "deny",' in text
+    assert "--- v-old" in text and "+++ v-new" in text
+    assert policy_documents.diff(old, old) == ""

@@ -1,0 +1,97 @@
+"""The vectorized stateless verdict agrees with enforcer.engine.decide on every call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from enforcer.engine import CounterKey, Request, decide
+from enforcer.policy import compile_document
+from enforcer.vectorize import json_pointer, stateless_verdicts
+from tests.replay.strategies import call_fields, policy_documents
+
+
+class _AlwaysRoom:
+    """A limit state in which every limit has room: isolates the stateless part."""
+
+    def count(self, key: CounterKey) -> int:
+        return -1
+
+    def add(self, keys: Iterable[CounterKey]) -> None:
+        pass
+
+    def release(self, keys: Iterable[CounterKey]) -> None:
+        pass
+
+
+def _frame(calls: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [{**c, "arguments": json.dumps(c["arguments"])} for c in calls],
+        schema={
+            k: pl.String
+            for k in ("tool", "server", "agent_id", "session_id", "grant", "arguments")
+        },
+    )
+
+
+def _engine(doc: dict[str, Any], calls: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    policy = compile_document(doc)
+    out = []
+    for c in calls:
+        d = decide(policy, Request(**c), _AlwaysRoom(), 0.0)
+        out.append((d.decision, d.rule))
+    return out
+
+
+@given(policy_documents(), st.lists(call_fields, min_size=1, max_size=25))
+def test_vectorized_verdict_equals_engine(doc: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+    policy = compile_document(doc)
+    got = stateless_verdicts(policy, _frame(calls))
+    assert got.height == len(calls)
+    assert list(got.select("s_decision", "s_rule").iter_rows()) == _engine(doc, calls)
+
+
+def test_json_pointer_escapes_and_refuses_ambiguous_segments() -> None:
+    assert json_pointer(("args", "a/b", "t~")) == "/a~1b/t~0"
+    assert json_pointer(("args", "l", "0")) == "/l/0"
+    assert json_pointer(("args", "l", "01")) is None
+    assert json_pointer(("args", "l", "-")) is None
+    assert json_pointer(("args", "l", "²")) is None
+
+
+@pytest.mark.parametrize(
+    ("condition", "arguments", "expected"),
+    [
+        ({"path": "args.n", "op": "eq", "value": 1}, {"n": "1"}, "allow"),
+        ({"path": "args.n", "op": "eq", "value": 1}, {"n": 1.0}, "deny"),
+        ({"path": "args.n", "op": "eq", "value": True}, {"n": 1}, "allow"),
+        ({"path": "args.n", "op": "gt", "value": 2**53}, {"n": 2**53 + 1}, "deny"),
+        ({"path": "args.n", "op": "exists", "value": True}, {"n": None}, "deny"),
+        ({"path": "args.s", "op": "regex", "value": r"^\d$"}, {"s": "٣"}, "deny"),
+        ({"path": "args.l.1", "op": "eq", "value": "x"}, {"l": ["a", "x"]}, "deny"),
+        ({"path": "args.l.01", "op": "eq", "value": "x"}, {"l": ["a", "x"]}, "deny"),
+        ({"path": "args.s", "op": "contains", "value": "b"}, {"s": ["a", "bc"]}, "allow"),
+        ({"path": "args.s", "op": "contains", "value": "b"}, {"s": ["a", "b"]}, "deny"),
+        ({"path": "args.s", "op": "contains", "value": "b"}, {"s": "abc"}, "deny"),
+        ({"path": "args.o", "op": "eq", "value": {"k": [1]}}, {"o": {"k": [1]}}, "deny"),
+    ],
+)
+def test_hand_made_conditions(condition: dict[str, Any], arguments: dict[str, Any], expected: str) -> None:
+    doc = {"version": "1", "tools": {"t": {"deny_if": [{"conditions": [condition]}]}}}
+    call = {"tool": "t", "server": "", "agent_id": "", "session_id": "", "grant": "",
+            "arguments": arguments}
+    got = stateless_verdicts(compile_document(doc), _frame([call]))
+    assert got["s_decision"].to_list() == [expected]
+    assert _engine(doc, [call])[0][0] == expected
+
+
+def test_rejects_frames_without_the_needed_columns() -> None:
+    policy = compile_document({"version": "1"})
+    with pytest.raises(ValueError, match="arguments"):
+        stateless_verdicts(policy, pl.DataFrame({"tool": ["a"]}))
