@@ -1,7 +1,7 @@
 """Collector ingest benchmark: OTLP batches of 512 spans over loopback gRPC into Parquet,
 against a decode-only baseline measured on the same requests in the same run.
 
-    python benchmarks/bench_collector.py [--requests 200] [--clients 2]
+    python benchmarks/bench_collector.py [--requests 200] [--clients 4] [--decode-workers 2]
 
 Figures:
 - parse-only: protobuf parsing of the requests, nothing else (context for the floor);
@@ -10,7 +10,10 @@ Figures:
 - ingest: the real collector (``python -m collector``, a separate process, fsync on),
   clients sending the same requests; timed from the first send until every row is in a
   Parquet file; p50/p99 Export latency as the clients saw it;
-- RSS: the collector process's peak resident memory during the run (psutil).
+- CPU: spans per CPU second, for decode-only (one thread) and for the whole collector
+  (main process and workers); on a shared machine this says more than wall-clock rates;
+- memory: the collector's peak RSS (main process) and peak PSS of the main process plus
+  its decode workers during the run (psutil).
 """
 
 from __future__ import annotations
@@ -58,13 +61,24 @@ def parse_only(requests: list[bytes]) -> float:
     return len(requests) * SPANS_PER_REQUEST / (time.perf_counter() - start)
 
 
-def decode_only(requests: list[bytes]) -> float:
+def decode_only(requests: list[bytes]) -> tuple[float, float]:
+    """Spans per wall-clock second and per CPU second, one thread."""
     decoder = Decoder()
     decoder.decode(parse_request(requests[0])[0], time.time_ns())  # warm caches, imports
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for data in requests:
         decoder.decode(parse_request(data)[0], time.time_ns())
-    return len(requests) * SPANS_PER_REQUEST / (time.perf_counter() - start)
+    spans = len(requests) * SPANS_PER_REQUEST
+    return spans / (time.perf_counter() - start), spans / (time.process_time() - cpu)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time used so far by ``process`` and its live children (the decode workers)."""
+    total = 0.0
+    for p in (process, *process.children(recursive=True)):
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
 
 
 def stored_rows(data_dir: Path) -> int:
@@ -72,27 +86,40 @@ def stored_rows(data_dir: Path) -> int:
 
 
 class RssSampler(threading.Thread):
+    """Peak memory of the collector: RSS of its main process, and PSS of it with its decode
+    workers (proportional set size: shared library pages split between the processes)."""
+
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.process = psutil.Process(pid)
-        self.peak = 0
+        self.peak_main = 0
+        self.peak_total = 0
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.is_set():
             try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
+                main = self.process.memory_full_info()
+                # Workers share the libraries' pages with the main process: PSS counts
+                # each shared page once across them, RSS would count it per process.
+                workers = sum(
+                    c.memory_full_info().pss for c in self.process.children(recursive=True)
+                )
             except psutil.Error:
                 return
+            self.peak_main = max(self.peak_main, main.rss)
+            self.peak_total = max(self.peak_total, main.pss + workers)
             time.sleep(0.05)
 
 
-def ingest(requests: list[bytes], clients: int) -> dict[str, float]:
+def ingest(requests: list[bytes], clients: int, decode_workers: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
         data_dir = Path(tmp)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", "--data-dir", str(data_dir)]
-            + ["--listen", "127.0.0.1:0"],
+            [
+                *(sys.executable, "-m", "collector", "--data-dir", str(data_dir)),
+                *("--listen", "127.0.0.1:0", "--decode-workers", str(decode_workers)),
+            ],
             cwd=REPO,
             stdout=subprocess.PIPE,
             text=True,
@@ -102,6 +129,7 @@ def ingest(requests: list[bytes], clients: int) -> dict[str, float]:
             address = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
             sampler = RssSampler(proc.pid)
             sampler.start()
+            collector_process = psutil.Process(proc.pid)
             latencies: list[float] = []
             lock = threading.Lock()
             channel = grpc.insecure_channel(
@@ -122,6 +150,7 @@ def ingest(requests: list[bytes], clients: int) -> dict[str, float]:
             shares = [requests[i::clients] for i in range(clients)]
             threads = [threading.Thread(target=client, args=(s,)) for s in shares]
             start = time.perf_counter()
+            cpu_before = cpu_seconds(collector_process)
             for t in threads:
                 t.start()
             for t in threads:
@@ -130,6 +159,7 @@ def ingest(requests: list[bytes], clients: int) -> dict[str, float]:
             while stored_rows(data_dir) < expected:
                 time.sleep(0.02)
             stored = time.perf_counter() - start
+            cpu_used = cpu_seconds(collector_process) - cpu_before
             sampler.done.set()
             sampler.join()
             channel.close()
@@ -142,42 +172,60 @@ def ingest(requests: list[bytes], clients: int) -> dict[str, float]:
             "ack_rate": expected / acked,
             "p50_ms": statistics.median(latencies) * 1000,
             "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000,
-            "rss_mb": sampler.peak / 1e6,
+            "rss_main_mb": sampler.peak_main / 1e6,
+            "rss_total_mb": sampler.peak_total / 1e6,
             "seconds": stored,
+            "per_cpu_s": expected / cpu_used,
         }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="requests of 512 spans")
-    parser.add_argument("--clients", type=int, default=2, help="concurrent exporting clients")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent exporting clients")
+    parser.add_argument("--decode-workers", type=int, default=2, help="collector decode processes")
     args = parser.parse_args()
     requests = build_requests(args.requests)
     spans = args.requests * SPANS_PER_REQUEST
     console.print(f"{spans} spans in {args.requests} requests of {SPANS_PER_REQUEST}")
     parse_rate = parse_only(requests)
-    decode_rate = decode_only(requests)
-    result = ingest(requests, args.clients)
+    decode_rate, decode_per_cpu = decode_only(requests)
+    result = ingest(requests, args.clients, args.decode_workers)
 
     table = Table(title="collector ingest (same run, same requests)")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("vs decode-only", justify="right")
-    table.add_row("parse-only (protobuf)", f"{parse_rate:,.0f} spans/s", f"{parse_rate / decode_rate:.2f}x")
+    table.add_row(
+        "parse-only (protobuf)", f"{parse_rate:,.0f} spans/s", f"{parse_rate / decode_rate:.2f}x"
+    )
     table.add_row("decode-only baseline", f"{decode_rate:,.0f} spans/s", "1.00x")
     table.add_row(
-        "ingest into Parquet", f"{result['rate']:,.0f} spans/s", f"{result['rate'] / decode_rate:.2f}x"
+        "ingest into Parquet",
+        f"{result['rate']:,.0f} spans/s",
+        f"{result['rate'] / decode_rate:.2f}x",
     )
     table.add_row(
         "acknowledged (spooled)",
         f"{result['ack_rate']:,.0f} spans/s",
         f"{result['ack_rate'] / decode_rate:.2f}x",
     )
+    table.add_row("decode-only, per CPU second", f"{decode_per_cpu:,.0f} spans/CPU-s", "")
+    table.add_row(
+        "ingest, per collector CPU second",
+        f"{result['per_cpu_s']:,.0f} spans/CPU-s",
+        f"{result['per_cpu_s'] / decode_per_cpu:.2f}x",
+    )
     table.add_row("Export latency p50", f"{result['p50_ms']:.1f} ms", "")
     table.add_row("Export latency p99", f"{result['p99_ms']:.1f} ms", "")
-    table.add_row("collector peak RSS", f"{result['rss_mb']:.0f} MB", "")
+    table.add_row("collector peak RSS, main process", f"{result['rss_main_mb']:.0f} MB", "")
+    table.add_row("collector peak PSS, with workers", f"{result['rss_total_mb']:.0f} MB", "")
     table.add_row("run time", f"{result['seconds']:.1f} s", "")
     console.print(table)
+    load = psutil.getloadavg()
+    console.print(
+        f"{psutil.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    )
 
 
 if __name__ == "__main__":

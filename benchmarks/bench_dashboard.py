@@ -78,7 +78,9 @@ def _day(rng: np.random.Generator, day: int, n: int, agents: int) -> pa.Table:
         agent[:burst] = (day * 7) % agents
         order = np.argsort(seconds, kind="stable")
         seconds, agent = seconds[order], agent[order]
-    tool_idx = rng.integers(0, len(tools), n)
+    # Each agent sticks to a handful of tools, as real agents do.
+    agent_tools = np.random.default_rng(agents).integers(0, len(tools), (agents, 4))
+    tool_idx = agent_tools[agent, rng.integers(0, 4, n)]
     decision = rng.choice(
         np.array(["allow", "deny", "require_approval", ""]), n, p=[0.9, 0.07, 0.02, 0.01]
     )
@@ -111,21 +113,33 @@ def _day(rng: np.random.Generator, day: int, n: int, agents: int) -> pa.Table:
     num = pl.col("n").cast(pl.String)
     arguments = (
         pl.when(is_web & pl.col("secret"))
-        .then(pl.concat_str(
-            pl.lit('{"url": "https://'), "host", pl.lit("/u/"), num,
-            pl.lit('", "body": "token=[REDACTED:api_key]"}'),
-        ))
+        .then(
+            pl.concat_str(
+                pl.lit('{"url": "https://'),
+                "host",
+                pl.lit("/u/"),
+                num,
+                pl.lit('", "body": "token=[REDACTED:api_key]"}'),
+            )
+        )
         .when(is_web)
-        .then(pl.concat_str(pl.lit('{"url": "https://'), "host", pl.lit("/items/"), num, pl.lit('"}')))
+        .then(
+            pl.concat_str(pl.lit('{"url": "https://'), "host", pl.lit("/items/"), num, pl.lit('"}'))
+        )
         .when(pl.col("secret"))
-        .then(pl.concat_str(
-            pl.lit('{"path": "/work/.env", "note": "[REDACTED:aws_access_key] '), num, pl.lit('"}')
-        ))
+        .then(
+            pl.concat_str(
+                pl.lit('{"path": "/work/.env", "note": "[REDACTED:aws_access_key] '),
+                num,
+                pl.lit('"}'),
+            )
+        )
         .otherwise(pl.concat_str(pl.lit('{"path": "/work/src/module_'), num, pl.lit('.py"}')))
     )
     denied = pl.col("decision") == "deny"
     frame = frame.with_columns(
-        end_time=pl.col("start_time") + pl.duration(microseconds=(pl.col("dur") * 1000).cast(pl.Int64)),
+        end_time=pl.col("start_time")
+        + pl.duration(microseconds=(pl.col("dur") * 1000).cast(pl.Int64)),
         trace_id=_hex(rng, n, 16),
         span_id=_hex(rng, n, 8),
         parent_span_id=pl.lit(""),
@@ -148,7 +162,7 @@ def _day(rng: np.random.Generator, day: int, n: int, agents: int) -> pa.Table:
 def build_store(root: Path, calls: int, seed: int = 11) -> None:
     """Write ``calls`` calls over DAYS days in the store layout, unless already there."""
     marker = root / "bench-store.json"
-    if marker.exists() and json.loads(marker.read_text()).get("calls") == calls:
+    if marker.exists() and json.loads(marker.read_text()) == {"calls": calls, "layout": 2}:
         return
     rng = np.random.default_rng(seed)
     per_day = calls // DAYS
@@ -159,14 +173,15 @@ def build_store(root: Path, calls: int, seed: int = 11) -> None:
             table = _day(rng, day, n, agents=200)
             folder = root / PARQUET_DIR / f"date={(T0 + timedelta(days=day)):%Y-%m-%d}"
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, folder / "part-0.parquet", compression="zstd",
-                           row_group_size=256 * 1024)
+            pq.write_table(
+                table, folder / "part-0.parquet", compression="zstd", row_group_size=256 * 1024
+            )
             progress.advance(task)
     policies = root / POLICIES_DIR
     policies.mkdir(exist_ok=True)
     for doc in POLICIES:
         (policies / f"{policy_version(doc)}.json").write_text(canonical_json(doc))
-    marker.write_text(json.dumps({"calls": calls}))
+    marker.write_text(json.dumps({"calls": calls, "layout": 2}))
 
 
 def page_queries(data_dir: str) -> dict[str, Callable[[], object]]:
@@ -254,7 +269,6 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10_000_000)
     parser.add_argument("--store", type=Path, default=REPO / "var" / "bench-dashboard")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--findings", action="store_true", help="also time the detectors")
     args = parser.parse_args()
     t = time.perf_counter()
     build_store(args.store, args.calls)
@@ -262,34 +276,51 @@ def main() -> None:
     data_dir = str(args.store.resolve())
 
     store = queries.connect(data_dir)
+    t = time.perf_counter()
+    store.refresh()  # first open: the hourly rollups are built from every file, once
+    first_open = time.perf_counter() - t
     baseline = timed(lambda: queries.run(store, "SELECT count(*) FROM tool_calls"), args.repeat)
     rows = queries.run(store, "SELECT count(*) AS n FROM tool_calls")["n"].iloc[0]
+    sizes = {
+        name: queries.run(store, f"SELECT count(*) AS n FROM {name}")["n"].iloc[0]
+        for name in ("calls_hourly", "egress_hourly", "redactions_hourly")
+    }
+    t = time.perf_counter()
+    found = findings.load(data_dir, wait_s=3600)  # in the app this runs in the background
+    detection = time.perf_counter() - t
+
     figures = {name: timed(fn, args.repeat) for name, fn in page_queries(data_dir).items()}
     renders = render_times(data_dir, args.repeat)
 
-    table = Table(title=f"dashboard on {rows:,} calls (median of {args.repeat}, cold cache)")
+    table = Table(title=f"dashboard on {rows:,} calls (median of {args.repeat}, cold query cache)")
     for column in ("page", "queries s", "× count(*)", "render s", "× count(*)"):
         table.add_column(column, justify="right" if column != "page" else "left")
-    table.add_row("baseline: SELECT count(*)", f"{baseline:.3f}", "1.0", "", "")
+    table.add_row("baseline: SELECT count(*)", f"{baseline:.3f}", "1", "", "")
     for name, seconds in figures.items():
         render = renders.get(name.split(" ")[0])
         table.add_row(
             name,
             f"{seconds:.3f}",
-            f"{seconds / baseline:.1f}",
+            f"{seconds / baseline:,.0f}",
             "" if render is None else f"{render:.3f}",
-            "" if render is None else f"{render / baseline:.1f}",
+            "" if render is None else f"{render / baseline:,.0f}",
         )
     console.print(table)
+    console.print(
+        f"first open (hourly rollups built from every file, once): {first_open:.1f} s "
+        f"({first_open / baseline:,.0f} × count(*)); rollup rows: "
+        + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+    )
+    console.print(
+        f"detectors (background thread, kept 5 min): {len(found.frame):,} findings in "
+        f"{detection:.1f} s ({detection / baseline:,.0f} × count(*)) {found.note or ''}"
+    )
     worst = max(renders.values())
-    console.print(f"slowest page render: {worst:.2f} s (target ≤ 2 s): "
-                  f"{'met' if worst <= 2 else 'NOT met'}")
-    if args.findings:
-        t = time.perf_counter()
-        found = findings.load(data_dir)
-        took = time.perf_counter() - t
-        console.print(f"detectors: {len(found.frame):,} findings in {took:.2f} s "
-                      f"({took / baseline:.0f} × count(*)) {found.note or ''}")
+    verdict = "met" if worst <= 2 else "NOT met"
+    console.print(f"slowest page render: {worst:.2f} s (target ≤ 2 s): {verdict}")
+    load = os.getloadavg()
+    console.print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+                  f"on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ def collector(
         "--batch-size",
         help=f"Spans that trigger a flush [default 20000, env {ENV_VARS['batch_size']}].",
     ),
+    decode_workers: int = typer.Option(
+        None,
+        "--decode-workers",
+        help=f"Decoding processes; 0 decodes in-process [default 2, env {ENV_VARS['decode_workers']}].",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
     """Receive OTLP trace spans and keep every tool call in Parquet + DuckDB."""
@@ -58,6 +63,7 @@ def collector(
             forward=forward,
             flush_interval_s=flush_interval,
             batch_size=batch_size,
+            decode_workers=decode_workers,
         )
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")

@@ -25,6 +25,7 @@ ENV_VARS = {
     "max_pending_spans": "CALLWARD_COLLECTOR_MAX_PENDING_SPANS",
     "forward_queue_bytes": "CALLWARD_COLLECTOR_FORWARD_QUEUE_BYTES",
     "workers": "CALLWARD_COLLECTOR_WORKERS",
+    "decode_workers": "CALLWARD_COLLECTOR_DECODE_WORKERS",
     "fsync": "CALLWARD_COLLECTOR_FSYNC",
 }
 
@@ -44,6 +45,7 @@ class CollectorConfig:
     max_pending_spans: int = 200_000  # beyond this, Exports get UNAVAILABLE (retry later)
     forward_queue_bytes: int = 256 * MIB  # on-disk queue while the forward backend is down
     workers: int = 8  # gRPC handler threads
+    decode_workers: int = 2  # decoding processes; 0 decodes in the gRPC threads
     fsync: bool = True  # False only for throwaway benchmarks: acks are then not durable
 
 
@@ -73,6 +75,7 @@ _KINDS: dict[str, Any] = {
     "max_pending_spans": int,
     "forward_queue_bytes": int,
     "workers": int,
+    "decode_workers": int,
     "fsync": bool,
 }
 
@@ -113,5 +116,7 @@ def _validate(c: CollectorConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    if c.decode_workers < 0:
+        raise ValueError(f"decode_workers must not be negative, got {c.decode_workers}")
     if c.max_future_skew_s < 0:
         raise ValueError(f"max_future_skew_s must not be negative, got {c.max_future_skew_s}")

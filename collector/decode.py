@@ -68,6 +68,25 @@ _SERVICE_NAME = "service.name"
 _POLICY_VERSION = "callward.policy.version"
 _POLICY_DOCUMENT = "callward.policy.document"
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}")
+# How each attribute key is handled: a column name (text columns) or one of these codes.
+_K_ARGUMENTS, _K_DECISION, _K_OUTCOME, _K_DURATION, _K_RESULT_BYTES, _K_OPERATION = range(6)
+_KIND: dict[str, str | int] = {
+    **_TEXT_COLUMNS,
+    _ARGUMENTS: _K_ARGUMENTS,
+    _DECISION: _K_DECISION,
+    _OUTCOME: _K_OUTCOME,
+    _DURATION: _K_DURATION,
+    _RESULT_BYTES: _K_RESULT_BYTES,
+    _OPERATION: _K_OPERATION,
+}
+_EMPTY_ROW: dict[str, Any] = {
+    **{column: "" for column in _TEXT_COLUMNS.values()},
+    "arguments": "",
+    "decision": "",
+    "outcome": "",
+    "duration_ms": None,
+    "result_bytes": None,
+}
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _NS_PER_US = 1000
@@ -137,6 +156,7 @@ class _Redaction:
         # (key, value) -> redacted, clipped text. Ids, tool names and enums repeat across
         # spans; the cache is cleared when full rather than tracked as an LRU (cheaper).
         self._cache: dict[tuple[str, str], str] = {}
+        self.plain_cache: dict[str, str] = {}  # the same for values under non-secret keys
 
     def _bounded(self, redact: Callable[[str], Any], value: str) -> str:
         """``redact(value)`` cut to the limit. Only a little more than is kept is redacted,
@@ -167,6 +187,19 @@ class _Redaction:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
             self._cache[ck] = out
+        return out
+
+    def plain(self, value: str) -> str:
+        """A value of a mapped column (ids, names: keys that name no secret), redacted by
+        the secret patterns and cut to the limit. The hot path: callers look in
+        :attr:`plain_cache` first."""
+        out = self.plain_cache.get(value)
+        if out is None:
+            out = self._bounded(self._redact_text, value)
+            if len(value) <= _CACHEABLE_CHARS:
+                if len(self.plain_cache) >= _CACHE_SIZE:
+                    self.plain_cache.clear()
+                self.plain_cache[value] = out
         return out
 
     def value(self, key: str, value: Any) -> Any:
@@ -303,15 +336,20 @@ def _policy(span: Span) -> PolicyDocument | str:
     return PolicyDocument(version, canonical)
 
 
+_ROW_TYPE = pa.struct(list(TOOL_CALL_SCHEMA))
+
+
 class _Columns:
-    """Column lists for one request; appended span by span, turned into Arrow once."""
+    """Rows of one request as dicts, converted to Arrow in one call (in C++, not per value)."""
 
     def __init__(self) -> None:
-        self.data: dict[str, list[Any]] = {name: [] for name in TOOL_CALL_SCHEMA.names}
+        self.rows: list[dict[str, Any]] = []
 
     def table(self) -> pa.Table:
-        arrays = [pa.array(self.data[f.name], type=f.type) for f in TOOL_CALL_SCHEMA]
-        return pa.Table.from_arrays(arrays, schema=TOOL_CALL_SCHEMA)
+        if not self.rows:
+            return TOOL_CALL_SCHEMA.empty_table()
+        rows = pa.array(self.rows, type=_ROW_TYPE)
+        return pa.Table.from_struct_array(rows).cast(TOOL_CALL_SCHEMA)
 
 
 def _bounded_attributes(others: dict[str, Any], budget: int) -> str:
@@ -336,15 +374,16 @@ class Decoder:
     def __init__(self, limits: DecodeLimits | None = None):
         self.limits = limits or DecodeLimits()
         self._redaction = _Redaction(self.limits)
+        self._json_cache: dict[Any, str] = {}
 
     def decode(self, request: ExportTraceServiceRequest, now_ns: int) -> DecodeResult:
         cols = _Columns()
         result = DecodeResult(table=pa.table({}))
         for rs in request.resource_spans:
             resource = self._resource(rs.resource.attributes)
-            service = _as_text(resource.pop(_SERVICE_NAME, ""))
+            service = self._redaction.plain(_as_text(resource.pop(_SERVICE_NAME, "")))
             for ss in rs.scope_spans:
-                scope = ss.scope.name
+                scope = self._redaction.text("otel.scope.name", ss.scope.name)
                 for span in ss.spans:
                     result.spans_seen += 1
                     self._span(span, service, resource, scope, now_ns, cols, result)
@@ -352,9 +391,11 @@ class Decoder:
         return result
 
     def _resource(self, attributes: Iterable[KeyValue]) -> dict[str, Any]:
+        """Resource attributes, redacted; all but service.name get a ``resource.`` prefix."""
         out: dict[str, Any] = {}
         for kv in attributes:
-            out[kv.key] = self._redaction.value(kv.key, any_value(kv.value))
+            value = self._redaction.value(kv.key, any_value(kv.value))
+            out[kv.key if kv.key == _SERVICE_NAME else f"resource.{kv.key}"] = value
         return out
 
     def _reject(self, result: DecodeResult, span: Span, reason: str) -> None:
@@ -373,7 +414,8 @@ class Decoder:
         cols: _Columns,
         result: DecodeResult,
     ) -> None:
-        if span.name == POLICY_SPAN_NAME:
+        name = span.name
+        if name == POLICY_SPAN_NAME:
             found = _policy(span)
             if isinstance(found, str):
                 self._reject(result, span, found)
@@ -387,96 +429,91 @@ class Decoder:
             self._reject(result, span, problem)
             return
         red = self._redaction
-        row: dict[str, Any] = {
-            "call_id": "",
-            "agent_id": "",
-            "session_id": "",
-            "grant": "",
-            "server": "",
-            "tool": "",
-            "arguments": "",
-            "decision": "",
-            "rule": "",
-            "message": "",
-            "policy_version": "",
-            "outcome": "",
-            "error_type": "",
-            "duration_ms": None,
-            "result_bytes": None,
-        }
+        row: dict[str, Any] = dict(_EMPTY_ROW)
         others: dict[str, Any] = {}
-        text = red.text
+        plain, plain_get = red.plain, red.plain_cache.get
         for kv in span.attributes:
             key = kv.key
             v = kv.value
-            if v.WhichOneof("value") == "string_value":
-                raw: Any = v.string_value
-                column = _TEXT_COLUMNS.get(key)
-                if column is not None:  # the hot path: a mapped text column
-                    row[column] = text("", raw)
-                    continue
-            else:
+            raw: Any = v.string_value  # "" for other kinds; checked below only then
+            is_text = bool(raw) or v.WhichOneof("value") == "string_value"
+            if not is_text:
                 raw = any_value(v)
-                column = _TEXT_COLUMNS.get(key)
-                if column is not None:
-                    row[column] = text("", _as_text(raw))
+            kind = _KIND.get(key)
+            if kind is None:  # not a column: into the attributes bag
+                others[key] = red.text(key, raw) if is_text else red.value(key, raw)
+            elif kind.__class__ is str:  # a mapped text column (the hot path)
+                if is_text:
+                    out = plain_get(raw)
+                    row[kind] = out if out is not None else plain(raw)
+                else:
+                    row[kind] = plain(_as_text(raw))
                     others[key] = red.value(key, raw)
-                    continue
-            if key == _ARGUMENTS:
+            elif kind == _K_ARGUMENTS:
                 row["arguments"] = red.arguments(raw)
-            elif key in (_DECISION, _OUTCOME):
-                allowed = DECISIONS if key == _DECISION else OUTCOMES
+            elif kind == _K_DECISION or kind == _K_OUTCOME:  # noqa: PLR1714
+                column = "decision" if kind == _K_DECISION else "outcome"
+                allowed = DECISIONS if kind == _K_DECISION else OUTCOMES
                 if raw in allowed:
-                    row["decision" if key == _DECISION else "outcome"] = raw
+                    row[column] = raw
                 else:
                     others[key] = red.value(key, raw)
-            elif key == _DURATION:
+            elif kind == _K_DURATION:
                 row["duration_ms"] = _as_float(raw)
                 if row["duration_ms"] is None:
                     others[key] = red.value(key, raw)
-            elif key == _RESULT_BYTES:
+            elif kind == _K_RESULT_BYTES:
                 row["result_bytes"] = _as_int(raw)
                 if row["result_bytes"] is None:
                     others[key] = red.value(key, raw)
-            elif key == _OPERATION and raw == TOOL_OPERATION:
-                continue
-            else:
+            elif raw != TOOL_OPERATION:  # _K_OPERATION: implied by the row, unless odd
                 others[key] = red.value(key, raw)
-        if not row["tool"] and span.name.startswith(TOOL_OPERATION + " "):
-            row["tool"] = text("", span.name[len(TOOL_OPERATION) + 1 :])
-        if span.name != f"{TOOL_OPERATION} {row['tool']}":
-            others["otel.span.name"] = red.text("otel.span.name", span.name)
+        tool = row["tool"]
+        if not tool and name.startswith(TOOL_OPERATION + " "):
+            tool = row["tool"] = plain(name[len(TOOL_OPERATION) + 1 :])
+        if name != TOOL_OPERATION + " " + tool:
+            others["otel.span.name"] = red.text("otel.span.name", name)
         status = span.status
-        if status.code != Status.STATUS_CODE_UNSET:
-            others["otel.status_code"] = (
-                "ERROR" if status.code == Status.STATUS_CODE_ERROR else "OK"
-            )
+        code = status.code
+        if code:
+            others["otel.status_code"] = "ERROR" if code == Status.STATUS_CODE_ERROR else "OK"
             if status.message:
-                others["otel.status_description"] = red.text(
-                    "otel.status_description", status.message
-                )
+                others["otel.status_description"] = red.text("otel.status_description", status.message)
         if not row["outcome"] and not row["decision"]:
             # A span from another agent records a call that ran; its status says how it went.
-            failed = bool(row["error_type"]) or status.code == Status.STATUS_CODE_ERROR
+            failed = bool(row["error_type"]) or code == Status.STATUS_CODE_ERROR
             row["outcome"] = "error" if failed else "ok"
         if scope:
-            others["otel.scope.name"] = red.text("otel.scope.name", scope)
-        for key, value in resource.items():
-            others[f"resource.{key}"] = value
+            others["otel.scope.name"] = scope
+        if resource:
+            others.update(resource)
         start, end = span.start_time_unix_nano, span.end_time_unix_nano
         if row["duration_ms"] is None:
             row["duration_ms"] = (end - start) / 1e6
-        data = cols.data
-        data["start_time"].append(start // _NS_PER_US)
-        data["end_time"].append(end // _NS_PER_US)
-        data["trace_id"].append(span.trace_id.hex())
-        data["span_id"].append(span.span_id.hex())
         parent = span.parent_span_id
-        data["parent_span_id"].append(parent.hex() if len(parent) == 8 else "")
-        for name, value in row.items():
-            data[name].append(value)
-        data["service_name"].append(red.text(_SERVICE_NAME, service))
-        data["attributes"].append(_bounded_attributes(others, self.limits.max_attributes_bytes))
+        row["start_time"] = start // _NS_PER_US
+        row["end_time"] = end // _NS_PER_US
+        row["trace_id"] = span.trace_id.hex()
+        row["span_id"] = span.span_id.hex()
+        row["parent_span_id"] = parent.hex() if len(parent) == 8 else ""
+        row["service_name"] = service
+        row["attributes"] = self._attributes_json(others)
+        cols.rows.append(row)
+
+    def _attributes_json(self, others: dict[str, Any]) -> str:
+        """The attributes bag as JSON. Bags repeat across spans (same scope, resource and
+        MCP method), so bags of plain scalars are cached by their items."""
+        try:
+            ck: Any = tuple(others.items())
+            out = self._json_cache.get(ck)
+        except TypeError:  # a list or map value: not hashable, not cached
+            return _bounded_attributes(others, self.limits.max_attributes_bytes)
+        if out is None:
+            out = _bounded_attributes(others, self.limits.max_attributes_bytes)
+            if len(self._json_cache) >= _CACHE_SIZE // 8:
+                self._json_cache.clear()
+            self._json_cache[ck] = out
+        return out
 
     def redact_in_place(self, request: ExportTraceServiceRequest) -> None:
         """Redact every attribute of every span and resource of ``request`` (for forwarding),

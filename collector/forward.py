@@ -11,6 +11,10 @@ When the queue would exceed ``max_queue_bytes`` the OLDEST whole segment is drop
 warning says how many spans and bytes went: for a tracing backend recent spans are worth
 more than old ones, and the collector's own store keeps everything regardless.
 
+Headers (an API key, a tenant id such as Tempo's ``X-Scope-OrgID``): the ``headers``
+argument, else ``CALLWARD_COLLECTOR_FORWARD_HEADERS`` in the ``OTEL_EXPORTER_OTLP_HEADERS``
+format (``key=value,key2=value2``).
+
 Endpoints: ``host:port`` or ``grpc://host:port`` (OTLP/gRPC, plaintext), ``grpcs://host:port``
 (OTLP/gRPC over TLS), ``http(s)://host[:port][/path]`` (OTLP/HTTP protobuf; ``/v1/traces``
 is appended when the URL has no path).
@@ -45,6 +49,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 log = logging.getLogger("callward.forward")
 
 MIB = 1024 * 1024
+ENV_HEADERS = "CALLWARD_COLLECTOR_FORWARD_HEADERS"
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 _HEADER = struct.Struct("<III")
 _SUFFIX = ".seg"
@@ -192,6 +197,22 @@ def _gzip(payload: bytes) -> bytes:
     return gzip.compress(payload, compresslevel=5)
 
 
+def parse_headers(text: str) -> dict[str, str]:
+    """``key=value,key2=value2`` (the ``OTEL_EXPORTER_OTLP_HEADERS`` format, values
+    URL-encoded) into a dict; used for backends that need an API key or a tenant header."""
+    from urllib.parse import unquote
+
+    headers: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{ENV_HEADERS}: expected key=value, got {item.strip()!r}")
+        headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
 def count_spans(request: ExportTraceServiceRequest) -> int:
     return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
 
@@ -224,7 +245,9 @@ class Forwarder:
         self.max_batch_bytes = max_batch_bytes
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
-        self._sender = _Sender(endpoint, headers or {}, timeout_s, gzip)
+        if headers is None:
+            headers = parse_headers(os.environ.get(ENV_HEADERS, ""))
+        self._sender = _Sender(endpoint, headers, timeout_s, gzip)
         self._clock = clock
         self.stats = ForwardStats()
         self._lock = threading.Lock()

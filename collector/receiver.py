@@ -22,13 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector.decode import Decoder, DecodeResult
-from collector.otlp_parse import MalformedRequestError, parse_request
+from collector.decode_pool import DecodedExport, DecodeUnavailableError
+from collector.otlp_parse import MalformedRequestError
 
 log = logging.getLogger("callward.collector.receiver")
 
@@ -44,7 +41,7 @@ def status_for(error: Exception) -> grpc.StatusCode:
     """The gRPC status an Export failure is answered with."""
     if isinstance(error, MalformedRequestError):
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, BusyError | OSError):
+    if isinstance(error, BusyError | DecodeUnavailableError | OSError):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
@@ -62,16 +59,17 @@ class ReceiverStats:
 
 
 class TraceReceiver:
-    """Parses, decodes and ingests Exports; optionally passes the (redacted) request on."""
+    """Decodes and ingests Exports; optionally passes the (redacted) request on, as
+    serialized bytes and its span count (``Forwarder.submit_serialized``)."""
 
     def __init__(
         self,
-        decoder: Decoder,
-        ingest: Callable[[DecodeResult], None],
-        forward: Callable[[ExportTraceServiceRequest], None] | None = None,
+        decode: Callable[[bytes, int, bool], DecodedExport],
+        ingest: Callable[[DecodedExport], None],
+        forward: Callable[[bytes, int], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
     ):
-        self.decoder = decoder
+        self.decode = decode
         self.ingest = ingest
         self.forward = forward
         self.clock = clock
@@ -80,14 +78,11 @@ class TraceReceiver:
 
     def handle(self, data: bytes) -> ExportTraceServiceResponse:
         """Process one serialized Export; raises for a failure of the whole request."""
-        request, repaired = parse_request(data)
-        if self.forward is not None:
-            self.decoder.redact_in_place(request)
-        result = self.decoder.decode(request, self.clock())
+        result = self.decode(data, self.clock(), self.forward is not None)
         self.ingest(result)
         if self.forward is not None:
             try:
-                self.forward(request)
+                self.forward(result.forward, result.spans_seen)
             except Exception as e:  # forwarding must never fail what is already stored
                 with self._stats_lock:
                     self.stats.forward_errors += 1
@@ -95,13 +90,13 @@ class TraceReceiver:
         with self._stats_lock:
             self.stats.requests += 1
             self.stats.spans_seen += result.spans_seen
-            self.stats.rows_accepted += result.table.num_rows
+            self.stats.rows_accepted += result.num_rows
             self.stats.spans_rejected += result.rejected
-            self.stats.repaired_requests += int(repaired)
+            self.stats.repaired_requests += int(result.repaired)
         response = ExportTraceServiceResponse()
         if result.rejected:
             response.partial_success.rejected_spans = result.rejected
-            response.partial_success.error_message = result.error_message()
+            response.partial_success.error_message = result.error_message
         return response
 
     def export(self, data: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:

@@ -27,9 +27,10 @@ import grpc
 import pyarrow as pa
 
 from collector.config import CollectorConfig
-from collector.decode import DecodeLimits, Decoder, DecodeResult
+from collector.decode import DecodeLimits
+from collector.decode_pool import DecodedExport, DecodePool
 from collector.receiver import BusyError, TraceReceiver, serve
-from collector.spool import Spool, decode_rows, encode_rows
+from collector.spool import Spool, decode_rows
 from collector.store import StoreWriter, save_policy
 
 log = logging.getLogger("callward.collector")
@@ -53,11 +54,12 @@ class Collector:
         self.config = config
         self.data_dir = Path(config.data_dir).resolve()
         self.stats = CollectorStats()
-        self.decoder = Decoder(
+        self.decoders = DecodePool(
+            config.decode_workers,
             DecodeLimits(
                 max_value_bytes=config.max_value_bytes,
                 max_future_skew_s=config.max_future_skew_s,
-            )
+            ),
         )
         self.writer: StoreWriter | None = None
         self.spool: Spool | None = None
@@ -65,7 +67,7 @@ class Collector:
         self.receiver: TraceReceiver | None = None
         self.server: grpc.Server | None = None
         self.port = 0
-        self._pending: list[pa.Table] = []
+        self._pending: list[bytes] = []  # spooled rows (Arrow IPC) not yet in Parquet
         self._pending_rows = 0
         self._cond: threading.Condition | None = None
         self._flush_lock = threading.Lock()
@@ -80,6 +82,7 @@ class Collector:
         self.writer = StoreWriter(self.data_dir)
         self.spool = Spool(self.data_dir / SPOOL_DIR, fsync=self.config.fsync)
         self._recover()
+        self.decoders.start()
         self._cond = threading.Condition(self.spool.lock)
         self._thread = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
         self._thread.start()
@@ -93,8 +96,8 @@ class Collector:
                 self.config.forward_queue_bytes,
             )
             self.forwarder.start()
-            forward = self.forwarder.submit
-        self.receiver = TraceReceiver(self.decoder, self.ingest, forward)
+            forward = self.forwarder.submit_serialized
+        self.receiver = TraceReceiver(self.decoders.decode, self.ingest, forward)
         self.server, self.port = serve(
             self.receiver,
             self.config.listen,
@@ -128,6 +131,7 @@ class Collector:
             return
         if self.server is not None:
             self.server.stop(grace_s).wait()
+        self.decoders.shutdown()
         if self._cond is not None:
             with self._cond:
                 self._stopping = True
@@ -150,15 +154,15 @@ class Collector:
 
     # --- the data path -----------------------------------------------------------------
 
-    def ingest(self, result: DecodeResult) -> None:
+    def ingest(self, result: DecodedExport) -> None:
         """Make ``result`` durable (policies, then rows in the spool). Called per Export."""
         for policy in result.policies:
             if save_policy(self.data_dir, policy.version, policy.document):
                 self.stats.policies_saved += 1
-        rows = result.table.num_rows
+        rows = result.num_rows
         if rows == 0:
             return
-        payload = encode_rows(result.table)
+        payload = result.rows
         assert self._cond is not None and self.spool is not None
         with self._cond:
             if self._stopping:
@@ -166,7 +170,7 @@ class Collector:
             if self._pending_rows >= self.config.max_pending_spans:
                 raise BusyError("collector is behind on writing; retry later")
             self.spool.append_locked(payload)
-            self._pending.append(result.table)
+            self._pending.append(payload)
             self._pending_rows += rows
             if self._pending_rows >= self.config.batch_size:
                 self._cond.notify_all()
@@ -191,20 +195,20 @@ class Collector:
         assert self._cond is not None and self.spool is not None and self.writer is not None
         with self._flush_lock:
             with self._cond:
-                tables, self._pending = self._pending, []
+                payloads, self._pending = self._pending, []
                 rows, self._pending_rows = self._pending_rows, 0
                 sealed = self.spool.rotate_locked()
-            if not tables:
+            if not payloads:
                 return 0
             before = self.writer.rows_written
             try:
-                self.writer.write(pa.concat_tables(tables))
+                self.writer.write(pa.concat_tables([decode_rows(p) for p in payloads]))
             except Exception as e:
                 # The rows stay in the spool and in memory; the next flush tries again.
                 self.stats.flush_failures += 1
                 log.error("writing %d row(s) to Parquet failed: %r; will retry", rows, e)
                 with self._cond:
-                    self._pending[:0] = tables
+                    self._pending[:0] = payloads
                     self._pending_rows += rows
                 return 0
             self.spool.discard_through(sealed)

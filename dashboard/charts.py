@@ -11,12 +11,12 @@ DECISION_COLOURS = {
     "require_approval": "#ef6c00",
     "none": "#9e9e9e",
 }
-_DECISION_SCALE = alt.Scale(
-    domain=list(DECISION_COLOURS), range=list(DECISION_COLOURS.values())
-)
+_DECISION_SCALE = alt.Scale(domain=list(DECISION_COLOURS), range=list(DECISION_COLOURS.values()))
 
 
-def decisions_over_time(frame: pd.DataFrame, usual: float | None = None) -> alt.LayerChart:
+def decisions_over_time(
+    frame: pd.DataFrame, usual: float | None = None
+) -> alt.LayerChart | alt.FacetChart:
     """Stacked calls per bucket by decision; a dashed rule marks ``usual`` when given."""
     bars = (
         alt.Chart(frame)

@@ -50,7 +50,10 @@ class Findings:
 
 
 def _as_row(finding: Any) -> dict[str, Any]:
-    raw = dataclasses.asdict(finding) if dataclasses.is_dataclass(finding) else vars(finding)
+    if dataclasses.is_dataclass(finding) and not isinstance(finding, type):
+        raw = dataclasses.asdict(finding)
+    else:
+        raw = vars(finding)
     row = {c: raw.get(c) for c in COLUMNS}
     row["span_ids"] = tuple(row["span_ids"] or ())
     return row

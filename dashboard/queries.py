@@ -30,6 +30,7 @@ import pyarrow as pa
 import streamlit as st
 
 from collector.schema import PARQUET_DIR, PARTITION_COLUMN, TABLE, TOOL_CALL_SCHEMA
+from dashboard import rollups
 
 CACHE_TTL_S = 30
 QUERY_TIMEOUT_S = 20.0
@@ -52,9 +53,6 @@ MAX_BUCKETS = 400
 # Columns a "top N" query may group by; never interpolate anything else into SQL.
 TOP_COLUMNS = ("agent_id", "server", "tool")
 
-REDACTION_MARKER = "[REDACTED:"
-_REDACTION_KIND = r"\[REDACTED:([^\]]*)\]"
-_URL_HOST = r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/@\s\"]*@)?([A-Za-z0-9.\-_]+)"
 
 _DUCK_TYPES = {
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
@@ -135,6 +133,8 @@ class Store:
     con: duckdb.DuckDBPyConnection
     has_files: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    summarized: set[Path] = field(default_factory=set)  # files already in the rollups
+    bounds: tuple[datetime | None, datetime | None] = (None, None)  # first, last start
 
     @property
     def glob(self) -> str:
@@ -146,18 +146,19 @@ class Store:
         return sorted(p for p in files if not p.name.startswith("."))
 
     def refresh(self) -> None:
-        """Switch the view from the empty placeholder to the Parquet files once they appear."""
-        if self.has_files:
+        """Point the view at the Parquet files once they exist; summarise any new file."""
+        files = self.parquet_files()
+        if self.has_files and self.summarized == set(files):
             return
         with self.lock:
-            if self.has_files or not self.parquet_files():
-                return
-            self.con.execute(
-                f"CREATE OR REPLACE VIEW {TABLE} AS SELECT * FROM read_parquet("
-                f"{_sql_literal(self.glob)}, hive_partitioning = true, "
-                f"hive_types = {{'{PARTITION_COLUMN}': DATE}})"
-            )
-            self.has_files = True
+            if files and not self.has_files:
+                self.con.execute(
+                    f"CREATE OR REPLACE VIEW {TABLE} AS SELECT * FROM read_parquet("
+                    f"{_sql_literal(self.glob)}, hive_partitioning = true, "
+                    f"hive_types = {{'{PARTITION_COLUMN}': DATE}})"
+                )
+                self.has_files = True
+            rollups.update(self, files)
 
 
 def _sql_literal(text: str) -> str:
@@ -165,9 +166,7 @@ def _sql_literal(text: str) -> str:
 
 
 def _empty_view_sql() -> str:
-    cols = [
-        f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {f.name}" for f in TOOL_CALL_SCHEMA
-    ]
+    cols = [f"CAST(NULL AS {_DUCK_TYPES[f.type]}) AS {f.name}" for f in TOOL_CALL_SCHEMA]
     cols.append(f"CAST(NULL AS DATE) AS {PARTITION_COLUMN}")
     return f"CREATE OR REPLACE VIEW {TABLE} AS SELECT {', '.join(cols)} WHERE FALSE"
 
@@ -178,12 +177,11 @@ def open_store(data_dir: str | Path) -> Store:
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     con.execute(_empty_view_sql())
+    rollups.create(con)
     con.execute(f"SET allowed_directories = [{_sql_literal(str(root) + '/')}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    store = Store(root, con)
-    store.refresh()
-    return store
+    return Store(root, con)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -201,7 +199,10 @@ def run(
     timeout_s: float = QUERY_TIMEOUT_S,
 ) -> pd.DataFrame:
     """Run one bounded query; ``frame.attrs['truncated']`` says whether rows were cut."""
-    store.refresh()
+    try:
+        store.refresh()
+    except rollups.SummaryError as e:
+        raise QueryError(e.message, e.sql) from None
     bounded = f"SELECT * FROM ({sql}) AS bounded LIMIT {int(max_rows) + 1}"
     cur = store.con.cursor()
     timer = threading.Timer(timeout_s, cur.interrupt)
@@ -210,9 +211,7 @@ def run(
     try:
         frame = cur.execute(bounded, list(params)).df()
     except duckdb.InterruptException:
-        raise QueryTimeout(
-            f"query interrupted after {timeout_s:g} s", sql, params
-        ) from None
+        raise QueryTimeout(f"query interrupted after {timeout_s:g} s", sql, params) from None
     except duckdb.Error as e:
         raise QueryError(f"{type(e).__name__}: {e}", sql, params) from None
     finally:
@@ -235,25 +234,42 @@ _cached = st.cache_data(ttl=CACHE_TTL_S, max_entries=512, show_spinner=False)
 # --------------------------------------------------------------------------- store-wide
 
 
+def _rollup_ok(data_dir: str, flt: CallFilter, bucket: timedelta | None = None) -> bool:
+    """Whether the hourly rollups answer this filter (and chart bucket) exactly."""
+    store = connect(data_dir)
+    try:
+        store.refresh()
+    except rollups.SummaryError:
+        return False  # the raw query will report the error, with its SQL
+    if bucket is not None and bucket % timedelta(hours=1):
+        return False
+    return rollups.covers(store, flt)
+
+
+def _width(name: str) -> timedelta:
+    return dict(BUCKETS)[name]
+
+
 @_cached
 def store_summary(data_dir: str) -> dict[str, Any]:
     """Size and freshness of the whole store (no filters): for the sidebar and empty states."""
     store = connect(data_dir)
-    files = store.parquet_files()
     frame = run(
         store,
-        f"SELECT count(*) AS calls, min(start_time) AS first_span, max(end_time) AS last_span,"
-        f" count(DISTINCT {PARTITION_COLUMN}) AS days FROM {TABLE}",
+        "SELECT sum(calls) AS calls, min(first_start) AS first_span, max(last_end) AS last_span,"
+        " count(DISTINCT hour // 24) AS days FROM calls_hourly",
     )
+    files = store.parquet_files()
     row = frame.iloc[0]
+    empty = pd.isna(row["calls"])
     return {
         "data_dir": str(store.data_dir),
         "files": len(files),
         "bytes": sum(f.stat().st_size for f in files),
-        "calls": int(row["calls"]),
+        "calls": 0 if empty else int(row["calls"]),
         "days": int(row["days"]),
-        "first_span": None if pd.isna(row["first_span"]) else row["first_span"].to_pydatetime(),
-        "last_span": None if pd.isna(row["last_span"]) else row["last_span"].to_pydatetime(),
+        "first_span": None if empty else row["first_span"].to_pydatetime(),
+        "last_span": None if empty else row["last_span"].to_pydatetime(),
     }
 
 
@@ -264,8 +280,8 @@ def filter_options(data_dir: str) -> dict[str, list[str]]:
     for column in TOP_COLUMNS:
         frame = _q(
             data_dir,
-            f"SELECT {column} AS value FROM {TABLE} WHERE coalesce({column}, '') <> ''"
-            f" GROUP BY {column} ORDER BY count(*) DESC, {column}",
+            f"SELECT {column} AS value FROM calls_hourly WHERE coalesce({column}, '') <> ''"
+            f" GROUP BY {column} ORDER BY sum(calls) DESC, {column}",
             max_rows=MAX_FILTER_VALUES,
         )
         out[column] = sorted(frame["value"].tolist())
@@ -278,41 +294,55 @@ def filter_options(data_dir: str) -> dict[str, list[str]]:
 @_cached
 def headline(data_dir: str, flt: CallFilter) -> dict[str, Any]:
     """The figures at the top of the overview."""
-    where, params = flt.where()
+    if _rollup_ok(data_dir, flt):
+        where, params = rollups.where(flt)
+        source, n, count = "calls_hourly", "calls", "sum(calls)"
+        errors = "sum(errors)"
+    else:
+        where, params = flt.where()
+        source, n, count = TABLE, "1", "count(*)"
+        errors = "count(*) FILTER (WHERE outcome = 'error')"
     frame = _q(
         data_dir,
         f"""
-        SELECT count(*) AS calls,
-               count(*) FILTER (WHERE decision = 'deny') AS denied,
-               count(*) FILTER (WHERE decision = 'require_approval') AS approvals,
-               count(*) FILTER (WHERE decision = 'allow') AS allowed,
-               count(*) FILTER (WHERE outcome = 'error') AS errors,
-               count(DISTINCT agent_id) AS agents,
-               count(DISTINCT session_id) AS sessions,
-               max(end_time) AS last_span
-        FROM {TABLE} WHERE {where}
+        SELECT {count} AS calls,
+               coalesce(sum({n}) FILTER (WHERE decision = 'deny'), 0) AS denied,
+               coalesce(sum({n}) FILTER (WHERE decision = 'require_approval'), 0) AS approvals,
+               coalesce(sum({n}) FILTER (WHERE decision = 'allow'), 0) AS allowed,
+               coalesce({errors}, 0) AS errors,
+               count(DISTINCT agent_id) FILTER (WHERE coalesce(agent_id, '') <> '') AS agents
+        FROM {source} WHERE {where}
         """,
         params,
     )
-    row = frame.iloc[0].to_dict()
-    decided = int(row["denied"]) + int(row["approvals"]) + int(row["allowed"])
-    row["deny_rate"] = (int(row["denied"]) / decided) if decided else 0.0
-    return row
+    row = {k: int(0 if pd.isna(v) else v) for k, v in frame.iloc[0].to_dict().items()}
+    decided = row["denied"] + row["approvals"] + row["allowed"]
+    return {**row, "deny_rate": (row["denied"] / decided) if decided else 0.0}
 
 
 @_cached
 def decisions_over_time(data_dir: str, flt: CallFilter) -> pd.DataFrame:
     """Calls per time bucket and decision ("none" when the call was not decided)."""
-    where, params = flt.where()
-    bucket = bucket_for(flt.start, flt.end)
+    width = _width(bucket_for(flt.start, flt.end))
+    if _rollup_ok(data_dir, flt, width):
+        where, params = rollups.where(flt)
+        hours = int(width / timedelta(hours=1))
+        key, n, source = f"hour // {hours} * {hours * 3600}", "sum(calls)", "calls_hourly"
+    else:
+        where, params = flt.where()
+        seconds = int(width.total_seconds())
+        key = f"epoch_us(start_time) // {seconds * 1_000_000} * {seconds}"
+        n, source = "count(*)", TABLE
     return _q(
         data_dir,
         f"""
-        SELECT time_bucket(INTERVAL '{bucket}', start_time) AS bucket,
-               CASE WHEN coalesce(decision, '') = '' THEN 'none' ELSE decision END AS decision,
-               count(*) AS calls
-        FROM {TABLE} WHERE {where}
-        GROUP BY ALL ORDER BY bucket, decision
+        SELECT to_timestamp(b) AS bucket, decision, calls FROM (
+            SELECT {key} AS b,
+                   CASE WHEN coalesce(decision, '') = '' THEN 'none' ELSE decision END
+                       AS decision,
+                   {n} AS calls
+            FROM {source} WHERE {where} GROUP BY ALL
+        ) ORDER BY bucket, decision
         """,
         params,
         max_rows=MAX_BUCKETS * 4 * 2,
@@ -324,13 +354,18 @@ def top(data_dir: str, flt: CallFilter, column: str, n: int = TOP_N) -> pd.DataF
     """The ``n`` busiest values of ``column`` with their deny counts."""
     if column not in TOP_COLUMNS:
         raise ValueError(f"cannot group by {column!r}")
-    where, params = flt.where()
+    if _rollup_ok(data_dir, flt):
+        where, params = rollups.where(flt)
+        source, calls = "calls_hourly", "calls"
+    else:
+        where, params = flt.where()
+        source, calls = TABLE, "1"
     return _q(
         data_dir,
         f"""
-        SELECT coalesce({column}, '') AS {column}, count(*) AS calls,
-               count(*) FILTER (WHERE decision = 'deny') AS denied
-        FROM {TABLE} WHERE {where}
+        SELECT coalesce({column}, '') AS {column}, sum({calls}) AS calls,
+               coalesce(sum({calls}) FILTER (WHERE decision = 'deny'), 0) AS denied
+        FROM {source} WHERE {where}
         GROUP BY 1 ORDER BY calls DESC, 1
         """,
         params,
@@ -341,17 +376,24 @@ def top(data_dir: str, flt: CallFilter, column: str, n: int = TOP_N) -> pd.DataF
 @_cached
 def policy_versions(data_dir: str, flt: CallFilter) -> pd.DataFrame:
     """Policy versions seen in decisions, with when each was first and last in force."""
-    where, params = flt.where()
-    return _q(
-        data_dir,
-        f"""
-        SELECT policy_version, min(start_time) AS first_seen, max(start_time) AS last_seen,
-               count(*) AS calls, count(*) FILTER (WHERE decision = 'deny') AS denied
-        FROM {TABLE} WHERE {where} AND coalesce(policy_version, '') <> ''
-        GROUP BY 1 ORDER BY last_seen DESC
-        """,
-        params,
-    )
+    if _rollup_ok(data_dir, flt):
+        where, params = rollups.where(flt)
+        sql = f"""
+            SELECT policy_version, min(first_start) AS first_seen, max(last_start) AS last_seen,
+                   sum(calls) AS calls,
+                   coalesce(sum(calls) FILTER (WHERE decision = 'deny'), 0) AS denied
+            FROM calls_hourly WHERE {where} AND policy_version <> ''
+            GROUP BY 1 ORDER BY last_seen DESC
+        """
+    else:
+        where, params = flt.where()
+        sql = f"""
+            SELECT policy_version, min(start_time) AS first_seen, max(start_time) AS last_seen,
+                   count(*) AS calls, count(*) FILTER (WHERE decision = 'deny') AS denied
+            FROM {TABLE} WHERE {where} AND coalesce(policy_version, '') <> ''
+            GROUP BY 1 ORDER BY last_seen DESC
+        """
+    return _q(data_dir, sql, params)
 
 
 # --------------------------------------------------------------------------- runaway agents
@@ -360,21 +402,33 @@ def policy_versions(data_dir: str, flt: CallFilter) -> pd.DataFrame:
 @_cached
 def agent_activity(data_dir: str, flt: CallFilter) -> pd.DataFrame:
     """Per agent: its usual (median) calls per bucket against its busiest bucket."""
-    where, params = flt.where()
-    bucket = bucket_for(flt.start, flt.end)
+    name = bucket_for(flt.start, flt.end)
+    width = max(_width(name), timedelta(hours=1)) if _rollup_ok(data_dir, flt) else _width(name)
+    if _rollup_ok(data_dir, flt, width):
+        name = next(k for k, v in BUCKETS if v == width)
+        where, params = rollups.where(flt)
+        hours = int(width / timedelta(hours=1))
+        per = f"""
+            SELECT agent_id, hour // {hours} * {hours * 3600} AS b, sum(calls) AS calls,
+                   coalesce(sum(calls) FILTER (WHERE decision = 'deny'), 0) AS denied
+            FROM calls_hourly WHERE {where} AND coalesce(agent_id, '') <> '' GROUP BY ALL
+        """
+    else:
+        where, params = flt.where()
+        seconds = int(width.total_seconds())
+        per = f"""
+            SELECT agent_id, epoch_us(start_time) // {seconds * 1_000_000} * {seconds} AS b,
+                   count(*) AS calls, count(*) FILTER (WHERE decision = 'deny') AS denied
+            FROM {TABLE} WHERE {where} AND coalesce(agent_id, '') <> '' GROUP BY ALL
+        """
     return _q(
         data_dir,
         f"""
-        WITH per AS (
-            SELECT agent_id, time_bucket(INTERVAL '{bucket}', start_time) AS bucket,
-                   count(*) AS calls, count(*) FILTER (WHERE decision = 'deny') AS denied
-            FROM {TABLE} WHERE {where} AND coalesce(agent_id, '') <> ''
-            GROUP BY ALL
-        )
+        WITH per AS ({per})
         SELECT agent_id, sum(calls) AS calls, sum(denied) AS denied,
                count(*) AS active_buckets, median(calls) AS usual, max(calls) AS peak,
-               arg_max(bucket, calls) AS peak_at, max(calls) / median(calls) AS peak_vs_usual,
-               '{bucket}' AS bucket_width
+               to_timestamp(arg_max(b, calls)) AS peak_at,
+               max(calls) / median(calls) AS peak_vs_usual, '{name}' AS bucket_width
         FROM per GROUP BY agent_id ORDER BY peak_vs_usual DESC, calls DESC, agent_id
         """,
         params,
@@ -386,6 +440,14 @@ def agent_timeline(data_dir: str, flt: CallFilter, agent_id: str) -> pd.DataFram
     """One agent's calls per bucket and decision, for its activity chart."""
     narrowed = CallFilter(flt.start, flt.end, (agent_id,), flt.servers, flt.tools)
     return decisions_over_time(data_dir, narrowed)
+
+
+_CALL_COLUMNS_SQL = f"""
+    SELECT start_time, agent_id, session_id, server, tool, decision, rule, message,
+           arguments, outcome, error_type, duration_ms, result_bytes, policy_version,
+           trace_id, span_id
+    FROM {TABLE} WHERE {{where}} ORDER BY start_time, span_id
+"""
 
 
 @_cached
@@ -401,32 +463,21 @@ def calls_in_window(
 ) -> pd.DataFrame:
     """The calls behind a finding, in time order: its window, narrowed by agent, session,
     trace or span ids (each one given narrows further)."""
-    conds = [
-        f"{PARTITION_COLUMN} BETWEEN ? AND ?",
-        "start_time BETWEEN ? AND ?",
-    ]
+    conds = [f"{PARTITION_COLUMN} BETWEEN ? AND ?", "start_time BETWEEN ? AND ?"]
     params: list[Any] = [start.date(), end.date(), start, end]
-    if agent_id:
-        conds.append("agent_id = ?")
-        params.append(agent_id)
-    if session_id:
-        conds.append("session_id = ?")
-        params.append(session_id)
-    if trace_id:
-        conds.append("trace_id = ?")
-        params.append(trace_id)
+    for column, value in (
+        ("agent_id", agent_id),
+        ("session_id", session_id),
+        ("trace_id", trace_id),
+    ):
+        if value:
+            conds.append(f"{column} = ?")
+            params.append(value)
     if span_ids:
         conds.append(f"span_id IN ({', '.join('?' for _ in span_ids)})")
         params += list(span_ids)
-    return _q(data_dir, _CALL_COLUMNS_SQL.format(where=" AND ".join(conds)), params, max_rows=max_rows)
-
-
-_CALL_COLUMNS_SQL = f"""
-    SELECT start_time, agent_id, session_id, server, tool, decision, rule, message,
-           arguments, outcome, error_type, duration_ms, result_bytes, policy_version,
-           trace_id, span_id
-    FROM {TABLE} WHERE {{where}} ORDER BY start_time, span_id
-"""
+    sql = _CALL_COLUMNS_SQL.format(where=" AND ".join(conds))
+    return _q(data_dir, sql, params, max_rows=max_rows)
 
 
 # --------------------------------------------------------------------------- exfiltration
@@ -435,22 +486,31 @@ _CALL_COLUMNS_SQL = f"""
 @_cached
 def destinations(data_dir: str, flt: CallFilter) -> pd.DataFrame:
     """Hosts named in call arguments (URLs), ordered by when each was first used."""
-    where, params = flt.where()
+    if _rollup_ok(data_dir, flt):
+        where, params = rollups.where(flt)
+        hits = f"""
+            SELECT destination, first_used, last_used, agent_id, tool, decision, calls
+            FROM egress_hourly WHERE {where}
+        """
+    else:
+        where, params = flt.where()
+        hits = f"""
+            SELECT destination, start_time AS first_used, start_time AS last_used, agent_id,
+                   tool, coalesce(decision, '') AS decision, 1 AS calls
+            FROM (SELECT *, lower(regexp_extract(arguments, '{rollups.URL_HOST}', 1))
+                      AS destination
+                  FROM {TABLE} WHERE {where} AND contains(arguments, '://'))
+            WHERE destination <> ''
+        """
     return _q(
         data_dir,
         f"""
-        WITH hits AS (
-            SELECT lower(regexp_extract(arguments, '{_URL_HOST}', 1)) AS destination,
-                   start_time, agent_id, tool, decision
-            FROM {TABLE} WHERE {where} AND contains(arguments, '://')
-        )
-        SELECT destination, min(start_time) AS first_used, arg_min(agent_id, start_time)
-               AS first_agent, arg_min(tool, start_time) AS first_tool,
-               max(start_time) AS last_used, count(*) AS calls,
-               count(DISTINCT agent_id) AS agents,
-               count(*) FILTER (WHERE decision = 'deny') AS denied
-        FROM hits WHERE destination <> ''
-        GROUP BY destination ORDER BY first_used, destination
+        SELECT destination, min(first_used) AS first_used,
+               arg_min(agent_id, first_used) AS first_agent,
+               arg_min(tool, first_used) AS first_tool, max(last_used) AS last_used,
+               sum(calls) AS calls, count(DISTINCT agent_id) AS agents,
+               coalesce(sum(calls) FILTER (WHERE decision = 'deny'), 0) AS denied
+        FROM ({hits}) GROUP BY destination ORDER BY first_used, destination
         """,
         params,
     )
@@ -459,29 +519,43 @@ def destinations(data_dir: str, flt: CallFilter) -> pd.DataFrame:
 @_cached
 def redactions(data_dir: str, flt: CallFilter) -> pd.DataFrame:
     """How many secrets were redacted from arguments, by kind (``[REDACTED:kind]`` markers)."""
-    where, params = flt.where()
-    return _q(
-        data_dir,
-        f"""
-        WITH marked AS (
-            SELECT unnest(regexp_extract_all(arguments, '{_REDACTION_KIND}', 1)) AS kind,
-                   span_id
-            FROM {TABLE} WHERE {where} AND contains(arguments, '{REDACTION_MARKER}')
-        )
-        SELECT kind, count(*) AS secrets, count(DISTINCT span_id) AS calls
-        FROM marked GROUP BY kind ORDER BY secrets DESC, kind
-        """,
-        params,
-    )
+    if _rollup_ok(data_dir, flt):
+        where, params = rollups.where(flt)
+        sql = f"""
+            SELECT kind, sum(secrets) AS secrets, sum(calls) AS calls
+            FROM redactions_hourly WHERE {where} GROUP BY kind
+        """
+    else:
+        where, params = flt.where()
+        sql = f"""
+            SELECT kind, count(*) AS secrets, count(DISTINCT span_id) AS calls
+            FROM (SELECT unnest(regexp_extract_all(arguments, '{rollups.REDACTION_KIND}', 1))
+                      AS kind, span_id
+                  FROM {TABLE}
+                  WHERE {where} AND contains(arguments, '{rollups.REDACTION_MARKER}'))
+            GROUP BY kind
+        """
+    return _q(data_dir, f"SELECT * FROM ({sql}) ORDER BY secrets DESC, kind", params)
 
 
 # --------------------------------------------------------------------------- sessions
 
+RECENT_SESSIONS = timedelta(days=1)
+
 
 @_cached
 def sessions(data_dir: str, flt: CallFilter, max_rows: int = 500) -> pd.DataFrame:
-    """The most recent sessions under the filters, with their size and deny count."""
-    where, params = flt.where()
+    """Sessions that started in the last day of the filter's range, most recent first.
+
+    Only the last day is listed so the query reads one or two daily partitions, not the
+    whole store; an older session opens by its id (a link, or ``?session=``).
+    """
+    recent = flt
+    if flt.end is not None:
+        start = flt.end - RECENT_SESSIONS
+        if flt.start is None or flt.start < start:
+            recent = CallFilter(start, flt.end, flt.agents, flt.servers, flt.tools)
+    where, params = recent.where()
     return _q(
         data_dir,
         f"""
@@ -511,7 +585,8 @@ def session_calls(
     if trace_id:
         conds.append("trace_id = ?")
         params.append(trace_id)
-    return _q(data_dir, _CALL_COLUMNS_SQL.format(where=" AND ".join(conds)), params, max_rows=max_rows)
+    sql = _CALL_COLUMNS_SQL.format(where=" AND ".join(conds))
+    return _q(data_dir, sql, params, max_rows=max_rows)
 
 
 # --------------------------------------------------------------------------- policies

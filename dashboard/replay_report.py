@@ -94,9 +94,7 @@ def layout(report: dict[str, Any]) -> None:
     if not transitions:
         st.success("The candidate decides every replayed call as it was decided.")
     else:
-        frame = pd.DataFrame(
-            [{k: t[k] for k in ("name", "count", "share")} for t in transitions]
-        )
+        frame = pd.DataFrame([{k: t[k] for k in ("name", "count", "share")} for t in transitions])
         st.dataframe(frame, hide_index=True, width="stretch")
         for t in transitions:
             with st.expander(f"{t['name']}: {t['count']:,} call(s), examples"):
@@ -105,8 +103,7 @@ def layout(report: dict[str, Any]) -> None:
     affected = report.get("most_affected", {})
     if any(affected.values()):
         st.subheader("Most affected")
-        cols = st.columns(4)
-        for col, key in zip(cols, ("agents", "tools", "sessions", "rules"), strict=True):
+        for col, key in zip(st.columns(4), ("agents", "tools", "sessions", "rules"), strict=True):
             with col:
                 st.markdown(f"**{key.capitalize()}**")
                 st.dataframe(pd.DataFrame(affected.get(key, [])), hide_index=True)
@@ -130,8 +127,11 @@ def _downloads(report: dict[str, Any]) -> None:
     cols = st.columns(3)
     for col, (fmt, ext, mime) in zip(
         cols,
-        (("markdown", "md", "text/markdown"), ("json", "json", "application/json"),
-         ("html", "html", "text/html")),
+        (
+            ("markdown", "md", "text/markdown"),
+            ("json", "json", "application/json"),
+            ("html", "html", "text/html"),
+        ),
         strict=True,
     ):
         col.download_button(

@@ -16,7 +16,7 @@ GET_DATA_IN = """\
 Nothing has been recorded in this store yet. To get data in, either
 
 * run the collector and send it calls through the gateway:
-  `callward collector --data {data_dir}` and point the proxy's telemetry at it, or
+  `callward collector --data-dir {data_dir}` and point the proxy's telemetry at it, or
 * generate a synthetic dataset into it: `callward datasets generate --out {data_dir}`.
 
 This page refreshes on its own once calls arrive.
@@ -100,8 +100,11 @@ def store_stats(summary: dict[str, Any]) -> None:
 def findings_unavailable(found: findings.Findings, data_dir: str) -> bool:
     """Say why there are no findings to show (still running, not installed, failed), if so."""
     if found.pending:
-        st.info("The detectors are still running over the store; findings appear here when "
-                "they finish.", icon="⏳")
+        st.info(
+            "The detectors are still running over the store; findings appear here when "
+            "they finish.",
+            icon="⏳",
+        )
         _await_findings(data_dir)
         return True
     if found.note:
@@ -125,3 +128,14 @@ def session_link(row: pd.Series) -> None:
     else:
         return
     st.page_link("views/sessions.py", label=f"Open {label}", icon="🔎", query_params=params)
+
+
+def pick_finding(frame: pd.DataFrame, key: str) -> pd.Series:
+    """A picker over findings (most severe first); returns the chosen one's row."""
+    labels = [
+        f"{r.severity} · {r.pattern} · {r.agent_id} · {r.session_id or r.trace_id} · "
+        f"{r.first_seen:%Y-%m-%d %H:%M}"
+        for r in frame.itertuples()
+    ]
+    index = st.selectbox("Finding", range(len(labels)), format_func=lambda i: labels[i], key=key)
+    return frame.iloc[index or 0]

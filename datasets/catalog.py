@@ -50,7 +50,7 @@ _MODULES = ("api", "models", "views", "tasks", "utils_date", "db", "auth", "bill
 
 
 def _sentence(rng: random.Random, lo: int = 5, hi: int = 14) -> str:
-    words = [rng.choice(_WORDS) for _ in range(rng.randint(lo, hi))]
+    words = rng.choices(_WORDS, k=rng.randint(lo, hi))
     return " ".join(words).capitalize() + "."
 
 
@@ -148,7 +148,7 @@ def arguments_text(tool: str, rng: random.Random, ctx: AgentContext) -> str:
 
 
 # Pool sizes: a payment or a message is nearly unique; a directory listing is not.
-POOL_SIZE = {"create_charge": 4000, "refund": 1000, "send_email": 3000, "slack_post_message": 3000, "http_post": 2000, "create_issue": 2000, "create_pull_request": 2000, "create_event": 2000}
+POOL_SIZE = {"create_charge": 2000, "refund": 600, "send_email": 1200, "slack_post_message": 1200, "http_post": 1200, "create_issue": 1200, "create_pull_request": 1200, "create_event": 1200}
 DEFAULT_POOL = 250
 
 

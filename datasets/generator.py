@@ -104,12 +104,21 @@ class _Texts:
         self.values: list[str] = []
         self.agent: list[int] = []
         self.tool: list[int] = []
+        self._seen: dict[tuple[str, int, int], int] = {}
 
     def add(self, value: str, agent: int, tool: int) -> int:
         self.values.append(value)
         self.agent.append(agent)
         self.tool.append(tool)
         return len(self.values) - 1
+
+    def intern(self, value: str, agent: int, tool: int) -> int:
+        """Like :meth:`add`, but an identical (value, agent, tool) is stored once."""
+        key = (value, agent, tool)
+        found = self._seen.get(key)
+        if found is None:
+            found = self._seen[key] = self.add(value, agent, tool)
+        return found
 
 
 def _make_agents(cfg: GenerateConfig, prng: random.Random) -> list[_Agent]:
@@ -236,7 +245,7 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
                 inc_rows["time"].append(t)
                 tool = tool_index[step.tool]
                 inc_rows["tool"].append(tool)
-                inc_rows["text"].append(texts.add(step.arguments, ai, tool))
+                inc_rows["text"].append(texts.intern(step.arguments, ai, tool))
                 if step.excerpt:
                     base = json.loads(attrs.values[attr_base[ai]])
                     inc_rows["attr"].append(attrs.add(json.dumps({**base, "gen_ai.tool.call.result": step.excerpt}), ai, -1))

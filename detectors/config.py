@@ -35,7 +35,7 @@ class DetectorConfig:
     baseline_hours: float = 12.0  # "new destination" needs this much history of the agent
     bulk_reads: int = 10  # reads before a large send
     large_send_bytes: int = 4096
-    large_send_factor: float = 8.0  # vs the agent's p95 outbound argument size
+    large_send_factor: float = 10.0  # vs the agent's median outbound argument size
     blob_min_chars: int = 64
     blob_min_entropy_base64: float = 4.5  # bits per character
     blob_min_entropy_hex: float = 3.3

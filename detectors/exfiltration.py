@@ -7,8 +7,8 @@ Each pattern is one DuckDB query over ``calls`` and ``egress`` (see calls.py):
   content and external communication; critical when untrusted content was also read).
 - ``secret_in_egress``: outbound arguments carrying a redaction marker ``[REDACTED:kind]``
   (the trail stores arguments redacted) or a long high-entropy base64/hex blob.
-- ``bulk_read_then_large_send``: many reads, then one send far larger than the agent's
-  usual outbound calls.
+- ``bulk_read_then_large_send``: many distinct reads, then one send far larger than the
+  agent's usual outbound call (its median, which a few outliers cannot move).
 - ``send_then_delete``: an outbound call followed by deleting what was sent or staged.
 - ``injection_then_send``: a tool result that reads as instructions to the model
   (recorded excerpt), then an outbound call in the same session.
@@ -101,10 +101,10 @@ def secret_in_egress_sql(cfg: DetectorConfig) -> str:
 def bulk_read_then_large_send_sql(cfg: DetectorConfig) -> str:
     return f"""
     WITH usual AS (
-      SELECT akey, quantile_cont(alen, 0.95) AS p95 FROM egress GROUP BY akey
+      SELECT akey, median(alen) AS p50 FROM egress GROUP BY akey
     ), large AS (
-      SELECT e.*, u.p95 FROM egress e JOIN usual u USING (akey)
-      WHERE e.alen >= greatest({cfg.large_send_bytes}, {cfg.large_send_factor} * u.p95)
+      SELECT e.*, u.p50 FROM egress e JOIN usual u USING (akey)
+      WHERE e.alen >= greatest({cfg.large_send_bytes}, {cfg.large_send_factor} * u.p50)
     ), before AS (
       SELECT l.span_id, count(*) AS reads, count(DISTINCT c.sig) AS distinct_reads,
              min(c.ts) AS t_first_read
@@ -117,9 +117,9 @@ def bulk_read_then_large_send_sql(cfg: DetectorConfig) -> str:
     SELECT 'exfiltration', 'bulk_read_then_large_send',
            CASE WHEN bool_or(is_new) THEN 'high' ELSE 'medium' END,
            {_WHO}, min(t_first_read), max(ts), list(span_id ORDER BY ts), count(*),
-           format('{{}} reads ({{}} distinct), then an outbound call of {{}} bytes to {{}}; this agent''s outbound calls are usually under {{}} bytes (p95){{}}',
+           format('{{}} reads ({{}} distinct), then an outbound call of {{}} bytes to {{}}; this agent''s outbound calls are usually around {{}} bytes (median){{}}',
                   max(reads), max(distinct_reads), max(alen), array_to_string(list(DISTINCT destination), ', '),
-                  CAST(round(any_value(p95)) AS BIGINT),
+                  CAST(round(any_value(p50)) AS BIGINT),
                   CASE WHEN bool_or(is_new) THEN '; the destination is new to this agent' ELSE '' END)
     FROM hits GROUP BY skey HAVING bool_or(in_window)
     """

@@ -147,7 +147,8 @@ def lookup(req: Request, path: tuple[str, ...]) -> Any:
     else:
         return _MISSING
     for seg in path[1:]:
-        if isinstance(cur, Mapping):
+        # type() first: isinstance against the Mapping ABC is several times slower.
+        if type(cur) is dict or isinstance(cur, Mapping):
             if seg not in cur:
                 return _MISSING
             cur = cur[seg]

@@ -124,6 +124,10 @@ class EnforcerConfig:
     grace_s: float = 2.0
 
     def validated(self) -> EnforcerConfig:
+        host, sep, port = self.listen.rpartition(":")
+        # gRPC would silently take a port above 65535 modulo 65536: refuse it here.
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"listen must be HOST:PORT with PORT in 0..65535, got {self.listen!r}")
         if self.max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         if not (self.pending_ttl_s > 0 and math.isfinite(self.pending_ttl_s)):

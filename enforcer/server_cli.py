@@ -45,7 +45,7 @@ def enforcer(
         None,
         "--otlp/--no-otlp",
         help="Export one span per call over OTLP "
-        "[default: on when OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint is set].",
+        "(default: on when OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint is set).",
     ),
     otlp_endpoint: str | None = typer.Option(
         None, "--otlp-endpoint", help="OTLP/gRPC endpoint, e.g. http://127.0.0.1:4317."

@@ -6,6 +6,16 @@ decision path. Export goes through the SDK's BatchSpanProcessor and the standard
 OTLP exporter, so ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_SERVICE_NAME`` and
 ``OTEL_RESOURCE_ATTRIBUTES`` work as users expect.
 
+Drops are never silent: a failed export, a span the batch queue had no room for, and a
+span ended after shutdown are each counted in :class:`TelemetryStats` and logged once.
+Arguments are redacted (``collector.redact``) before they become an attribute.
+
+Each call span is assembled by :class:`CallSpan` and handed to the SDK processor as a
+``ReadableSpan`` (see its docstring for why); sampling follows the SDK default
+(parent-based, always on) unless ``OTEL_TRACES_SAMPLER`` names another sampler, which is
+then asked per call. ``OTEL_SPAN_*`` attribute limits do not apply to call spans; their
+one large attribute, the arguments, is capped at 64 KiB here.
+
 Every policy version the enforcer loads is also published once as a
 ``callward.policy`` span carrying the canonical document, so the collector can keep
 every enforced version (``D/policies/<version>.json``) for replay, even when enforcer
@@ -23,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace as trace_api
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -31,7 +42,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from collector.redact import redact_json_text, redact_text
@@ -41,6 +53,16 @@ log = logging.getLogger("callward.telemetry")
 
 POLICY_SPAN_NAME = "callward.policy"
 _PROPAGATOR = TraceContextTextMapPropagator()
+_UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+def _remote_parent(traceparent: str) -> SpanContext | None:
+    """The caller's span from a W3C ``traceparent``; None when it is missing or invalid."""
+    ctx = _PROPAGATOR.extract({"traceparent": traceparent})
+    parent = trace_api.get_current_span(ctx).get_span_context()
+    return parent if parent.is_valid else None
 
 
 @dataclass
@@ -101,6 +123,7 @@ class _CountingExporter(SpanExporter):
 
 
 MAX_ARGUMENT_CHARS = 64 * 1024
+DEFAULT_MAX_QUEUE_SIZE = 8192  # spans buffered while the backend is slow; OTEL_BSP_MAX_QUEUE_SIZE
 
 
 def redact_arguments(arguments: Mapping[str, Any], max_chars: int = MAX_ARGUMENT_CHARS) -> str:
@@ -153,15 +176,76 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+_ATTRIBUTE_TYPES = (str, bool, int, float)
+
+
+def _attribute_value(value: Any) -> Any:
+    """A value OTLP can carry: scalars as they are, anything else as text."""
+    return value if isinstance(value, _ATTRIBUTE_TYPES) else str(value)
+
+
 class CallSpan:
-    """An open span for one call; :meth:`end` records the outcome and closes it once."""
+    """An open span for one call; :meth:`end` records the outcome and closes it once.
 
-    __slots__ = ("_done", "_recorder", "span")
+    The span is assembled here and handed to the SDK's span processor as a
+    ``ReadableSpan`` when it ends, instead of going through ``Tracer.start_span``: the
+    SDK's generic span re-validates every attribute under a lock at start and at end, which
+    cost about ten times what the call's decision does (benchmarks/telemetry.md). What
+    reaches the processor and the exporter is the same SDK object either way, with the
+    same resource, ids, parent and sampling decision. ``.span`` is kept for callers that
+    set an extra attribute (``call.span.set_attribute(...)``).
+    """
 
-    def __init__(self, recorder: CallRecorder, span: Any):
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_done",
+        "_name",
+        "_parent",
+        "_recorder",
+        "_start",
+        "_status",
+    )
+
+    def __init__(
+        self,
+        recorder: CallRecorder,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+        start_ns: int,
+    ):
         self._recorder = recorder
-        self.span = span
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._attributes = attributes
+        self._start = start_ns
+        self._status = _UNSET
         self._done = False
+
+    @property
+    def span(self) -> CallSpan:
+        return self
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return not self._done and self._context.trace_flags.sampled
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if not self._done:
+            self._attributes[str(key)] = _attribute_value(value)
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def set_status(self, status: Status) -> None:
+        if not self._done:
+            self._status = status
 
     def end(
         self,
@@ -172,23 +256,40 @@ class CallSpan:
     ) -> None:
         if self._done:
             return
-        self._done = True
+        recorder = self._recorder
         try:
-            s = self.span
+            attrs = self._attributes
             if outcome:
-                s.set_attribute("callward.outcome", outcome)
+                attrs["callward.outcome"] = str(outcome)
             if duration_ms is not None:
-                s.set_attribute("callward.duration_ms", float(duration_ms))
+                attrs["callward.duration_ms"] = float(duration_ms)
             if result_bytes is not None:
-                s.set_attribute("callward.result_bytes", int(result_bytes))
+                attrs["callward.result_bytes"] = int(result_bytes)
             if error_type:
-                s.set_attribute("error.type", error_type)
-                s.set_status(Status(StatusCode.ERROR, error_type))
-            s.end()
-            self._recorder.stats.spans_ended += 1
+                attrs["error.type"] = str(error_type)
+                self._status = Status(StatusCode.ERROR, str(error_type))
+            self._done = True
+            recorder.stats.spans_ended += 1
+            if not self._context.trace_flags.sampled:
+                return  # the sampler said no: nothing to export, nothing dropped
+            recorder.processor.on_end(
+                ReadableSpan(
+                    name=self._name,
+                    context=self._context,
+                    parent=self._parent,
+                    resource=recorder.resource,
+                    attributes=attrs,
+                    kind=SpanKind.INTERNAL,
+                    status=self._status,
+                    start_time=self._start,
+                    end_time=time.time_ns(),
+                    instrumentation_scope=recorder.scope,
+                )
+            )
         except Exception as e:
-            self._recorder.stats.record_errors += 1
-            self._recorder.stats.log_once("end", "could not end span: %r", e)
+            self._done = True
+            recorder.stats.record_errors += 1
+            recorder.stats.log_once("end", "could not end span: %r", e)
 
 
 def service_resource(default_service_name: str) -> Resource:
@@ -215,8 +316,10 @@ class CallRecorder:
         exporter: SpanExporter | None = None,
         *,
         synchronous: bool = False,
-        max_queue_size: int = 8192,
+        max_queue_size: int | None = None,
     ):
+        if max_queue_size is None:
+            max_queue_size = max(1, _env_int("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE))
         self.stats = TelemetryStats()
         self._published: set[str] = set()
         self._lock = threading.Lock()
@@ -238,6 +341,10 @@ class CallRecorder:
             )
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("callward")
+        self.resource = self.provider.resource
+        self.scope = InstrumentationScope("callward")
+        # Only an operator-chosen sampler (OTEL_TRACES_SAMPLER) is consulted per call.
+        self._sampler = self.provider.sampler if os.environ.get("OTEL_TRACES_SAMPLER") else None
 
     def begin(
         self,
@@ -251,18 +358,17 @@ class CallRecorder:
     ) -> CallSpan | None:
         """Open the span of one call; returns None (counted) if recording failed."""
         try:
-            ctx = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
             attrs: dict[str, Any] = {
                 "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": req.tool,
+                "gen_ai.tool.name": _attribute_value(req.tool),
                 "mcp.method.name": "tools/call",
                 "gen_ai.tool.call.arguments": redact_arguments(req.arguments),
-                "callward.decision": decision.decision,
-                "callward.rule": decision.rule,
-                "callward.policy.version": decision.policy_version,
+                "callward.decision": _attribute_value(decision.decision),
+                "callward.rule": _attribute_value(decision.rule),
+                "callward.policy.version": _attribute_value(decision.policy_version),
             }
             if decision.message:
-                attrs["callward.message"] = redact_text(decision.message)
+                attrs["callward.message"] = redact_text(str(decision.message))
             for key, value in (
                 ("gen_ai.tool.call.id", req.call_id),
                 ("gen_ai.agent.id", req.agent_id),
@@ -272,22 +378,47 @@ class CallRecorder:
                 ("callward.server", req.server),
             ):
                 if value:
-                    attrs[key] = value
+                    attrs[key] = _attribute_value(value)
             if failure_mode:
                 attrs["callward.failure_mode"] = True
-            span = self.tracer.start_span(
-                f"execute_tool {req.tool}",
-                context=ctx,
-                kind=SpanKind.INTERNAL,
-                attributes=attrs,
-                start_time=start_time_ns,
-            )
+            name = f"execute_tool {req.tool}"
+            parent = _remote_parent(traceparent) if traceparent else None
+            context = self._new_context(name, parent, attrs)
+            span = CallSpan(self, name, context, parent, attrs, start_time_ns or time.time_ns())
             self.stats.spans_started += 1
-            return CallSpan(self, span)
+            return span
         except Exception as e:
             self.stats.record_errors += 1
             self.stats.log_once("begin", "could not record call span: %r", e)
             return None
+
+    def _new_context(
+        self, name: str, parent: SpanContext | None, attrs: dict[str, Any]
+    ) -> SpanContext:
+        """Ids and the sampling decision, as the SDK's tracer would make them."""
+        ids = self.provider.id_generator
+        trace_id = parent.trace_id if parent is not None else ids.generate_trace_id()
+        if self._sampler is None:  # the SDK default, parentbased_always_on, without the call
+            sampled = parent is None or parent.trace_flags.sampled
+        else:
+            result = self._sampler.should_sample(
+                trace_api.set_span_in_context(trace_api.NonRecordingSpan(parent))
+                if parent is not None
+                else None,
+                trace_id,
+                name,
+                SpanKind.INTERNAL,
+                attrs,
+            )
+            sampled = result.decision.is_sampled()
+            attrs.update(result.attributes or {})
+        return SpanContext(
+            trace_id,
+            ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+            trace_state=parent.trace_state if parent is not None else None,
+        )
 
     def publish_policy(self, version: str, canonical_document: str, source: str = "") -> None:
         """Emit the policy document once per version so the collector can keep it."""

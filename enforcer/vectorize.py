@@ -36,19 +36,31 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 
-from enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, InMemoryLimitState, Request, decide, holds
+from enforcer.engine import (
+    ALLOW,
+    DENY,
+    REQUIRE_APPROVAL,
+    InMemoryLimitState,
+    Request,
+    decide,
+    holds,
+)
 from enforcer.policy import CompiledPolicy, Condition, ToolRule
 
 FIELD_ROOTS = ("tool", "server", "agent_id", "session_id", "grant")
 INPUT_COLUMNS = ("tool", "server", "agent_id", "session_id", "grant", "arguments")
-VERDICT_COLUMNS = ("s_decision", "s_rule", "s_entry")
+DECISION_CODES = (ALLOW, DENY, REQUIRE_APPROVAL)
+UNREADABLE = -1
+"""Decision code of a call whose arguments are not a readable JSON object."""
 # Integers up to 2**53 and decimal texts of 15 significant digits convert to float64
 # exactly, so comparing them as floats gives Python's answer.
 _SAFE_INT = 2**53
 _SAFE_NUMBER_CHARS = 15
 _ROW = "__row"
+_CODE = {d: i for i, d in enumerate(DECISION_CODES)}
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,55 @@ class _ArgColumns:
     raw: str
     text: str
     number: str
+
+
+class Interner:
+    """Strings numbered in order of first appearance (rules, messages, scope keys)."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def __call__(self, value: str) -> int:
+        i = self._index.get(value)
+        if i is None:
+            i = self._index[value] = len(self.values)
+            self.values.append(value)
+        return i
+
+
+@dataclass
+class Verdicts:
+    """Stateless verdicts as codes, one element per call.
+
+    ``decision`` indexes :data:`DECISION_CODES` (or is :data:`UNREADABLE`); ``rule`` and
+    ``message`` index ``rules.values`` and ``messages.values``; ``entry`` is the index of the
+    governing ``tools`` entry (-1: none); ``pair`` numbers the distinct (server, tool).
+    """
+
+    decision: np.ndarray
+    rule: np.ndarray
+    message: np.ndarray
+    entry: np.ndarray
+    pair: np.ndarray
+    pairs: list[tuple[str, str]]
+    rules: Interner
+    messages: Interner
+
+    def frame(self) -> pl.DataFrame:
+        """The verdicts as strings: ``s_decision``, ``s_rule``, ``s_message``, ``s_entry``."""
+        names = pl.Series([*DECISION_CODES, None], dtype=pl.String)
+        codes = np.where(self.decision < 0, len(DECISION_CODES), self.decision)
+        return pl.DataFrame(
+            {
+                "s_decision": names.gather(codes),
+                "s_rule": pl.Series(self.rules.values, dtype=pl.String).gather(self.rule),
+                "s_message": pl.Series(self.messages.values, dtype=pl.String).gather(
+                    self.message
+                ),
+                "s_entry": self.entry,
+            }
+        )
 
 
 def json_pointer(path: tuple[str, ...]) -> str | None:
@@ -73,87 +134,136 @@ def json_pointer(path: tuple[str, ...]) -> str | None:
     return "".join("/" + seg.replace("~", "~0").replace("/", "~1") for seg in segments)
 
 
-def stateless_verdicts(policy: CompiledPolicy, calls: pl.DataFrame) -> pl.DataFrame:
-    """``s_decision``, ``s_rule`` and ``s_entry`` for every row of ``calls``, in row order."""
+def request_of(row: dict[str, Any]) -> Request:
+    """The engine's request for one recorded call (``arguments`` is JSON text)."""
+    return Request(
+        tool=row["tool"],
+        arguments=json.loads(row["arguments"]),
+        server=row["server"],
+        grant=row["grant"],
+        agent_id=row["agent_id"],
+        session_id=row["session_id"],
+    )
+
+
+def stateless_verdicts(policy: CompiledPolicy, calls: pl.DataFrame) -> Verdicts:
+    """The verdict of every row of ``calls`` apart from rate limits, as codes."""
     missing = [c for c in INPUT_COLUMNS if c not in calls.columns]
     if missing:
         raise ValueError(f"calls lack column(s): {', '.join(missing)}")
-    if calls.height == 0:
-        return pl.DataFrame(
-            schema={"s_decision": pl.String, "s_rule": pl.String, "s_entry": pl.Int32}
-        )
-    frame = calls.select(INPUT_COLUMNS).with_row_index(_ROW)
-    pairs = _resolve_pairs(policy, frame.select("server", "tool").unique())
-    frame = frame.join(pairs, on=["server", "tool"], how="left")
-    static = frame.filter(pl.col("__dynamic").not_())
-    parts = [
-        static.select(
-            _ROW,
-            pl.col("__decision").alias("s_decision"),
-            pl.col("__rule").alias("s_rule"),
-            pl.col("__entry").alias("s_entry"),
-        )
-    ]
-    dynamic = frame.filter(pl.col("__dynamic"))
-    if dynamic.height:
-        for (index,), part in dynamic.partition_by("__entry", as_dict=True).items():
-            parts.append(_entry_verdicts(policy.tools[int(index)], int(index), part))
-    out = pl.concat(parts, how="vertical").sort(_ROW)
-    return out.select(
-        pl.col("s_decision"), pl.col("s_rule"), pl.col("s_entry").cast(pl.Int32)
+    n = calls.height
+    rules, messages = Interner(), Interner()
+    messages("")
+    decision = np.full(n, UNREADABLE, dtype=np.int8)
+    rule = np.zeros(n, dtype=np.int32)
+    entry = np.full(n, -1, dtype=np.int32)
+    pair = np.zeros(n, dtype=np.int32)
+    if n == 0:
+        return Verdicts(decision, rule, np.zeros(0, np.int32), entry, pair, [], rules, messages)
+    groups = (
+        calls.select("server", "tool")
+        .with_row_index(_ROW)
+        .group_by("server", "tool")
+        .agg(pl.col(_ROW))
+        .with_row_index("__pair")
     )
+    exploded = groups.select("__pair", _ROW).explode(_ROW)
+    pair[exploded.get_column(_ROW).to_numpy()] = exploded.get_column("__pair").to_numpy()
+    pairs = [(str(s), str(t)) for s, t in groups.select("server", "tool").iter_rows()]
+    p_decision, p_rule, p_entry, p_dynamic = _resolve_pairs(policy, pairs, rules)
+    decision[:] = p_decision[pair]
+    rule[:] = p_rule[pair]
+    entry[:] = p_entry[pair]
+    dynamic = np.flatnonzero(p_dynamic[pair])
+    if dynamic.size:
+        entries = entry[dynamic]
+        order = np.argsort(entries, kind="stable")
+        dynamic, entries = dynamic[order], entries[order]
+        cuts = np.flatnonzero(np.diff(entries)) + 1
+        for rows in np.split(dynamic, cuts):
+            index = int(entry[rows[0]])
+            codes, rule_codes = _entry_verdicts(policy.tools[index], calls, rows, rules)
+            decision[rows] = codes
+            rule[rows] = rule_codes
+    message = _messages(policy, calls, decision, rule, pair, rules, messages)
+    return Verdicts(decision, rule, message, entry, pair, pairs, rules, messages)
 
 
-def _resolve_pairs(policy: CompiledPolicy, pairs: pl.DataFrame) -> pl.DataFrame:
+def _resolve_pairs(
+    policy: CompiledPolicy, pairs: list[tuple[str, str]], rules: Interner
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per distinct (server, tool): the governing entry, and the verdict when it does not
     depend on the arguments (taken from ``decide`` itself)."""
     index_of = {id(t): i for i, t in enumerate(policy.tools)}
-    rows: dict[str, list[Any]] = {
-        k: [] for k in ("server", "tool", "__dynamic", "__decision", "__rule", "__entry")
-    }
-    for server, tool in pairs.iter_rows():
+    k = len(pairs)
+    p_decision = np.zeros(k, dtype=np.int8)
+    p_rule = np.zeros(k, dtype=np.int32)
+    p_entry = np.full(k, -1, dtype=np.int32)
+    p_dynamic = np.zeros(k, dtype=bool)
+    for i, (server, tool) in enumerate(pairs):
         entry, hidden = policy.resolve(server, tool)
-        entry_index = -1 if entry is None else index_of[id(entry)]
-        dynamic = False
+        p_entry[i] = -1 if entry is None else index_of[id(entry)]
         if hidden or (entry is None and policy.default != ALLOW) or (
             entry is not None and entry.action == DENY
         ):
-            d = decide(policy, Request(tool=tool, arguments={}, server=server),
-                       InMemoryLimitState(), 0.0)
-            decision, rule = d.decision, d.rule
+            d = decide(
+                policy, Request(tool=tool, arguments={}, server=server), InMemoryLimitState(), 0.0
+            )
+            p_decision[i], p_rule[i] = _CODE[d.decision], rules(d.rule)
         elif entry is None:
-            decision, rule = ALLOW, "/default"
+            p_decision[i], p_rule[i] = _CODE[ALLOW], rules("/default")
         else:
-            decision, rule, dynamic = ALLOW, entry.pointer, True
-        for k, v in (
-            ("server", server),
-            ("tool", tool),
-            ("__dynamic", dynamic),
-            ("__decision", decision),
-            ("__rule", rule),
-            ("__entry", entry_index),
-        ):
-            rows[k].append(v)
-    return pl.DataFrame(
-        rows,
-        schema={
-            "server": pl.String,
-            "tool": pl.String,
-            "__dynamic": pl.Boolean,
-            "__decision": pl.String,
-            "__rule": pl.String,
-            "__entry": pl.Int32,
-        },
-    )
+            p_dynamic[i] = True
+    return p_decision, p_rule, p_entry, p_dynamic
+
+
+def _messages(
+    policy: CompiledPolicy,
+    calls: pl.DataFrame,
+    decision: np.ndarray,
+    rule: np.ndarray,
+    pair: np.ndarray,
+    rules: Interner,
+    messages: Interner,
+) -> np.ndarray:
+    """The engine's message for each refused (server, tool, rule), from ``decide`` run on one
+    representative call, which must agree with the vectorized verdict."""
+    message = np.zeros(len(decision), dtype=np.int32)
+    refused = np.flatnonzero(decision > 0)
+    if refused.size == 0:
+        return message
+    key = pair[refused].astype(np.int64) * (len(rules.values) + 1) + rule[refused]
+    uniques, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    codes = np.zeros(len(uniques), dtype=np.int32)
+    for j, i in enumerate(refused[first]):
+        row = calls.row(int(i), named=True)
+        d = decide(policy, request_of(row), InMemoryLimitState(), 0.0)
+        want = (DECISION_CODES[decision[i]], rules.values[rule[i]])
+        if (d.decision, d.rule) != want:
+            raise EngineDisagreement(
+                f"call {i} ({row['tool']}): the engine says {d.decision} {d.rule}, "
+                f"the vectorized verdict says {want[0]} {want[1]}"
+            )
+        codes[j] = messages(d.message)
+    message[refused] = codes[inverse.ravel()]
+    return message
+
+
+class EngineDisagreement(RuntimeError):
+    """The vectorized verdict and the engine differ on a call: a bug, never a guess."""
 
 
 # --------------------------------------------------------------------------- one tool entry
 
 
-def _entry_verdicts(entry: ToolRule, index: int, part: pl.DataFrame) -> pl.DataFrame:
-    """The engine's steps 4-6 for the calls governed by one ``tools`` entry."""
+def _entry_verdicts(
+    entry: ToolRule, calls: pl.DataFrame, rows: np.ndarray, rules: Interner
+) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's steps 4-6 for the calls governed by one ``tools`` entry, as codes."""
     conditions = [c for r in (*entry.require, *entry.deny_if) for c in r.conditions]
-    part, columns = _extract_arguments(part, conditions)
+    fields = sorted({c.path[0] for c in conditions if c.path[0] in FIELD_ROOTS})
+    part = calls.select("arguments", *fields)[pl.Series(rows)]
+    part, columns, readable = _extract_arguments(part, conditions)
     compiled: dict[int, pl.Expr] = {}
 
     def rule_expr(conds: Iterable[Condition]) -> pl.Expr:
@@ -165,70 +275,75 @@ def _entry_verdicts(entry: ToolRule, index: int, part: pl.DataFrame) -> pl.DataF
         return expr
 
     branches: list[tuple[pl.Expr, str, str]] = []
-    for rule in entry.require:
-        branches.append((~rule_expr(rule.conditions), DENY, rule.pointer))
-    for rule in entry.deny_if:
-        if rule.action == DENY:
-            branches.append((rule_expr(rule.conditions), DENY, rule.pointer))
-    for rule in entry.deny_if:
-        if rule.action == REQUIRE_APPROVAL:
-            branches.append((rule_expr(rule.conditions), REQUIRE_APPROVAL, rule.pointer))
+    for r in entry.require:
+        branches.append((~rule_expr(r.conditions), DENY, r.pointer))
+    for r in entry.deny_if:
+        if r.action == DENY:
+            branches.append((rule_expr(r.conditions), DENY, r.pointer))
+    for r in entry.deny_if:
+        if r.action == REQUIRE_APPROVAL:
+            branches.append((rule_expr(r.conditions), REQUIRE_APPROVAL, r.pointer))
     if entry.action == REQUIRE_APPROVAL:
-        fallback = (REQUIRE_APPROVAL, entry.pointer + "/action")
+        branches.append((pl.lit(True), REQUIRE_APPROVAL, entry.pointer + "/action"))
     else:
-        fallback = (ALLOW, entry.pointer)
-    decision: Any = pl.lit(fallback[0])
-    rule_col: Any = pl.lit(fallback[1])
-    # Build from the last branch backwards so the first branch that holds wins, as in decide.
-    for cond, d, r in reversed(branches):
-        decision = pl.when(cond).then(pl.lit(d)).otherwise(decision)
-        rule_col = pl.when(cond).then(pl.lit(r)).otherwise(rule_col)
-    return part.select(
-        _ROW,
-        decision.alias("s_decision"),
-        rule_col.alias("s_rule"),
-        pl.lit(index, dtype=pl.Int32).alias("s_entry"),
-    )
+        branches.append((pl.lit(True), ALLOW, entry.pointer))
+    # The first branch that holds wins, as in decide: build the chain from the last one.
+    chosen: Any = pl.lit(len(branches) - 1, dtype=pl.Int32)
+    for i in range(len(branches) - 2, -1, -1):
+        chosen = pl.when(branches[i][0]).then(pl.lit(i, dtype=pl.Int32)).otherwise(chosen)
+    picked = part.select(chosen.alias("b")).get_column("b").to_numpy()
+    b_decision = np.array([_CODE[d] for _, d, _ in branches], dtype=np.int8)
+    b_rule = np.array([rules(r) for _, _, r in branches], dtype=np.int32)
+    codes = b_decision[picked]
+    if readable is not None:
+        codes = np.where(readable, codes, UNREADABLE).astype(np.int8)
+    return codes, b_rule[picked]
 
 
 def _extract_arguments(
     part: pl.DataFrame, conditions: list[Condition]
-) -> tuple[pl.DataFrame, dict[str, _ArgColumns]]:
-    """Add, per distinct argument pointer, its raw JSON text, decoded string and number.
+) -> tuple[pl.DataFrame, dict[str, _ArgColumns], np.ndarray | None]:
+    """Add, per distinct argument pointer, its raw JSON text, decoded string and number;
+    and say which rows have readable arguments (None: arguments were not read).
 
     One DuckDB pass parses each arguments text once for all pointers of the entry.
     """
     pointers: list[str] = []
+    reads_whole = False
     for c in conditions:
-        if c.path[0] == "args" and len(c.path) > 1:
-            p = json_pointer(c.path)
-            if p is not None and p not in pointers:
+        if c.path[0] == "args":
+            p = json_pointer(c.path) if len(c.path) > 1 else None
+            if p is None:
+                reads_whole = True
+            elif p not in pointers:
                 pointers.append(p)
-    if not pointers:
-        return part, {}
-    columns = {
-        p: _ArgColumns(f"__r{i}", f"__s{i}", f"__n{i}") for i, p in enumerate(pointers)
-    }
-    selects = []
+    if not pointers and not reads_whole:
+        return part, {}, None
+    columns = {p: _ArgColumns(f"__r{i}", f"__s{i}", f"__n{i}") for i, p in enumerate(pointers)}
+    # The first pointer is the root: it tells an object from other JSON values.
+    selects = ["coalesce(starts_with(v[1], '{'), false) AS __readable"]
     for i, p in enumerate(pointers):
-        v = f"v[{i + 1}]"
+        v = f"v[{i + 2}]"
         col = columns[p]
         selects.append(f"{v} AS {col.raw}")
         selects.append(
             f"CASE WHEN starts_with({v}, '\"') THEN json_extract_string({v}, '$') END AS {col.text}"
         )
         selects.append(f"TRY_CAST({v} AS DOUBLE) AS {col.number}")
-    literal = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in pointers) + "]"
+    literal = "['', " + ", ".join("'" + p.replace("'", "''") + "'" for p in pointers) + "]"
     con = _duckdb()
     try:
-        con.register("part", part.select(_ROW, "arguments").to_arrow())
+        con.register("part", part.select("arguments").to_arrow())
+        # try(): an unreadable text gives NULL instead of failing the whole query. Row order
+        # is kept (DuckDB preserves insertion order), so the result lines up with ``part``.
         extracted = con.sql(
-            f"SELECT {_ROW}, {', '.join(selects)} "
-            f"FROM (SELECT {_ROW}, json_extract(arguments, {literal}) AS v FROM part)"
+            f"SELECT {', '.join(selects)} "
+            f"FROM (SELECT try(json_extract(arguments, {literal})) AS v FROM part)"
         ).pl()
     finally:
         con.close()
-    return part.join(extracted, on=_ROW, how="left"), columns
+    readable = extracted.get_column("__readable").to_numpy()
+    return part.hstack(extracted.drop("__readable")), columns, readable
 
 
 _CONNECTION: list[duckdb.DuckDBPyConnection] = []
@@ -379,7 +494,11 @@ def _engine_on_arguments(cond: Condition) -> pl.Expr:
     """``holds`` on each distinct arguments text, for paths a JSON pointer cannot express."""
 
     def check(text: Any) -> bool:
-        return holds(cond, Request(tool="", arguments=json.loads(text)))
+        try:
+            arguments = json.loads(text)
+        except ValueError:
+            return False  # the row is marked unreadable anyway
+        return isinstance(arguments, dict) and holds(cond, Request(tool="", arguments=arguments))
 
     return pl.col("arguments").map_batches(_per_distinct(check), return_dtype=pl.Boolean)
 
@@ -397,4 +516,14 @@ def _per_distinct(fn: Callable[[Any], bool]) -> Callable[[pl.Series], pl.Series]
     return apply
 
 
-__all__ = ["INPUT_COLUMNS", "VERDICT_COLUMNS", "json_pointer", "stateless_verdicts"]
+__all__ = [
+    "DECISION_CODES",
+    "INPUT_COLUMNS",
+    "UNREADABLE",
+    "EngineDisagreement",
+    "Interner",
+    "Verdicts",
+    "json_pointer",
+    "request_of",
+    "stateless_verdicts",
+]

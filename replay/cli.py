@@ -26,7 +26,7 @@ from replay.render import FORMATS, render
 from replay.report import build_report
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE = 0, 1, 2
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _policy(path: Path, what: str) -> CompiledPolicy:
@@ -35,6 +35,9 @@ def _policy(path: Path, what: str) -> CompiledPolicy:
     except PolicyInvalid as e:
         err.print(f"error: the {what} policy is invalid:", markup=False)
         err.print(e.report(), markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except RecursionError:  # the policy loader recurses into the document
+        err.print(f"error: the {what} policy {path} is nested too deeply to read", markup=False)
         raise typer.Exit(EXIT_USAGE) from None
 
 

@@ -26,22 +26,23 @@ of version resets the counters whose (window, max, scope) changed, as a reload d
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from enforcer.engine import (
-    ALLOW,
-    InMemoryLimitState,
-    Request,
-    applicable_limits,
-    decide,
-)
+from enforcer.engine import InMemoryLimitState, applicable_limits, decide
 from enforcer.policy import CompiledPolicy
-from enforcer.vectorize import stateless_verdicts
+from enforcer.vectorize import (
+    DECISION_CODES,
+    UNREADABLE,
+    EngineDisagreement,
+    Interner,
+    request_of,
+    stateless_verdicts,
+)
 
 REPLAY_COLUMNS = ("r_decision", "r_rule", "r_message")
 # Columns ``replay`` needs in its input frame.
@@ -58,15 +59,10 @@ NEEDED = (
     "decision",
     "outcome",
 )
-_ROW = "__row"
-_VERSION = "__version"
+SCOPE_COLUMNS = {"grant": "grant", "agent": "agent_id", "session": "session_id"}
 
 Progress = Callable[[str, float], None]
 """Reports (stage, fraction done); replay never prints."""
-
-
-class EngineDisagreement(RuntimeError):
-    """The vectorized verdict and the engine differ on a call: a bug, never a guess."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +73,18 @@ class ReplayStats:
     pending_limits: int
     contended_keys: int
     sequential_calls: int
+
+
+@dataclass
+class _Codes:
+    """Replayed verdicts of every call as codes into shared string tables."""
+
+    decision: np.ndarray
+    rule: np.ndarray
+    message: np.ndarray
+    entry: np.ndarray
+    scope_tool: np.ndarray  # code of the engine's "tool" scope key
+    version: np.ndarray  # index into the list of versions
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -91,7 +99,7 @@ def replay(
     progress: Progress = _no_progress,
 ) -> tuple[pl.DataFrame, ReplayStats]:
     """Decide every row of ``calls`` and return ``r_decision``, ``r_rule``, ``r_message``
-    in row order.
+    in row order (``r_decision`` is null for a call whose arguments cannot be read).
 
     ``version_of_row`` is either one key of ``policies`` (replay all rows with that policy)
     or a string Series giving each row's key (fidelity: each call with its recorded version).
@@ -100,162 +108,167 @@ def replay(
     if missing:
         raise ValueError(f"calls lack column(s): {', '.join(missing)}")
     n = calls.height
-    if isinstance(version_of_row, str):
-        versions: pl.Series | pl.Expr = pl.lit(version_of_row, dtype=pl.String).alias(_VERSION)
-    else:
-        versions = version_of_row.alias(_VERSION).cast(pl.String)
-    frame = calls.select(NEEDED).with_columns(versions).with_row_index(_ROW)
     if n == 0:
         empty = pl.DataFrame(schema=dict.fromkeys(REPLAY_COLUMNS, pl.String))
         return empty, ReplayStats(0, 0, 0, 0)
-
+    versions = list(policies)
+    rules, messages, scopes = Interner(), Interner(), Interner()
     progress("policy conditions", 0.0)
-    verdicts = _stateless(frame, policies)
+    codes = _stateless(calls, policies, versions, version_of_row, rules, messages, scopes)
     progress("policy conditions", 1.0)
-    frame = frame.hstack(verdicts.select("s_decision", "s_rule", "s_entry"))
-    messages = _messages(frame, policies)
 
     progress("rate limits", 0.0)
-    sequential_rows, pending, contended = _contended_rows(frame, policies)
+    rows, pending, contended = _contended_rows(calls, codes, policies, versions, scopes)
     progress("rate limits", 1.0)
-    decided = _sequential(frame, sequential_rows, policies, progress)
+    sequential = _sequential(calls, rows, codes, policies, versions, progress)
+    for i, d in sequential.items():
+        if d is None:
+            codes.decision[i] = UNREADABLE
+            continue
+        codes.decision[i] = DECISION_CODES.index(d.decision)
+        codes.rule[i] = rules(d.rule)
+        codes.message[i] = messages(d.message)
 
-    out = frame.select(_ROW, "s_decision", "s_rule", _VERSION, "server", "tool").join(
-        messages, on=[_VERSION, "server", "tool", "s_rule"], how="left"
+    names = pl.Series([*DECISION_CODES, None], dtype=pl.String)
+    decision = np.where(codes.decision < 0, len(DECISION_CODES), codes.decision)
+    unreadable = codes.decision == UNREADABLE
+    result = pl.DataFrame(
+        {
+            "r_decision": names.gather(decision),
+            "r_rule": pl.Series(rules.values, dtype=pl.String).gather(codes.rule),
+            "r_message": pl.Series(messages.values, dtype=pl.String).gather(codes.message),
+        }
     )
-    out = out.join(decided, on=_ROW, how="left").sort(_ROW)
-    result = out.select(
-        pl.coalesce("q_decision", "s_decision").alias("r_decision"),
-        pl.coalesce("q_rule", "s_rule").alias("r_rule"),
-        pl.coalesce("q_message", "s_message", pl.lit("")).alias("r_message"),
-    )
-    return result, ReplayStats(n, pending, contended, decided.height)
+    if unreadable.any():
+        mask = pl.Series(unreadable)
+        result = result.with_columns(
+            pl.when(mask).then(None).otherwise(pl.col(c)).alias(c) for c in REPLAY_COLUMNS
+        )
+    return result, ReplayStats(n, pending, contended, len(sequential))
 
 
 # --------------------------------------------------------------------------- stage 1
 
 
-def _stateless(frame: pl.DataFrame, policies: Mapping[str, CompiledPolicy]) -> pl.DataFrame:
-    versions = frame.get_column(_VERSION).unique().to_list()
-    if len(versions) == 1:
-        v = stateless_verdicts(policies[str(versions[0])], frame)
-        return pl.concat([frame.select(_ROW), v], how="horizontal")
-    parts = []
-    for (version,), part in frame.partition_by(_VERSION, as_dict=True).items():
-        policy = policies[str(version)]
-        v = stateless_verdicts(policy, part)
-        parts.append(pl.concat([part.select(_ROW), v], how="horizontal"))
-    return pl.concat(parts).sort(_ROW)
-
-
-def _request(row: Mapping[str, Any]) -> Request:
-    return Request(
-        tool=row["tool"],
-        arguments=json.loads(row["arguments"]),
-        server=row["server"],
-        grant=row["grant"],
-        agent_id=row["agent_id"],
-        session_id=row["session_id"],
+def _stateless(
+    calls: pl.DataFrame,
+    policies: Mapping[str, CompiledPolicy],
+    versions: list[str],
+    version_of_row: pl.Series | str,
+    rules: Interner,
+    messages: Interner,
+    scopes: Interner,
+) -> _Codes:
+    n = calls.height
+    codes = _Codes(
+        decision=np.zeros(n, dtype=np.int8),
+        rule=np.zeros(n, dtype=np.int32),
+        message=np.zeros(n, dtype=np.int32),
+        entry=np.zeros(n, dtype=np.int32),
+        scope_tool=np.zeros(n, dtype=np.int32),
+        version=np.zeros(n, dtype=np.int32),
     )
-
-
-def _messages(frame: pl.DataFrame, policies: Mapping[str, CompiledPolicy]) -> pl.DataFrame:
-    """The engine's message for each refused (version, server, tool, rule), taken from
-    ``decide`` on one representative call, which must agree with the vectorized verdict."""
-    refused = frame.filter(pl.col("s_decision") != ALLOW)
-    keys = [_VERSION, "server", "tool", "s_rule"]
-    reps = refused.group_by(keys).agg(pl.all().first())
-    rows: dict[str, list[str]] = {k: [] for k in [*keys, "s_message"]}
-    for row in reps.iter_rows(named=True):
-        d = decide(policies[row[_VERSION]], _request(row), InMemoryLimitState(), 0.0)
-        if (d.decision, d.rule) != (row["s_decision"], row["s_rule"]):
-            raise EngineDisagreement(
-                f"span {row['span_id']}: engine says {d.decision} {d.rule}, "
-                f"vectorized verdict says {row['s_decision']} {row['s_rule']}"
-            )
-        for k in keys:
-            rows[k].append(row[k])
-        rows["s_message"].append(d.message)
-    return pl.DataFrame(rows, schema=dict.fromkeys([*keys, "s_message"], pl.String))
+    if isinstance(version_of_row, str):
+        parts = [(versions.index(version_of_row), None)]
+    else:
+        index = {v: i for i, v in enumerate(versions)}
+        per_row = version_of_row.replace_strict(index, return_dtype=pl.Int32).to_numpy()
+        codes.version[:] = per_row
+        parts = [(i, np.flatnonzero(per_row == i)) for i in sorted(set(per_row.tolist()))]
+    for vi, rows in parts:
+        part = calls if rows is None else calls[pl.Series(rows)]
+        v = stateless_verdicts(policies[versions[vi]], part)
+        rule_map = np.array([rules(r) for r in v.rules.values] or [0], dtype=np.int32)
+        message_map = np.array([messages(m) for m in v.messages.values], dtype=np.int32)
+        scope_map = np.array(
+            [scopes(f"{s}/{t}" if s else t) for s, t in v.pairs] or [0], dtype=np.int32
+        )
+        target = slice(None) if rows is None else rows
+        codes.decision[target] = v.decision
+        codes.rule[target] = rule_map[v.rule]
+        codes.message[target] = message_map[v.message]
+        codes.entry[target] = v.entry
+        codes.scope_tool[target] = scope_map[v.pair]
+    return codes
 
 
 # --------------------------------------------------------------------------- stage 2
 
 
-def _limit_table(policies: Mapping[str, CompiledPolicy]) -> pl.DataFrame:
-    """One row per (version, entry, counter): the limits an allowed call reserves."""
-    rows: dict[str, list[Any]] = {
-        k: [] for k in (_VERSION, "s_entry", "counter", "window_s", "max", "scope")
-    }
-    for version, policy in policies.items():
+def _dense_codes(column: pl.Series) -> np.ndarray:
+    """Integer codes of a string column: equal strings, equal codes."""
+    return column.cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+
+
+def _contended_rows(
+    calls: pl.DataFrame,
+    codes: _Codes,
+    policies: Mapping[str, CompiledPolicy],
+    versions: list[str],
+    scopes: Interner,
+) -> tuple[np.ndarray, int, int]:
+    """Rows that touch a limit key whose attempts exceed its max; and two counts.
+
+    A key is (counter, scope kind, scope value, window start) in integers; the scope kind
+    only separates values of different columns, which the engine would merge only for one
+    counter whose scope changed between versions, and a reload resets such a counter.
+    """
+    allowed = np.flatnonzero(codes.decision == 0)
+    if allowed.size == 0:
+        return np.zeros(0, dtype=np.int64), 0, 0
+    group = codes.version[allowed].astype(np.int64) * 1_000_003 + codes.entry[allowed] + 1
+    order = np.argsort(group, kind="stable")
+    allowed, group = allowed[order], group[order]
+    starts = calls.get_column("start_us").to_numpy()
+    scope_values: dict[str, np.ndarray] = {}
+    counters = Interner()
+    pieces: list[tuple[np.ndarray, ...]] = []
+    for vi, version in enumerate(versions):
+        policy = policies[version]
         for index in range(-1, len(policy.tools)):
-            entry = None if index < 0 else policy.tools[index]
+            g = vi * 1_000_003 + index + 1
+            lo, hi = np.searchsorted(group, [g, g + 1])
+            if lo == hi:
+                continue
+            rows = allowed[lo:hi]
             seen: set[str] = set()
+            entry = None if index < 0 else policy.tools[index]
             for lim in applicable_limits(entry, policy):
                 if lim.counter in seen:
                     continue  # decide counts a counter listed twice once
                 seen.add(lim.counter)
-                for k, v in (
-                    (_VERSION, version),
-                    ("s_entry", index),
-                    ("counter", lim.counter),
-                    ("window_s", lim.window_seconds),
-                    ("max", lim.max),
-                    ("scope", lim.scope),
-                ):
-                    rows[k].append(v)
-    return pl.DataFrame(
-        rows,
-        schema={
-            _VERSION: pl.String,
-            "s_entry": pl.Int32,
-            "counter": pl.String,
-            "window_s": pl.Int64,
-            "max": pl.Int64,
-            "scope": pl.String,
-        },
+                if lim.scope == "tool":
+                    value = codes.scope_tool[rows].astype(np.int64)
+                elif lim.scope == "global":
+                    value = np.zeros(rows.size, dtype=np.int64)
+                else:
+                    column = SCOPE_COLUMNS[lim.scope]
+                    if column not in scope_values:
+                        scope_values[column] = _dense_codes(calls.get_column(column))
+                    value = scope_values[column][rows]
+                window = starts[rows] // (lim.window_seconds * 1_000_000) * lim.window_seconds
+                kind = ("tool", "global", "grant", "agent", "session").index(lim.scope)
+                pieces.append(
+                    (
+                        rows,
+                        np.full(rows.size, counters(lim.counter) * 8 + kind, dtype=np.int64),
+                        value,
+                        window,
+                        np.full(rows.size, lim.max, dtype=np.int64),
+                    )
+                )
+    if not pieces:
+        return np.zeros(0, dtype=np.int64), 0, 0
+    reservations = pl.DataFrame(
+        {
+            "row": np.concatenate([p[0] for p in pieces]),
+            "counter": np.concatenate([p[1] for p in pieces]),
+            "value": np.concatenate([p[2] for p in pieces]),
+            "window": np.concatenate([p[3] for p in pieces]),
+            "max": np.concatenate([p[4] for p in pieces]),
+        }
     )
-
-
-def _scope_key() -> pl.Expr:
-    """The scope key as ``enforcer.engine.scope_key`` builds it."""
-    scope = pl.col("scope")
-    tool_key = (
-        pl.when(pl.col("server") != "")
-        .then(pl.col("server") + "/" + pl.col("tool"))
-        .otherwise(pl.col("tool"))
-    )
-    return (
-        pl.when(scope == "grant")
-        .then(pl.col("grant"))
-        .when(scope == "agent")
-        .then(pl.col("agent_id"))
-        .when(scope == "session")
-        .then(pl.col("session_id"))
-        .when(scope == "tool")
-        .then(tool_key)
-        .otherwise(pl.lit(""))
-    )
-
-
-def _contended_rows(
-    frame: pl.DataFrame, policies: Mapping[str, CompiledPolicy]
-) -> tuple[pl.Series, int, int]:
-    """Rows that touch a limit key whose attempts exceed its max; and two counts."""
-    limits = _limit_table(policies)
-    allowed = frame.filter(pl.col("s_decision") == ALLOW).select(
-        _ROW, _VERSION, "s_entry", "start_us", "agent_id", "session_id", "grant", "server", "tool"
-    )
-    reservations = allowed.join(limits, on=[_VERSION, "s_entry"], how="inner").select(
-        _ROW,
-        "counter",
-        _scope_key().alias("scope_key"),
-        ((pl.col("start_us") // (pl.col("window_s") * 1_000_000)) * pl.col("window_s")).alias(
-            "window_start"
-        ),
-        "max",
-    )
-    key = ["counter", "scope_key", "window_start"]
+    key = ["counter", "value", "window"]
     # Versions may give one counter different maxima: the smallest one decides contention.
     contended = (
         reservations.group_by(key)
@@ -263,45 +276,45 @@ def _contended_rows(
         .filter(pl.col("attempts") > pl.col("max"))
         .select(key)
     )
-    rows = reservations.join(contended, on=key, how="semi").get_column(_ROW).unique()
-    pending = reservations.get_column(_ROW).n_unique() if reservations.height else 0
-    return rows, pending, contended.height
+    if contended.height == 0:
+        rows_out = np.zeros(0, dtype=np.int64)
+    else:
+        rows_out = np.unique(
+            reservations.join(contended, on=key, how="semi").get_column("row").to_numpy()
+        )
+    pending = int(np.unique(reservations.get_column("row").to_numpy()).size)
+    return rows_out, pending, contended.height
 
 
 # --------------------------------------------------------------------------- stage 3
 
 
 def _sequential(
-    frame: pl.DataFrame,
-    rows: pl.Series,
+    calls: pl.DataFrame,
+    rows: np.ndarray,
+    codes: _Codes,
     policies: Mapping[str, CompiledPolicy],
+    versions: list[str],
     progress: Progress,
-) -> pl.DataFrame:
+) -> dict[int, Any]:
     """Replay the contended calls in time order with the engine itself."""
-    schema = {
-        _ROW: pl.UInt32,
-        "q_decision": pl.String,
-        "q_rule": pl.String,
-        "q_message": pl.String,
-    }
-    if rows.len() == 0:
-        return pl.DataFrame(schema=schema)
-    switches = _version_switches(frame) if len(policies) > 1 else []
-    calls = frame.join(pl.DataFrame({_ROW: rows}), on=_ROW, how="semi").sort(
-        "start_us", "span_id"
+    if rows.size == 0:
+        return {}
+    switches = _version_switches(calls, codes) if len(versions) > 1 else []
+    subset = (
+        calls.select(NEEDED)[pl.Series(rows)]
+        .with_columns(pl.Series("__row", rows), pl.Series("__v", codes.version[rows]))
+        .sort("start_us", "span_id")
     )
     state = InMemoryLimitState()
     releases: list[tuple[int, int, int, tuple[Any, ...]]] = []  # (end, seq, reserved_at, keys)
     reset_at: dict[str, int] = {}  # counter -> sequence number of its last reset
     current = switches[0][1] if switches else None
     next_switch = 1
-    out_row: list[int] = []
-    out_decision: list[str] = []
-    out_rule: list[str] = []
-    out_message: list[str] = []
-    total = calls.height
+    decided: dict[int, Any] = {}
+    total = subset.height
     step = max(total // 100, 1)
-    for seq, row in enumerate(calls.iter_rows(named=True)):
+    for seq, row in enumerate(subset.iter_rows(named=True)):
         start = row["start_us"]
         while releases and releases[0][0] <= start:
             _, _, reserved_at, keys = heapq.heappop(releases)
@@ -309,8 +322,8 @@ def _sequential(
         while next_switch < len(switches) and switches[next_switch][0] <= start:
             new = switches[next_switch][1]
             if current is not None and new != current:
-                old_sigs = policies[current].limit_signatures()
-                new_sigs = policies[new].limit_signatures()
+                old_sigs = policies[versions[current]].limit_signatures()
+                new_sigs = policies[versions[new]].limit_signatures()
                 kept = {c for c, sig in new_sigs.items() if old_sigs.get(c) == sig}
                 for counter in {k[0] for k in state.counts} | set(old_sigs):
                     if counter not in kept:
@@ -318,33 +331,31 @@ def _sequential(
                 state.retain_counters(kept)
             current = new
             next_switch += 1
-        policy = policies[row[_VERSION]]
-        d = decide(policy, _request(row), state, start / 1_000_000)
+        policy = policies[versions[row["__v"]]]
+        try:
+            request = request_of(row)
+        except ValueError:
+            decided[row["__row"]] = None  # unreadable arguments: no decision, no quota
+            continue
+        d = decide(policy, request, state, start / 1_000_000)
         if d.reserved and row["outcome"] == "error" and row["decision"] != "deny":
             heapq.heappush(releases, (row["end_us"], seq, seq, d.reserved))
-        out_row.append(row[_ROW])
-        out_decision.append(d.decision)
-        out_rule.append(d.rule)
-        out_message.append(d.message)
+        decided[row["__row"]] = d
         if seq % step == 0:
             progress("sequential pass", seq / total)
     progress("sequential pass", 1.0)
-    return pl.DataFrame(
-        {
-            _ROW: out_row,
-            "q_decision": out_decision,
-            "q_rule": out_rule,
-            "q_message": out_message,
-        },
-        schema=schema,
+    return decided
+
+
+def _version_switches(calls: pl.DataFrame, codes: _Codes) -> list[tuple[int, int]]:
+    """(time, version index) each time the version in force changes, over the timeline."""
+    timeline = (
+        calls.select("start_us", "span_id")
+        .with_columns(pl.Series("__v", codes.version))
+        .sort("start_us", "span_id")
     )
-
-
-def _version_switches(frame: pl.DataFrame) -> list[tuple[int, str]]:
-    """(time, version) each time the version in force changes, over the full timeline."""
-    timeline = frame.select("start_us", "span_id", _VERSION).sort("start_us", "span_id")
-    changed = timeline.filter(pl.col(_VERSION) != pl.col(_VERSION).shift(1).fill_null(""))
-    return [(int(t), str(v)) for t, v in changed.select("start_us", _VERSION).iter_rows()]
+    changed = timeline.filter(pl.col("__v") != pl.col("__v").shift(1).fill_null(-1))
+    return [(int(t), int(v)) for t, v in changed.select("start_us", "__v").iter_rows()]
 
 
 __all__ = ["REPLAY_COLUMNS", "EngineDisagreement", "ReplayStats", "replay"]

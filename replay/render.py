@@ -271,7 +271,13 @@ def render_html(report: dict[str, Any]) -> str:
                 [[g["rule"], g["value"], "FAILED" if g["failed"] else "passed"] for g in report["gates"]],
             )
         )
-    data = json.dumps(report, ensure_ascii=False).replace("</", "<\\/")
+    # Inside <script>, "<" could end the element or start a comment: keep it out of the text.
+    data = (
+        json.dumps(report, ensure_ascii=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;"

@@ -9,7 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, context, findings, queries, widgets
+from dashboard import context, findings, queries, widgets
 from dashboard.queries import QueryError
 
 LOOKBACK = timedelta(hours=1)  # how far before a finding its flow starts
@@ -44,8 +44,9 @@ def flow(row: pd.Series) -> None:
     )
     st.markdown(f"Flow (last {min(len(steps), 12)} calls, ⚑ = in the finding): {path}")
     st.dataframe(
-        steps[["finding", "start_time", "server", "tool", "arguments", "decision", "rule",
-               "message"]],
+        steps[
+            ["finding", "start_time", "server", "tool", "arguments", "decision", "rule", "message"]
+        ],
         hide_index=True,
         width="stretch",
     )
@@ -69,10 +70,9 @@ def render() -> None:
         pass
     elif exfil.empty:
         st.success("No exfiltration attempt found in this range.")
-    for i, (_, row) in enumerate(exfil.head(20).iterrows()):
-        label = f"{row['agent_id']} · {row['session_id']} · {row['severity']}"
-        with st.expander(label, expanded=i == 0):
-            flow(row)
+    if not exfil.empty:
+        widgets.table(exfil.drop(columns=["span_ids"]), "exfiltration-findings")
+        flow(widgets.pick_finding(exfil, "exfil_finding"))
 
     st.subheader("Destinations by first use")
     st.caption("Hosts named in URLs in call arguments; a new host late in the range stands out.")
@@ -102,7 +102,9 @@ def render() -> None:
         st.altair_chart(
             alt.Chart(secrets)
             .mark_bar()
-            .encode(y=alt.Y("kind:N", sort="-x"), x="secrets:Q", tooltip=["kind", "secrets", "calls"]),
+            .encode(
+                y=alt.Y("kind:N", sort="-x"), x="secrets:Q", tooltip=["kind", "secrets", "calls"]
+            ),
             width="stretch",
         )
         widgets.table(secrets, "redactions")

@@ -17,7 +17,7 @@ def render() -> None:
     cols[1].metric("Denied", f"{int(head['denied']):,}")
     cols[2].metric("Deny rate", f"{head['deny_rate']:.1%}")
     cols[3].metric("Awaiting approval", f"{int(head['approvals']):,}")
-    cols[4].metric("Agents · sessions", f"{int(head['agents']):,} · {int(head['sessions']):,}")
+    cols[4].metric("Agents · errors", f"{int(head['agents']):,} · {int(head['errors']):,}")
 
     st.subheader("Calls and decisions over time")
     over_time = queries.decisions_over_time(ctx.data_dir, ctx.flt)

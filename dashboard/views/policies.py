@@ -50,9 +50,7 @@ def render() -> None:
         return
     text = policy_documents.diff(by_version[old], by_version[new])
     st.code(text or "(no difference)", language="diff")
-    st.download_button(
-        "Download diff", text.encode(), file_name="policy.diff", mime="text/x-diff"
-    )
+    st.download_button("Download diff", text.encode(), file_name="policy.diff", mime="text/x-diff")
 
 
 try:

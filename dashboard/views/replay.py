@@ -24,7 +24,9 @@ def pick_candidate() -> tuple[str, str] | None:
     source = st.radio("Candidate policy", SOURCES, horizontal=True, key="replay_source")
     if source == SOURCES[0]:
         text = st.text_area(
-            "Policy (JSON or YAML)", height=220, key="replay_text",
+            "Policy (JSON or YAML)",
+            height=220,
+            key="replay_text",
             placeholder='{"version": "1", "default": "allow", "tools": {...}}',
         )
         return ("<pasted>", text) if text.strip() else None

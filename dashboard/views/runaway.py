@@ -69,9 +69,10 @@ def render() -> None:
         st.success("No runaway agent found in this range.")
         return
     st.metric("Runaway findings", f"{len(runaway):,}")
-    for i, (_, row) in enumerate(runaway.head(20).iterrows()):
-        with st.expander(f"{row['agent_id']} · {row['pattern']} · {row['severity']}", expanded=i == 0):
-            evidence(row)
+    widgets.table(runaway.drop(columns=["span_ids"]), "runaway-findings")
+    row = widgets.pick_finding(runaway, "runaway_finding")
+    st.subheader("Evidence")
+    evidence(row)
 
 
 try:

@@ -51,6 +51,10 @@ def render() -> None:
         )
     with right:
         trace = st.text_input("…or a trace id", value=wanted_trace, key="trace_pick").strip()
+    st.caption(
+        "The list holds sessions that started in the last day of the range; open an older "
+        "one by its id from a finding's link or with `?session=ID` in the address."
+    )
     widgets.truncated_note(recent)
 
     if trace:

@@ -35,9 +35,12 @@ BATCH = 40
 class CollectorProcess:
     """The real CLI in a subprocess; ``address`` is where it currently listens."""
 
-    def __init__(self, data_dir: Path, entry: tuple[str, ...] = ("-m", "collector")):
+    def __init__(
+        self, data_dir: Path, entry: tuple[str, ...] = ("-m", "collector"), decode_workers: int = 1
+    ):
         self.data_dir = data_dir
         self.entry = entry
+        self.decode_workers = decode_workers
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
 
@@ -47,6 +50,7 @@ class CollectorProcess:
                 sys.executable, *self.entry,
                 "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
                 "--flush-interval", "0.2", "--batch-size", "300",
+                "--decode-workers", str(self.decode_workers),
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -154,7 +158,9 @@ def test_sigkill_loses_no_acknowledged_span_and_duplicates_none(tmp_path: Path) 
 
 @pytest.mark.timeout(120)
 def test_callward_collector_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    collector = CollectorProcess(tmp_path / "data", entry=("-m", "callward_cli", "collector"))
+    collector = CollectorProcess(
+        tmp_path / "data", entry=("-m", "callward_cli", "collector"), decode_workers=0
+    )
     collector.start()
     specs = [SpanSpec(attributes=callward_attributes(i)) for i in range(25)]
     with grpc.insecure_channel(collector.address) as channel:

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from collector import forward
-from collector.forward import Forwarder, count_spans
+from collector.forward import ENV_HEADERS, Forwarder, count_spans, parse_headers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,12 +64,14 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.requests = 0
         self.refuse_with: grpc.StatusCode | None = None
         self.reject_per_request = 0
+        self.metadata: dict[str, str] = {}
         self.lock = threading.Lock()
 
-    def Export(self, request, context):  # noqa: N802 (gRPC method name)
+    def Export(self, request, context):
         if self.refuse_with is not None:
             context.abort(self.refuse_with, "refused by test")
         with self.lock:
+            self.metadata.update({m.key: m.value for m in context.invocation_metadata()})
             self.requests += 1
             self.received.extend(span_numbers(request))
         response = ExportTraceServiceResponse()
@@ -270,7 +272,7 @@ class _HttpReceiver(BaseHTTPRequestHandler):
     received: list[int] = []  # noqa: RUF012 (set per test)
     paths: list[str] = []  # noqa: RUF012
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).paths.append(self.path)
         if type(self).failures_left > 0:
@@ -365,3 +367,24 @@ def test_concatenated_records_merge_into_one_request() -> None:
         make_request(0).SerializeToString() + make_request(3).SerializeToString()
     )
     assert span_numbers(merged) == [0, 1, 2, 3, 4, 5]
+
+
+def test_headers_reach_the_backend(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_HEADERS, "X-Scope-OrgID=tenant-1,api-key=a%3Db")
+    fw = fast(backend.endpoint, tmp_path / "q")
+    fw.start()
+    fw.submit(make_request(0))
+    wait_until(lambda: fw.stats.delivered == 3)
+    fw.shutdown(2)
+    assert backend.receiver.metadata["x-scope-orgid"] == "tenant-1"
+    assert backend.receiver.metadata["api-key"] == "a=b"
+
+
+def test_parse_headers() -> None:
+    assert parse_headers("") == {}
+    assert parse_headers(" a=1 , B=x%20y ,") == {"a": "1", "b": "x y"}
+    for bad in ("novalue", "=x", "a=1,oops"):
+        with pytest.raises(ValueError, match=ENV_HEADERS):
+            parse_headers(bad)

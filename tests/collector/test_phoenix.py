@@ -253,7 +253,9 @@ class CollectorProcess:
 
 
 def planted_arguments(n: int) -> dict[str, Any]:
-    args: dict[str, Any] = {f"{kind}_text": f"see {text} end" for kind, (text, _s) in PLANTED.items()}
+    args: dict[str, Any] = {
+        f"{kind}_text": f"see {text} end" for kind, (text, _s) in PLANTED.items()
+    }
     args["n"] = n
     args["password"] = "hunter2-plaintext"
     return args

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def start(tmp_path: Path, **settings) -> Collector:
+    settings.setdefault("decode_workers", 0)  # in-process: quick to start; one test uses the pool
     config = load_config(environ={}, data_dir=tmp_path, listen="127.0.0.1:0", **settings)
     service = Collector(config)
     service.start()
@@ -220,3 +221,103 @@ def test_restart_recovers_an_unflushed_spool(tmp_path: Path) -> None:
     finally:
         again.stop()
     assert stored(tmp_path) == [(7,)]
+
+
+# --- the decode pool, forwarding, configuration ------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_decode_workers_give_the_same_rows_and_survive_a_dead_worker(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    inline_dir, pooled_dir = tmp_path / "inline", tmp_path / "pooled"
+    request = build_request(
+        [SpanSpec(attributes=callward_attributes(i, note=f"n{i}")) for i in range(20)]
+        + [SpanSpec(span_id=bytes(8), attributes=callward_attributes())]
+    ).SerializeToString()
+    results = []
+    for data_dir, workers in ((inline_dir, 0), (pooled_dir, 1)):
+        service = start(data_dir, decode_workers=workers)
+        try:
+            response = export(service.port, request)
+            assert response.partial_success.rejected_spans == 1
+            with pytest.raises(grpc.RpcError) as info:
+                export(service.port, b"\xff\xff")
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            if workers:
+                executor = service.decoders._executor
+                assert executor is not None
+                for pid in list(executor._processes):  # type: ignore[attr-defined]
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 60
+                while True:  # as an OTLP exporter would: retry UNAVAILABLE
+                    try:
+                        export(service.port, tool_call_batch(1).SerializeToString())
+                        break
+                    except grpc.RpcError as e:
+                        assert e.code() == grpc.StatusCode.UNAVAILABLE
+                        assert time.monotonic() < deadline
+                        time.sleep(0.1)
+                assert service.decoders.restarts >= 1
+        finally:
+            service.stop()
+        results.append(
+            stored(
+                data_dir,
+                "select call_id, tool, arguments, attributes from tool_calls where call_id like 'call-%' order by call_id",
+            )
+        )
+    inline, pooled = results
+    assert len(inline) == 20 and [r for r in pooled if r in inline] == inline
+
+
+def test_forwarded_spans_are_redacted_and_reach_another_otlp_receiver(tmp_path: Path) -> None:
+    backend = start(tmp_path / "backend")
+    secret = "AKIAIOSFODNN7EXAMPLE"
+    front = start(tmp_path / "front", forward=f"127.0.0.1:{backend.port}")
+    try:
+        attrs = callward_attributes(0, **{"gen_ai.tool.call.arguments": json.dumps({"k": secret})})
+        export(front.port, build_request([SpanSpec(attributes=attrs)]).SerializeToString())
+    finally:
+        front.stop()  # drains the forward queue
+        backend.stop()
+    for data_dir in (tmp_path / "front", tmp_path / "backend"):
+        rows = stored(data_dir, "select arguments from tool_calls")
+        assert len(rows) == 1 and secret not in rows[0][0] and "[REDACTED:" in rows[0][0]
+    for path in (tmp_path / "front").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_config_explicit_beats_environment_beats_default(tmp_path: Path) -> None:
+    env = {
+        "CALLWARD_COLLECTOR_DATA_DIR": str(tmp_path),
+        "CALLWARD_COLLECTOR_BATCH_SIZE": "77",
+        "CALLWARD_COLLECTOR_FSYNC": "no",
+    }
+    config = load_config(environ=env, batch_size=5)
+    assert (config.data_dir, config.batch_size, config.fsync) == (tmp_path, 5, False)
+    assert load_config(environ=env).batch_size == 77
+    assert load_config(environ={}, data_dir=tmp_path).listen == "127.0.0.1:4317"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "data directory is required"),
+        ({"data_dir": ".", "listen": "nowhere"}, "HOST:PORT"),
+        ({"data_dir": ".", "batch_size": 0}, "batch_size must be positive"),
+        ({"data_dir": ".", "decode_workers": -1}, "decode_workers"),
+        ({"data_dir": ".", "colour": "red"}, "unknown collector setting"),
+    ],
+)
+def test_bad_config_is_refused(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(environ={}, **settings)
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="CALLWARD_COLLECTOR_BATCH_SIZE"):
+        load_config(environ={"CALLWARD_COLLECTOR_BATCH_SIZE": "many"}, data_dir=".")

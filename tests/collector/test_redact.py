@@ -253,15 +253,15 @@ def test_environment_inline_json_and_files(tmp_path: Path) -> None:
 
     yaml_file = tmp_path / "patterns.yaml"
     yaml_file.write_text("ticket: 'TCK-[0-9]{5}'\n", encoding="utf-8")
-    assert Redactor.from_environment({ENV_PATTERNS: str(yaml_file)}).redact_text(
-        "TCK-12345"
-    ) == ("[REDACTED:ticket]")
+    assert Redactor.from_environment({ENV_PATTERNS: str(yaml_file)}).redact_text("TCK-12345") == (
+        "[REDACTED:ticket]"
+    )
 
     json_file = tmp_path / "patterns.json"
     json_file.write_text('{"ticket": "TCK-[0-9]{5}"}', encoding="utf-8")
-    assert Redactor.from_environment({ENV_PATTERNS: str(json_file)}).redact_text(
-        "TCK-12345"
-    ) == ("[REDACTED:ticket]")
+    assert Redactor.from_environment({ENV_PATTERNS: str(json_file)}).redact_text("TCK-12345") == (
+        "[REDACTED:ticket]"
+    )
 
     assert Redactor.from_environment({}).extra == []
     with pytest.raises(ValueError, match="mapping"):
@@ -317,7 +317,9 @@ def test_odd_text_survives() -> None:
         assert redact_text(text) == text
         assert redact_json_text(text) == text
     # NaN is accepted by Python's JSON reader; it passes through untouched
-    assert redact_json_text('{"x": NaN, "pwd": "abc"}') == '{"x": NaN, "pwd": "[REDACTED:password]"}'
+    assert (
+        redact_json_text('{"x": NaN, "pwd": "abc"}') == '{"x": NaN, "pwd": "[REDACTED:password]"}'
+    )
 
 
 # --- properties ------------------------------------------------------------------------
@@ -325,8 +327,9 @@ def test_odd_text_survives() -> None:
 _SEPARATORS = st.sampled_from([" ", "\n", "\t", '"', "'", ",", "(", ")", ";", "<", ">", "|"])
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -366,11 +369,9 @@ def test_no_planted_secret_survives_in_text(
     st.sampled_from(sorted(PLANTED)),
     st.text(max_size=10),
 )
-def test_no_planted_secret_survives_in_json(
-    others: dict[str, str], kind: str, key: str
-) -> None:
+def test_no_planted_secret_survives_in_json(others: dict[str, str], kind: str, key: str) -> None:
     secret_text, secret = PLANTED[kind]
-    args = dict(others)
+    args: dict[str, object] = dict(others)
     args[key] = {"value": secret_text, "list": [secret_text]}
     out = redact_json_text(json.dumps(args))
     assert secret not in out

@@ -78,8 +78,8 @@ def test_overview_shows_the_store_figures(
     assert figures["Denied"] == f"{denied:,}"
     assert figures["Deny rate"] == f"{denied / table.num_rows:.1%}"
     agents = len(set(table.column("agent_id").to_pylist()))
-    sessions = len(set(table.column("session_id").to_pylist()))
-    assert figures["Agents · sessions"] == f"{agents:,} · {sessions:,}"
+    errors = table.column("outcome").to_pylist().count("error")
+    assert figures["Agents · errors"] == f"{agents:,} · {errors:,}"
     sidebar = "\n".join(m.value for m in at.sidebar.markdown)
     assert f"**{table.num_rows:,}** calls" in sidebar
     assert "Latest span" in sidebar
@@ -142,7 +142,7 @@ def test_policies_page_diffs_two_versions(
     no_failure(at)
     assert metrics(at)["Versions that decided calls"] == "2"
     diff = next(c.value for c in at.code if c.language == "diff")
-    assert "+    \"http_post\": {" in diff
+    assert '+    "http_post": {' in diff
     assert fixture_store.versions[0] in diff and fixture_store.versions[1] in diff
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as s
 
-from dashboard.filters import PRESETS, describe, resolve
+from dashboard.filters import ALIGN_FROM, PRESETS, describe, resolve
 
 FIRST = datetime(2026, 3, 2, tzinfo=UTC)
 
@@ -24,7 +24,9 @@ def test_every_preset_stays_inside_the_store(preset: str, span: timedelta) -> No
     assert flt.end > last  # the latest span itself is included (half-open range)
     width = PRESETS[preset]
     if width is not None:
-        assert flt.end - flt.start <= width
+        assert flt.end - flt.start <= width + timedelta(hours=1)
+        if flt.start > FIRST and width >= ALIGN_FROM:
+            assert flt.start.minute == flt.start.second == flt.start.microsecond == 0
 
 
 def test_custom_dates_cover_whole_days() -> None:

@@ -16,13 +16,12 @@ def test_versions_come_from_content_whatever_the_file_is_called(tmp_path: Path) 
     folder = tmp_path / POLICIES_DIR
     folder.mkdir()
     (folder / "misnamed.json").write_text(json.dumps(DOC))
-    wrapped = {"version": "x", "document": {**DOC, "default": "deny"}}
+    inner = {**DOC, "default": "deny"}
+    wrapped = {"version": "x", "document": inner}
     (folder / "wrapped.json").write_text(json.dumps(wrapped))
     (folder / ".tmp-partial.json").write_text("{")
     docs = policy_documents.load_all(tmp_path)
-    assert sorted(d.version for d in docs) == sorted(
-        [policy_version(DOC), policy_version(wrapped["document"])]
-    )
+    assert sorted(d.version for d in docs) == sorted([policy_version(DOC), policy_version(inner)])
 
 
 def test_bad_files_are_listed_with_their_problem(tmp_path: Path) -> None:
@@ -42,9 +41,7 @@ def test_a_missing_folder_is_no_documents(tmp_path: Path) -> None:
 
 def test_the_diff_shows_the_change_and_names_both_versions(tmp_path: Path) -> None:
     old = policy_documents.PolicyDocument("v-old", tmp_path / "a.json", DOC)
-    new = policy_documents.PolicyDocument(
-        "v-new", tmp_path / "b.json", {**DOC, "default": "deny"}
-    )
+    new = policy_documents.PolicyDocument("v-new", tmp_path / "b.json", {**DOC, "default": "deny"})
     text = policy_documents.diff(old, new)
     assert '-  "default": "allow",' in text and '+  "default": "deny",' in text
     assert "--- v-old" in text and "+++ v-new" in text

@@ -42,7 +42,7 @@ def test_hostile_filter_values_match_nothing_and_change_nothing(
 
 
 def test_many_filter_values_are_bound_not_spliced(fixture_store: FixtureStore) -> None:
-    agents = tuple(f"agent-{i}" for i in range(2000)) + ("planner",)
+    agents = (*(f"agent-{i}" for i in range(2000)), "planner")
     head = queries.headline(str(fixture_store.data_dir), CallFilter(agents=agents))
     planner = fixture_store.table.column("agent_id").to_pylist().count("planner")
     assert head["calls"] == planner
@@ -117,7 +117,7 @@ def test_temp_files_of_a_write_in_progress_are_not_read(
 def test_a_data_dir_with_quotes_in_its_name_works(
     fixture_store: FixtureStore, tmp_path: Path
 ) -> None:
-    copy = tmp_path / "it's a \"store\""
+    copy = tmp_path / 'it\'s a "store"'
     shutil.copytree(fixture_store.data_dir, copy)
     assert queries.store_summary(str(copy))["calls"] == fixture_store.table.num_rows
 
@@ -144,7 +144,9 @@ def test_destinations_are_ordered_by_first_use(fixture_store: FixtureStore) -> N
 
 def test_redactions_count_every_marker(fixture_store: FixtureStore) -> None:
     kinds = queries.redactions(str(fixture_store.data_dir), CallFilter())
-    expected = sum(a.count("[REDACTED:") for a in fixture_store.table.column("arguments").to_pylist())
+    expected = sum(
+        a.count("[REDACTED:") for a in fixture_store.table.column("arguments").to_pylist()
+    )
     assert int(kinds["secrets"].sum()) == expected
     assert set(kinds["kind"]) == {"aws_access_key", "private_key"}
 

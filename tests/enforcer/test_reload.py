@@ -21,10 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from enforcer.policy import load_policy
 from enforcer.reload import PolicyReloader
 from enforcer.server import SERVICE_NAME, EnforcerService
+from enforcer.server_cli import telemetry_wanted
+from enforcer.telemetry import POLICY_SPAN_NAME, CallRecorder
 from proto.callward.v1 import enforcer_pb2 as pb
 from proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
 
@@ -115,7 +118,7 @@ def test_invalid_policy_is_refused_and_the_old_one_stays(
     assert setup.reloader.check() is None
 
 
-def test_syntax_error_and_deleted_file_are_refused(setup: Setup) -> None:
+def test_broken_unreadable_and_hostile_files_are_refused(setup: Setup) -> None:
     before = setup.service.policy.version
     write(setup.path, '{"version": "1", "tools": {')
     outcome = setup.reloader.check()
@@ -125,6 +128,12 @@ def test_syntax_error_and_deleted_file_are_refused(setup: Setup) -> None:
     outcome = setup.reloader.check()
     assert outcome is not None and outcome.status == "refused"
     assert any(": unreadable: " in e for e in outcome.errors)
+    setup.path.write_bytes(b'{"version": "1", "tools": {"caf\xe9": {}}}')
+    outcome = setup.reloader.check()
+    assert outcome is not None and any(": encoding: " in e for e in outcome.errors)
+    setup.path.write_text(json.dumps({**doc(), "description": "x" * (5 * 1024 * 1024)}))
+    outcome = setup.reloader.check()
+    assert outcome is not None and any(": too_large: " in e for e in outcome.errors)
     assert setup.service.policy.version == before
     write(setup.path, doc(extra_tool=True))
     outcome = setup.reloader.check()
@@ -271,3 +280,45 @@ class StderrTail:
     def join(self) -> str:
         self._thread.join(timeout=20)
         return self.text()
+
+
+def test_each_policy_in_force_is_published_once(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    path = tmp_path / "policy.json"
+    write(path, doc())
+    service = EnforcerService(
+        load_policy(path), recorder=CallRecorder(exporter=exporter, synchronous=True)
+    )
+    reloader = PolicyReloader(path, service.swap_policy, lambda: service.policy.version)
+    first = service.policy.version
+    write(path, doc(extra_tool=True))
+    assert reloader.check() is not None
+    write(path, "not a policy at all: [")
+    assert reloader.check() is not None
+    spans: list[Any] = [s for s in exporter.get_finished_spans() if s.name == POLICY_SPAN_NAME]
+    published = [
+        (
+            s.attributes["callward.policy.version"],
+            json.loads(s.attributes["callward.policy.document"]),
+        )
+        for s in spans
+    ]
+    assert [v for v, _ in published] == [first, service.policy.version]
+    assert "tool_c" in published[1][1]["tools"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "endpoint", "env", "wanted"),
+    [
+        (None, None, "", False),
+        (None, None, "http://collector:4317", True),
+        (None, "http://127.0.0.1:4317", "", True),
+        (False, "http://127.0.0.1:4317", "http://collector:4317", False),
+        (True, None, "", True),
+    ],
+)
+def test_telemetry_default_follows_the_otlp_configuration(
+    monkeypatch: pytest.MonkeyPatch, flag: bool | None, endpoint: str | None, env: str, wanted: bool
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", env)
+    assert telemetry_wanted(flag, endpoint) is wanted

@@ -510,10 +510,16 @@ def test_spans_for_each_decision_and_outcome(serve: Callable[..., Harness]) -> N
     assert json.loads(attrs["gen_ai.tool.call.arguments"])["amount"] == 5
 
 
-def test_span_without_traceparent_is_a_root(serve: Callable[..., Harness]) -> None:
+@pytest.mark.parametrize(
+    "traceparent",
+    ["", "00-not-a-valid-traceparent-01", "00-" + "f" * 100_000, "00-\u00e9\u0000-01"],
+)
+def test_span_without_a_valid_traceparent_is_a_root(
+    serve: Callable[..., Harness], traceparent: str
+) -> None:
     exporter = InMemorySpanExporter()
     h = serve(recorder=CallRecorder(exporter=exporter, synchronous=True))
-    h.check("wipe", call_id="w", traceparent="00-not-a-valid-traceparent-01")
+    h.check("wipe", call_id="w", traceparent=traceparent)
     (span,) = spans_by_name(exporter)["execute_tool wipe"]
     assert span.parent is None
 
@@ -659,11 +665,28 @@ def test_cli_serves_exports_and_flushes_on_sigterm() -> None:
         receiver.server.stop(0)
 
 
-def test_cli_port_in_use_exits_non_zero(serve: Callable[..., Harness]) -> None:
+def test_cli_port_in_use_or_bad_address_exits_non_zero(serve: Callable[..., Harness]) -> None:
     h = serve()
-    got = run_cli("--policy", str(SEED), "--listen", f"127.0.0.1:{h.server.port}")
-    assert got.exit_code == 1
-    assert "cannot listen" in got.stderr
+    for listen in (f"127.0.0.1:{h.server.port}", "192.0.2.1:0"):
+        got = run_cli("--policy", str(SEED), "--listen", listen)
+        assert got.exit_code == 1, listen
+        assert "cannot listen" in got.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--listen", "127.0.0.1:0", "--workers", "0"), "max_workers must be at least 1"),
+        (("--listen", "127.0.0.1:99999"), "PORT in 0..65535"),
+        (("--listen", "not an address"), "listen must be HOST:PORT"),
+        (("--listen", ":50051"), "listen must be HOST:PORT"),
+        (("--listen", "127.0.0.1:0", "--pending-ttl", "nan"), "pending_ttl_s"),
+    ],
+)
+def test_cli_refuses_nonsense_settings(args: tuple[str, ...], says: str) -> None:
+    got = run_cli("--policy", str(SEED), *args)
+    assert got.exit_code == 2
+    assert says in got.stderr
 
 
 def test_threads_are_released_after_stop(serve: Callable[..., Harness]) -> None:

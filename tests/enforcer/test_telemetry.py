@@ -131,7 +131,13 @@ def test_traceparent_makes_the_span_a_child(
 
 @pytest.mark.parametrize(
     "traceparent",
-    ["garbage", "00-" + "0" * 32 + "-" + "0" * 16 + "-01", "00-xyz-abc-01", "\x00" * 60, "9" * 5000],
+    [
+        "garbage",
+        "00-" + "0" * 32 + "-" + "0" * 16 + "-01",
+        "00-xyz-abc-01",
+        "\x00" * 60,
+        "9" * 5000,
+    ],
 )
 def test_bad_traceparent_gives_a_root_span(
     recorder: CallRecorder, exporter: InMemorySpanExporter, traceparent: str
@@ -192,6 +198,60 @@ def test_policy_is_published_once_per_version(
     spans = exporter.get_finished_spans()
     assert [s.name for s in spans] == [POLICY_SPAN_NAME, POLICY_SPAN_NAME]
     assert [dict(s.attributes or {})["callward.policy.version"] for s in spans] == ["v1", "v2"]
+
+
+def test_extra_attributes_set_through_span_before_end(
+    recorder: CallRecorder, exporter: InMemorySpanExporter
+) -> None:
+    call = recorder.begin(request(), ALLOW)
+    assert call is not None
+    assert call.span.is_recording()
+    call.span.set_attribute("callward.pending_closed", "expired")
+    call.span.set_attributes({"odd": object(), "n": 3})
+    call.end(outcome="ok")
+    call.span.set_attribute("late", "ignored")
+    assert not call.span.is_recording()
+    attrs = dict(only_span(exporter).attributes or {})
+    assert attrs["callward.pending_closed"] == "expired"
+    assert attrs["n"] == 3 and str(attrs["odd"]).startswith("<object")
+    assert "late" not in attrs
+
+
+def test_unsampled_parent_is_respected(
+    recorder: CallRecorder, exporter: InMemorySpanExporter
+) -> None:
+    call = recorder.begin(request(), ALLOW, traceparent=f"00-{TRACE_ID}-{PARENT_ID}-00")
+    assert call is not None
+    call.end()
+    assert exporter.get_finished_spans() == ()
+    assert recorder.stats.spans_dropped == 0 and recorder.stats.spans_ended == 1
+
+
+@pytest.mark.parametrize(("sampler", "exported"), [("always_off", 0), ("always_on", 1)])
+def test_otel_traces_sampler_is_consulted(
+    monkeypatch: pytest.MonkeyPatch, sampler: str, exported: int
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    exporter = InMemorySpanExporter()
+    rec = CallRecorder(exporter=exporter, synchronous=True)
+    call = rec.begin(request(), ALLOW, traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")
+    assert call is not None
+    call.end()
+    rec.shutdown()
+    assert len(exporter.get_finished_spans()) == exported
+
+
+def test_span_ids_are_unique_and_valid(
+    recorder: CallRecorder, exporter: InMemorySpanExporter
+) -> None:
+    for _ in range(200):
+        call = recorder.begin(request(), ALLOW)
+        assert call is not None
+        call.end()
+    contexts = [s.context for s in exporter.get_finished_spans()]
+    assert all(c is not None and c.is_valid for c in contexts)
+    assert len({c.span_id for c in contexts if c is not None}) == 200
+    assert len({c.trace_id for c in contexts if c is not None}) == 200
 
 
 # --- drops ---------------------------------------------------------------------------------
@@ -267,6 +327,23 @@ def test_tiny_queue_drops_are_counted(caplog: pytest.LogCaptureFixture) -> None:
     assert rec.stats.queue_full_drops == 46  # 1 exporting + 4 queued survive
     assert blocking.exported + rec.stats.spans_dropped == 51
     assert any("queue full" in r.getMessage() for r in caplog.records)
+
+
+def test_otel_bsp_max_queue_size_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "3")
+    blocking = BlockingExporter()
+    rec = CallRecorder(exporter=blocking)
+    first = rec.begin(request(), ALLOW)
+    assert first is not None
+    first.end()
+    blocking.entered.wait(30)
+    for _ in range(10):
+        call = rec.begin(request(), ALLOW)
+        assert call is not None
+        call.end()
+    blocking.release.set()
+    rec.shutdown()
+    assert rec.stats.queue_full_drops == 7
 
 
 def test_spans_after_shutdown_are_counted_as_dropped() -> None:

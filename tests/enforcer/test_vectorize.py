@@ -34,8 +34,7 @@ def _frame(calls: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(
         [{**c, "arguments": json.dumps(c["arguments"])} for c in calls],
         schema={
-            k: pl.String
-            for k in ("tool", "server", "agent_id", "session_id", "grant", "arguments")
+            k: pl.String for k in ("tool", "server", "agent_id", "session_id", "grant", "arguments")
         },
     )
 
@@ -52,7 +51,7 @@ def _engine(doc: dict[str, Any], calls: list[dict[str, Any]]) -> list[tuple[str,
 @given(policy_documents(), st.lists(call_fields, min_size=1, max_size=25))
 def test_vectorized_verdict_equals_engine(doc: dict[str, Any], calls: list[dict[str, Any]]) -> None:
     policy = compile_document(doc)
-    got = stateless_verdicts(policy, _frame(calls))
+    got = stateless_verdicts(policy, _frame(calls)).frame()
     assert got.height == len(calls)
     assert list(got.select("s_decision", "s_rule").iter_rows()) == _engine(doc, calls)
 
@@ -82,11 +81,19 @@ def test_json_pointer_escapes_and_refuses_ambiguous_segments() -> None:
         ({"path": "args.o", "op": "eq", "value": {"k": [1]}}, {"o": {"k": [1]}}, "deny"),
     ],
 )
-def test_hand_made_conditions(condition: dict[str, Any], arguments: dict[str, Any], expected: str) -> None:
+def test_hand_made_conditions(
+    condition: dict[str, Any], arguments: dict[str, Any], expected: str
+) -> None:
     doc = {"version": "1", "tools": {"t": {"deny_if": [{"conditions": [condition]}]}}}
-    call = {"tool": "t", "server": "", "agent_id": "", "session_id": "", "grant": "",
-            "arguments": arguments}
-    got = stateless_verdicts(compile_document(doc), _frame([call]))
+    call = {
+        "tool": "t",
+        "server": "",
+        "agent_id": "",
+        "session_id": "",
+        "grant": "",
+        "arguments": arguments,
+    }
+    got = stateless_verdicts(compile_document(doc), _frame([call])).frame()
     assert got["s_decision"].to_list() == [expected]
     assert _engine(doc, [call])[0][0] == expected
 

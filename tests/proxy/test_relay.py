@@ -55,6 +55,7 @@ POLICY_DOC: dict[str, Any] = {
         "progress": {
             "limits": [{"counter": "progress_rate", "window": "day", "max": 1, "scope": "grant"}]
         },
+        "hang": {"limits": [{"counter": "hang_rate", "window": "day", "max": 1, "scope": "grant"}]},
     },
 }
 POLICY = compile_document(POLICY_DOC)
@@ -291,10 +292,10 @@ async def test_upstream_that_hangs_times_out_and_others_go_on(
 
 
 async def test_progress_and_sampling_pass_through(recorder: CallRecorder, call_log: Path) -> None:
-    progress: list[float] = []
+    seen: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     async def sample(_ctx: Any, _params: Any) -> CreateMessageResult:
         return CreateMessageResult(
@@ -309,6 +310,45 @@ async def test_progress_and_sampling_pass_through(recorder: CallRecorder, call_l
         asked = await session.call_tool("ask", {})
         noisy = await session.call_tool("garbage", {})
     assert text_of(done) == "done"
-    assert progress == [1, 2, 3]
+    assert seen == [1, 2, 3]
     assert text_of(asked) == "client said: hello"
     assert text_of(noisy) == "after garbage"
+
+
+async def test_a_cancelled_call_keeps_its_quota(
+    recorder: CallRecorder, exporter: InMemorySpanExporter, call_log: Path
+) -> None:
+    async with raw_relay(make_gate(recorder), connector()) as (client, relay):
+        await client.handshake()
+        await client.send(
+            {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "hang"}}
+        )
+        with anyio.fail_after(20):
+            while calls(call_log) != ["hang"]:
+                await anyio.sleep(0.05)
+        await client.send(
+            {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": 5, "reason": "user gave up"},
+            }
+        )
+        again = await client.request(6, "tools/call", {"name": "hang"})
+        fine = await client.request(7, "tools/call", {"name": "echo", "arguments": {"text": "z"}})
+    assert again["result"]["isError"] is True
+    assert again["result"]["structuredContent"]["rule"] == "/tools/hang/limits/0"
+    assert fine["result"]["content"][0]["text"] == "z"
+    assert all(doc.get("id") != 5 for doc in client.seen)  # no answer to a cancelled request
+    first = spans_by_tool(exporter, "hang")[0]
+    assert attrs(first)["error.type"] == "cancelled"
+    assert relay.stats.forwarded == 3  # initialize, the first hang, echo
+
+
+async def test_a_server_that_cannot_start_gets_a_clear_error(recorder: CallRecorder) -> None:
+    missing = command_upstream("/nonexistent/callward-test-server")
+    async with raw_relay(make_gate(recorder), missing) as (client, _):
+        first = await client.request(1, "initialize", {"protocolVersion": "2025-06-18"})
+        second = await client.request(2, "tools/list")
+    for got in (first, second):
+        assert got["error"]["code"] == UPSTREAM_UNAVAILABLE
+        assert "could not be started" in got["error"]["message"]

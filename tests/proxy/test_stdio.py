@@ -10,12 +10,15 @@ from typing import Any
 
 import anyio
 import pytest
+import typer
 from hypothesis import given
 from hypothesis import strategies as st
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import TextContent
+from typer.testing import CliRunner
 
+from enforcer.proxy.cli import register
 from enforcer.proxy.relay import MESSAGE_TOO_LARGE, OVERSIZE_METHOD, PARSE_ERROR
 from enforcer.proxy.stdio import BoundedLines, oversize_stand_in
 from tests.proxy.conftest import MISBEHAVING, REPO
@@ -47,7 +50,7 @@ def read_all(data: bytes, limit: int, sizes: list[int]) -> list[str]:
 
 
 line_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\n\r"),
     min_size=1,
     max_size=60,
 ).filter(lambda s: s.strip() != "")
@@ -103,7 +106,13 @@ def test_trailing_line_without_newline_and_blank_lines() -> None:
 
 
 def cli(*args: str) -> list[str]:
+    """The whole ``callward proxy`` command, as an MCP client would launch it."""
     return [sys.executable, "-m", "callward_cli", "proxy", *args]
+
+
+def proxy_only(*args: str) -> list[str]:
+    """The proxy without the other components (quicker to start)."""
+    return [sys.executable, "-m", "enforcer.proxy", *args]
 
 
 @pytest.fixture
@@ -164,7 +173,7 @@ class LineReader:
 async def test_hostile_bytes_on_stdin_get_clear_errors(tmp_path: Path) -> None:
     policy = tmp_path / "p.json"
     policy.write_text('{"version": "1", "default": "allow"}')
-    args = cli(
+    args = proxy_only(
         "--policy",
         str(policy),
         "--max-message-bytes",
@@ -258,10 +267,10 @@ def test_bad_command_lines_exit_2_and_say_why(args: list[str], needle: str, tmp_
         "BROKEN": str(broken),
         "T": str(good),
     }
-    argv = cli(*[subst.get(a, a) for a in args])
-    done = subprocess.run(
-        argv, cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
-    )
-    assert done.returncode == 2, done.stderr
+    app = typer.Typer()
+    register(app)
+    app.command("other")(lambda: None)  # a second command keeps "proxy" a subcommand
+    done = CliRunner().invoke(app, ["proxy", *[subst.get(a, a) for a in args]])
+    assert done.exit_code == 2, done.output
     assert needle in done.stderr
     assert done.stdout == ""  # stdout is the MCP channel: never any prose there

@@ -1,0 +1,274 @@
+"""Latency the MCP proxy adds to one tools/call, against calling the same server directly.
+
+All paths are measured in one run, interleaved round by round so that load on the
+machine hits them alike. The server is a trivial stdio MCP server (this script with
+``--serve-echo``), so what differs between the paths is only the proxy:
+
+* ``direct``: SDK client -> server (stdio). The baseline.
+* ``relay``: SDK client -> relay in this process -> server: the proxy's core
+  (decision, listing filter, id bookkeeping) with the in-process engine, spans off.
+* ``relay+spans``: the same, recording every call's span (batch processor, in-memory
+  exporter) as an audited deployment does.
+* ``proxy process``: SDK client -> ``python -m enforcer.proxy`` (stdio) -> server:
+  what an MCP client configured with callward sees, one more process and pipe hop.
+* ``proxy process + enforcer``: the same with ``--enforcer``, deciding through a real
+  ``callward enforcer`` over gRPC on loopback.
+
+Run: ``.venv/bin/python benchmarks/bench_proxy.py [--calls 2000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+POLICY = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        "echo": {
+            "deny_if": [{"conditions": [{"path": "args.text", "op": "regex", "value": "rm -rf"}]}],
+            "limits": [
+                {"counter": "echo", "window": "minute", "max": 100_000_000, "scope": "grant"}
+            ],
+        }
+    },
+}
+
+
+def serve_echo() -> None:
+    """The benchmark's upstream: one tool that answers with its argument."""
+    import mcp.types as types
+    from mcp.server.lowlevel import Server
+    from mcp.server.stdio import stdio_server
+
+    server: Server[Any, Any] = Server("bench-echo")
+
+    @server.list_tools()  # type: ignore[no-untyped-call,untyped-decorator]
+    async def list_tools() -> list[types.Tool]:
+        return [types.Tool(name="echo", inputSchema={"type": "object"})]
+
+    @server.call_tool(validate_input=False)  # type: ignore[untyped-decorator]
+    async def call_tool(name: str, arguments: dict[str, Any]) -> list[types.TextContent]:
+        return [types.TextContent(type="text", text=str(arguments.get("text", "")))]
+
+    async def main() -> None:
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+    anyio.run(main)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _echo_command() -> tuple[str, list[str]]:
+    return sys.executable, [str(Path(__file__).resolve()), "--serve-echo"]
+
+
+@contextlib.asynccontextmanager
+async def _stdio_session(command: str, args: list[str]) -> AsyncIterator[Any]:
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(command=command, args=args, cwd=str(REPO))
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        yield session
+
+
+@contextlib.asynccontextmanager
+async def _relay_session(spans: bool) -> AsyncIterator[Any]:
+    from mcp.client.session import ClientSession
+    from mcp.shared.memory import create_client_server_memory_streams
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from enforcer.policy import compile_document
+    from enforcer.proxy.gate import Gate, InProcessChecker
+    from enforcer.proxy.relay import Relay
+    from enforcer.proxy.stdio import stdio_identity
+    from enforcer.proxy.upstream import command_upstream
+    from enforcer.telemetry import CallRecorder
+
+    policy = compile_document(POLICY)
+    recorder = CallRecorder("callward-proxy", InMemorySpanExporter()) if spans else None
+    gate = Gate(InProcessChecker(policy), policy=policy, recorder=recorder)
+    cmd, args = _echo_command()
+    relay = Relay(gate, command_upstream(cmd, args), stdio_identity("bench"))
+    async with (
+        create_client_server_memory_streams() as ((cr, cw), (sr, sw)),
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(relay.run, sr, sw)
+        async with ClientSession(cr, cw) as session:
+            await session.initialize()
+            yield session
+        tg.cancel_scope.cancel()
+    if recorder is not None:
+        recorder.shutdown()
+
+
+async def _one_round(
+    session: Any, n: int, out: list[float], cpu: list[float] | None = None
+) -> None:
+    c0 = time.process_time()
+    for i in range(n):
+        t0 = time.perf_counter()
+        result = await session.call_tool("echo", {"text": f"call {i}"})
+        out.append((time.perf_counter() - t0) * 1000.0)
+        if result.isError:
+            raise RuntimeError(f"benchmark call refused: {result.content}")
+    if cpu is not None:
+        cpu.append((time.process_time() - c0) * 1000.0 / n)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run(
+    calls: int, rounds: int, with_enforcer: bool, console: Console
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    policy_file = tmp / "policy.json"
+    policy_file.write_text(json.dumps(POLICY))
+    cmd, echo_args = _echo_command()
+    proxy_args = ["-m", "enforcer.proxy", "--policy", str(policy_file), "--grant", "bench"]
+    enforcer_proc: subprocess.Popen[bytes] | None = None
+    paths: dict[str, Any] = {}
+    results: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        paths["direct"] = await stack.enter_async_context(_stdio_session(cmd, echo_args))
+        paths["relay"] = await stack.enter_async_context(_relay_session(spans=False))
+        paths["relay+spans"] = await stack.enter_async_context(_relay_session(spans=True))
+        paths["proxy process"] = await stack.enter_async_context(
+            _stdio_session(sys.executable, [*proxy_args, "--", cmd, *echo_args])
+        )
+        if with_enforcer:
+            port = _free_port()
+            enforcer_proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "callward_cli",
+                    "enforcer",
+                    "--policy",
+                    str(policy_file),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+            )
+            stack.callback(enforcer_proc.terminate)
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if enforcer_proc.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit("callward enforcer did not start") from None
+                    await anyio.sleep(0.2)
+            paths["proxy process + enforcer"] = await stack.enter_async_context(
+                _stdio_session(
+                    sys.executable,
+                    [
+                        *proxy_args,
+                        "--enforcer",
+                        f"127.0.0.1:{port}",
+                        "--enforcer-timeout",
+                        "1",
+                        "--",
+                        cmd,
+                        *echo_args,
+                    ],
+                )
+            )
+        for name, session in paths.items():  # warm up every path first
+            await _one_round(session, max(50, calls // 20), [])
+            results[name] = []
+            cpu[name] = []
+        per_round = max(1, calls // rounds)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(
+                "tools/call round trips", total=per_round * rounds * len(paths)
+            )
+            for _ in range(rounds):
+                for name, session in paths.items():
+                    await _one_round(session, per_round, results[name], cpu[name])
+                    progress.advance(task, per_round)
+    return results, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000, help="calls per path")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
+    parser.add_argument("--no-enforcer", action="store_true", help="skip the gRPC path")
+    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.serve_echo:
+        serve_echo()
+        return
+    console = Console()
+    results, cpu = anyio.run(run, opts.calls, opts.rounds, not opts.no_enforcer, console)
+    base50 = statistics.median(results["direct"])
+    base99 = _pct(results["direct"], 0.99)
+    table = Table(title=f"tools/call latency, {len(results['direct'])} calls per path")
+    cols = ("path", "p50 ms", "p99 ms", "added p50 ms", "p50 ratio", "p99 ratio", "cpu ms/call")
+    for col in cols:
+        table.add_column(col, justify="right" if col != "path" else "left")
+    for name, xs in results.items():
+        p50, p99 = statistics.median(xs), _pct(xs, 0.99)
+        table.add_row(
+            name,
+            f"{p50:.3f}",
+            f"{p99:.3f}",
+            "-" if name == "direct" else f"{p50 - base50:+.3f}",
+            f"{p50 / base50:.2f}x",
+            f"{p99 / base99:.2f}x",
+            f"{statistics.median(cpu[name]):.3f}",
+        )
+    console.print(table)
+    console.print(
+        "cpu ms/call: CPU time of this process (client, plus the relay on the relay paths) "
+        "per call; on the proxy-process paths the proxy's own CPU is in its process."
+    )
+    cpu_added = statistics.median(cpu["relay+spans"]) - statistics.median(cpu["direct"])
+    console.print(f"relay+spans costs {cpu_added:.3f} CPU ms per call more than direct")
+    added = statistics.median(results["relay+spans"]) - base50
+    verdict = "meets" if added <= 1.0 else "misses"
+    console.print(
+        f"in-process engine with spans adds {added:.3f} ms at p50: {verdict} the 1 ms target"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Decoding off the gRPC threads, in worker processes.
+
+Decoding is per-attribute Python work on protobuf objects and holds the GIL, so one
+process tops out well below what the network, the spool and Parquet can take. A pool of
+``spawn``ed worker processes decodes Exports in parallel and hands back rows already
+encoded for the spool (Arrow IPC), so the main process mostly moves bytes.
+
+``workers=0`` decodes in the calling thread instead, through the very same function
+(:func:`decode_export`), so there is one implementation of the semantics either way.
+
+Workers are ``spawn``ed, not forked: a forked child would inherit the write end of its
+own task pipe and linger forever if the collector is killed; a spawned one sees the pipe
+close and exits. A worker that dies (say, killed by the OOM killer) breaks the pool; the
+Export in flight gets UNAVAILABLE (clients retry) and the pool is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from collector.decode import DecodeLimits, Decoder, PolicyDocument
+from collector.otlp_parse import parse_request
+from collector.spool import encode_rows
+
+log = logging.getLogger("callward.collector.decode")
+
+
+class DecodeUnavailableError(RuntimeError):
+    """A decode worker died; the request may be retried."""
+
+
+@dataclass(frozen=True)
+class DecodedExport:
+    """One Export, decoded: what the spool, the store and the response need."""
+
+    rows: bytes  # Arrow IPC stream of tool-call rows; b"" when there are none
+    num_rows: int
+    policies: tuple[PolicyDocument, ...]
+    spans_seen: int
+    rejected: int
+    error_message: str
+    repaired: bool
+    forward: bytes  # the redacted request to pass on; b"" unless asked for
+
+
+_decoders: dict[DecodeLimits, Decoder] = {}
+
+
+def decode_export(data: bytes, now_ns: int, limits: DecodeLimits, forward: bool) -> DecodedExport:
+    """Parse, (for forwarding) redact in place, and decode one serialized Export."""
+    decoder = _decoders.get(limits)
+    if decoder is None:
+        decoder = _decoders[limits] = Decoder(limits)
+    request, repaired = parse_request(data)
+    if forward:
+        decoder.redact_in_place(request)
+    result = decoder.decode(request, now_ns)
+    rows = result.table.num_rows
+    return DecodedExport(
+        rows=encode_rows(result.table) if rows else b"",
+        num_rows=rows,
+        policies=tuple(result.policies),
+        spans_seen=result.spans_seen,
+        rejected=result.rejected,
+        error_message=result.error_message(),
+        repaired=repaired,
+        forward=request.SerializeToString() if forward else b"",
+    )
+
+
+def _warm_up(limits: DecodeLimits) -> int:
+    decode_export(ExportTraceServiceRequest().SerializeToString(), 0, limits, True)
+    return 0
+
+
+def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group; only the main process decides to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class DecodePool:
+    """Runs :func:`decode_export` in ``workers`` processes, or inline when ``workers=0``."""
+
+    def __init__(self, workers: int, limits: DecodeLimits):
+        self.workers = workers
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+        self.restarts = 0
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        )
+
+    def start(self) -> None:
+        """Start the workers and wait until each has imported everything it needs."""
+        if self.workers <= 0:
+            _warm_up(self.limits)
+            return
+        self._executor = self._new_executor()
+        warm = [self._executor.submit(_warm_up, self.limits) for _ in range(self.workers)]
+        for f in warm:
+            f.result()
+
+    def decode(self, data: bytes, now_ns: int, forward: bool) -> DecodedExport:
+        executor = self._executor
+        if executor is None:
+            return decode_export(data, now_ns, self.limits, forward)
+        try:
+            future: Future[DecodedExport] = executor.submit(
+                decode_export, data, now_ns, self.limits, forward
+            )
+        except RuntimeError as e:  # shut down (we are stopping) or broken
+            if isinstance(e, BrokenProcessPool):
+                self._replace(executor)
+            raise DecodeUnavailableError(f"decode workers unavailable: {e}") from None
+        try:
+            return future.result()
+        except BrokenProcessPool as e:
+            self._replace(executor)
+            raise DecodeUnavailableError(f"decode worker died: {e}") from None
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is not broken or self._executor is None:
+                return
+            log.error("a decode worker died; starting a new pool")
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_executor()
+            self.restarts += 1
+
+    def shutdown(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)

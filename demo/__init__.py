@@ -1,0 +1,1 @@
+"""`make demo`: the whole callward pipeline on a local store."""
