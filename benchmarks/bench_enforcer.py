@@ -7,8 +7,8 @@ ratios hold on any machine even when the absolute numbers do not.
     python benchmarks/bench_enforcer.py --quick    # smaller samples
 
 1. ``decide`` latency, timed call by call, for the seed policy and for the 50-tool policy
-   (examples/policies/fifty_tools.yaml) on a mixed workload; baseline: the cost of the
-   timer itself.
+   (examples/policies/fifty_tools.yaml) on a mixed workload, best of several rounds (the
+   median round is printed too); baseline: the cost of the timer itself.
 2. gRPC Check latency (one caller, sequential) and throughput (several caller threads)
    next to an echo service on the same gRPC stack returning a message of the same size.
    Servers run in their own processes so that the client does not share their GIL; the
@@ -54,7 +54,7 @@ T0 = 1_800_000_000.0
 ECHO_METHOD = "/bench.Echo/Echo"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=110)
 
 # A day of a team's agents, condensed: (server, tool, arguments).
 FIFTY_CALLS: list[tuple[str, str, dict[str, Any]]] = [
@@ -293,17 +293,23 @@ def run(calls: int, rounds: int, threads: int) -> None:
     )
     results: dict[str, Any] = {}
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("in-process decide", total=4 + rounds * 3 + 6)
+        task = progress.add_task("in-process decide", total=4 + rounds * 3)
         # 1. in process
         timer = summary(timer_cost(calls))
         progress.advance(task)
+        per_round = max(1, calls // rounds)
         for name, path, reqs in (
-            ("seed", SEED, seed_requests(calls)),
-            ("fifty_tools", FIFTY, fifty_requests(calls)),
+            ("seed", SEED, seed_requests(per_round)),
+            ("fifty_tools", FIFTY, fifty_requests(per_round)),
         ):
-            time_decide(path, reqs[: calls // 10])  # warm-up: caches, specialised bytecode
-            samples, kinds = time_decide(path, reqs)
-            results[name] = (summary(samples), kinds)
+            time_decide(path, reqs[: per_round // 10])  # warm-up: caches, specialised bytecode
+            # Best of several rounds, as timeit does: load from other processes only ever
+            # adds time, so the quietest round is the closest to the code's own cost.
+            figures = []
+            for _ in range(rounds):
+                samples, kinds = time_decide(path, reqs)
+                figures.append(summary(samples))
+            results[name] = (min(figures), statistics.median(f[0] for f in figures), kinds)
             progress.advance(task)
 
         # 2. gRPC latency, interleaved rounds
@@ -358,7 +364,8 @@ def run(calls: int, rounds: int, threads: int) -> None:
                 tp["pair_off"].append(throughput(pair_plain, n_thread, threads))
                 tp["pair_on"].append(throughput(pair_spans, n_thread, threads))
                 progress.advance(task)
-            results["tp"] = {k: statistics.median(v) for k, v in tp.items()}
+            # Best round per workload: other processes' load only ever takes throughput away.
+            results["tp"] = {k: max(v) for k, v in tp.items()}
             results["payload"] = len(payload)
         finally:
             for child in (echo, plain, spans):
@@ -370,19 +377,23 @@ def run(calls: int, rounds: int, threads: int) -> None:
 def report(
     results: dict[str, Any], timer: tuple[float, float], calls: int, rounds: int, threads: int
 ) -> None:
-    t = Table(title=f"in-process decide, {calls} calls each (timed one by one)")
-    for col in ("policy", "p50 µs", "p99 µs", "target p50", "decisions"):
+    t = Table(
+        title=f"in-process decide, {rounds} rounds of {calls // rounds} calls "
+        "(each call timed; best round, median round's p50 beside it)"
+    )
+    for col in ("policy", "p50 µs", "p99 µs", "median-round p50", "target p50", "allow/deny/appr."):
         t.add_column(col)
-    t.add_row("(timer alone)", f"{timer[0] / 1000:.2f}", f"{timer[1] / 1000:.2f}", "", "")
+    t.add_row("(timer alone)", f"{timer[0] / 1000:.2f}", f"{timer[1] / 1000:.2f}", "", "", "")
     for name, target in (("seed", 3.0), ("fifty_tools", 10.0)):
-        (p50, p99), kinds = results[name]
+        (p50, p99), median_p50, kinds = results[name]
         ok = "met" if p50 / 1000 <= target else "MISSED"
         t.add_row(
             name,
             f"{p50 / 1000:.2f}",
             f"{p99 / 1000:.2f}",
+            f"{median_p50 / 1000:.2f}",
             f"≤ {target:g} ({ok})",
-            ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+            "/".join(str(kinds.get(k, 0)) for k in ("allow", "deny", "require_approval")),
         )
     console.print(t)
 
@@ -404,7 +415,7 @@ def report(
     console.print(g)
 
     tp = results["tp"]
-    h = Table(title=f"gRPC throughput, {threads} caller threads (median of {rounds} rounds)")
+    h = Table(title=f"gRPC throughput, {threads} caller threads (best of {rounds} rounds)")
     for col in ("workload", "calls/s", "ratio"):
         h.add_column(col)
     h.add_row("echo (baseline)", f"{tp['echo']:.0f}", "1.00")
@@ -432,7 +443,7 @@ def report(
 def main() -> int:
     parser = argparse.ArgumentParser(description="Enforcer benchmark (not a test).")
     parser.add_argument("--calls", type=int, default=100_000, help="in-process calls per policy")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved gRPC rounds")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds (interleaved for gRPC)")
     parser.add_argument("--threads", type=int, default=4, help="caller threads for throughput")
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
     parser.add_argument(

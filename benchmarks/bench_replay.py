@@ -37,7 +37,6 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -57,12 +56,44 @@ out = Console(highlight=False)
 
 # Values that fall on both sides of the policy's predicates.
 STRINGS = [
-    "/workspace/src/app.py", "/workspace/.env", "/etc/passwd", "/usr/bin/x", "*", "a*",
-    "acme/api", "acme/other", "main", "dev", "release", "#eng-build", "#random", "password=1",
-    "SELECT * FROM users", "select 1; drop table x", "ls -la", "sudo rm -rf /", "git status",
-    "https://example.com", "http://169.254.169.254/", "ops@acme.com", "x@gmail.com",
-    "kube-system", "default", "prod", "Done", "duplicate", "usd", "jpy", "BEGIN PRIVATE KEY x",
-    "import subprocess", "print(1)", "all@acme.com", "acme-secrets", "acme-data", "OPS", "HR",
+    "/workspace/src/app.py",
+    "/workspace/.env",
+    "/etc/passwd",
+    "/usr/bin/x",
+    "*",
+    "a*",
+    "acme/api",
+    "acme/other",
+    "main",
+    "dev",
+    "release",
+    "#eng-build",
+    "#random",
+    "password=1",
+    "SELECT * FROM users",
+    "select 1; drop table x",
+    "ls -la",
+    "sudo rm -rf /",
+    "git status",
+    "https://example.com",
+    "http://169.254.169.254/",
+    "ops@acme.com",
+    "x@gmail.com",
+    "kube-system",
+    "default",
+    "prod",
+    "Done",
+    "duplicate",
+    "usd",
+    "jpy",
+    "BEGIN PRIVATE KEY x",
+    "import subprocess",
+    "print(1)",
+    "all@acme.com",
+    "acme-secrets",
+    "acme-data",
+    "OPS",
+    "HR",
 ]
 
 
@@ -119,9 +150,15 @@ def build_store(data: Path, calls: int, seed: int = 7) -> None:
     recorded = compile_document(_recorded_variant(candidate.document))
     pools = _argument_pool(candidate, rng)
     names = [t.key.replace("*", "x") for t in candidate.tools]
-    names += ["unknown/tool_a", "other/thing", "github/list_branches", "kubernetes/get_pods",
-              "debug/dump", "stripe/x_admin"]
-    weights = rng.pareto(1.2, len(names)) + 0.2
+    names += [
+        "unknown/tool_a",
+        "other/thing",
+        "github/list_branches",
+        "kubernetes/get_pods",
+        "debug/dump",
+        "stripe/x_admin",
+    ]
+    weights = rng.pareto(2.0, len(names)) + 0.5
     weights /= weights.sum()
     tool_idx = rng.choice(len(names), size=calls, p=weights).astype(np.int32)
     sessions = rng.integers(0, 60_000, size=calls).astype(np.int32)
@@ -131,10 +168,16 @@ def build_store(data: Path, calls: int, seed: int = 7) -> None:
     # Bursts: 1 % of calls from a few agents hammering slack and shell inside one minute.
     burst = rng.random(calls) < 0.01
     hot = names.index("slack/post_message")
-    tool_idx[burst] = np.where(rng.random(int(burst.sum())) < 0.5, hot, names.index("shell/execute_command"))
+    tool_idx[burst] = np.where(
+        rng.random(int(burst.sum())) < 0.5, hot, names.index("shell/execute_command")
+    )
     agents[burst] = rng.integers(0, 5, size=int(burst.sum()))
     sessions[burst] = agents[burst]
-    start[burst] = START_US + (rng.integers(0, DAYS * 24 * 60, size=int(burst.sum())) // 97) * 60_000_000 + rng.integers(0, 60_000_000, size=int(burst.sum()))
+    start[burst] = (
+        START_US
+        + (rng.integers(0, DAYS * 24 * 60, size=int(burst.sum())) // 997) * 60_000_000
+        + rng.integers(0, 60_000_000, size=int(burst.sum()))
+    )
     duration = (rng.lognormal(12.5, 1.0, size=calls)).astype(np.int64)
     failed = rng.random(calls) < 0.03
     servers, _, short = zip(*(n.rpartition("/") for n in names), strict=True)
@@ -150,11 +193,15 @@ def build_store(data: Path, calls: int, seed: int = 7) -> None:
             "start_us": start,
             "end_us": start + duration,
             # Decimal digits zero-padded to 16 are valid lowercase hex span ids.
-            "span_id": pl.Series(np.arange(1, calls + 1, dtype=np.int64)).cast(pl.String).str.zfill(16),
+            "span_id": pl.Series(np.arange(1, calls + 1, dtype=np.int64))
+            .cast(pl.String)
+            .str.zfill(16),
             "agent_id": pl.Series(agents).cast(pl.String).str.replace(r"^", "agent-"),
             "session_id": pl.Series(sessions).cast(pl.String).str.replace(r"^", "sess-"),
             "grant": pl.Series(grants).cast(pl.String).str.replace(r"^", "grant-"),
-            "server": pl.Series(np.array(servers, dtype=object)[tool_idx].tolist(), dtype=pl.String),
+            "server": pl.Series(
+                np.array(servers, dtype=object)[tool_idx].tolist(), dtype=pl.String
+            ),
             "tool": pl.Series(np.array(short, dtype=object)[tool_idx].tolist(), dtype=pl.String),
             "arguments": pl.Series(flat, dtype=pl.String).gather(arg_idx),
             "failed": failed,
@@ -173,10 +220,9 @@ def build_store(data: Path, calls: int, seed: int = 7) -> None:
         .otherwise(pl.lit(""))
         .alias("outcome")
     )
-    utc = {"time_unit": "us"}
     table = frame.select(
-        pl.from_epoch("start_us", **utc).dt.replace_time_zone("UTC").alias("start_time"),
-        pl.from_epoch("end_us", **utc).dt.replace_time_zone("UTC").alias("end_time"),
+        pl.from_epoch("start_us", time_unit="us").dt.replace_time_zone("UTC").alias("start_time"),
+        pl.from_epoch("end_us", time_unit="us").dt.replace_time_zone("UTC").alias("end_time"),
         pl.col("span_id").str.zfill(32).alias("trace_id"),
         "span_id",
         pl.lit("").alias("parent_span_id"),
@@ -192,7 +238,10 @@ def build_store(data: Path, calls: int, seed: int = 7) -> None:
         pl.col("r_message").alias("message"),
         pl.lit(recorded.version).alias("policy_version"),
         "outcome",
-        pl.when(pl.col("outcome") == "error").then(pl.lit("ToolError")).otherwise(pl.lit("")).alias("error_type"),
+        pl.when(pl.col("outcome") == "error")
+        .then(pl.lit("ToolError"))
+        .otherwise(pl.lit(""))
+        .alias("error_type"),
         ((pl.col("end_us") - pl.col("start_us")) / 1000).alias("duration_ms"),
         pl.lit(512, dtype=pl.Int64).alias("result_bytes"),
         pl.lit("callward-enforcer").alias("service_name"),
@@ -217,7 +266,14 @@ def engine_loop(calls: pl.DataFrame, policy: CompiledPolicy) -> float:
     for seq, r in enumerate(rows.iter_rows(named=True)):
         while releases and releases[0][0] <= r["start_us"]:
             state.release(heapq.heappop(releases)[2])
-        req = Request(r["tool"], json.loads(r["arguments"]), r["server"], r["grant"], r["agent_id"], r["session_id"])
+        req = Request(
+            r["tool"],
+            json.loads(r["arguments"]),
+            r["server"],
+            r["grant"],
+            r["agent_id"],
+            r["session_id"],
+        )
         d = decide(policy, req, state, r["start_us"] / 1_000_000)
         if d.reserved and r["outcome"] == "error" and r["decision"] != "deny":
             heapq.heappush(releases, (r["end_us"], seq, d.reserved))
@@ -239,8 +295,20 @@ def main() -> None:
 
     # 1. The command, end to end, in its own process: wall time and peak RSS.
     report = VAR / "report.json"
-    cmd = [sys.executable, "-m", "callward_cli", "replay", "--data", str(data), "--policy",
-           str(POLICY), "--format", "json", "--out", str(report)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "callward_cli",
+        "replay",
+        "--data",
+        str(data),
+        "--policy",
+        str(POLICY),
+        "--format",
+        "json",
+        "--out",
+        str(report),
+    ]
     t = time.perf_counter()
     subprocess.run(cmd, check=False, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     cli_s = time.perf_counter() - t
@@ -263,10 +331,14 @@ def main() -> None:
     out.print(f"  fidelity                     {doc['fidelity']['share']!s:>14}")
     out.print(f"  changed / newly denied       {doc['changed']:>10,} / {doc['newly_denied']:,}")
     out.print(f"replay() one policy, in memory {replay_s:>12.1f} s")
-    out.print(f"  calls needing the sequential pass {stats.sequential_calls:>9,} "
-              f"({100 * stats.sequential_calls / calls.height:.2f} %), contended keys {stats.contended_keys:,}")
-    out.print(f"engine loop on {sample.height:,} calls    {loop_s:>12.1f} s "
-              f"-> {loop_full_s:.0f} s for {calls.height:,}")
+    out.print(
+        f"  calls needing the sequential pass {stats.sequential_calls:>9,} "
+        f"({100 * stats.sequential_calls / calls.height:.2f} %), contended keys {stats.contended_keys:,}"
+    )
+    out.print(
+        f"engine loop on {sample.height:,} calls    {loop_s:>12.1f} s "
+        f"-> {loop_full_s:.0f} s for {calls.height:,}"
+    )
     out.print(f"speed-up, replay() vs loop     {loop_full_s / replay_s:>12.1f} x   target >= 50 x")
     out.print(f"speed-up, whole command vs loop {loop_full_s / cli_s:>11.1f} x")
 

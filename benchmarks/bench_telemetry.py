@@ -152,10 +152,12 @@ def run_mode(reqs: list[Request], recorder: CallRecorder | None) -> float:
             span = recorder.begin(req, decision)
             if span is not None:
                 span.end(outcome="ok", duration_ms=1.0, result_bytes=128)
+    if recorder is not None:
+        recorder.force_flush(60_000)  # timed: every span exported, not merely queued
     return len(reqs) / (time.perf_counter() - start)
 
 
-def run_sdk_floor(reqs: list[Request], tracer: Any) -> float:
+def run_sdk_floor(reqs: list[Request], tracer_provider: Any) -> float:
     """decide + a bare SDK span with as many attributes as ours, none of our code: the floor
     any OTel-SDK-based recorder pays."""
     policy = POLICY
@@ -163,12 +165,14 @@ def run_sdk_floor(reqs: list[Request], tracer: Any) -> float:
     now = 1_800_000_000.0
     attrs = {f"attr.{i}": f"value {i}" for i in range(13)}
     end_attrs = {"end.a": "ok", "end.b": 1.0, "end.c": 128}
+    tracer = tracer_provider.get_tracer("bench")
     start = time.perf_counter()
     for i, req in enumerate(reqs):
         decide(policy, req, state, now + i * 0.01)
         span = tracer.start_span(f"execute_tool {req.tool}", attributes=attrs)
         span.set_attributes(end_attrs)
         span.end()
+    tracer_provider.force_flush(60_000)
     return len(reqs) / (time.perf_counter() - start)
 
 
@@ -177,19 +181,23 @@ def bench_spans(calls: int, rounds: int, tmp: Path) -> dict[str, Any]:
 
     sink, port = start_sink(tmp)
     try:
-        discarding = CallRecorder("bench", DiscardingExporter())
+        # Queues hold a whole round, so no span is dropped and every one is paid for.
+        discarding = CallRecorder("bench", DiscardingExporter(), max_queue_size=calls + 1)
         otlp = CallRecorder(
-            "bench", OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}", insecure=True)
+            "bench",
+            OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}", insecure=True),
+            max_queue_size=calls + 1,
         )
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         floor_provider = TracerProvider()
-        floor_provider.add_span_processor(BatchSpanProcessor(DiscardingExporter()))
-        floor_tracer = floor_provider.get_tracer("bench")
+        floor_provider.add_span_processor(
+            BatchSpanProcessor(DiscardingExporter(), max_queue_size=calls + 1)
+        )
         modes: dict[str, Callable[[list[Request]], float]] = {
             "off": lambda r: run_mode(r, None),
-            "bare SDK span (floor), discarding": lambda r: run_sdk_floor(r, floor_tracer),
+            "bare SDK span (floor), discarding": lambda r: run_sdk_floor(r, floor_provider),
             "span, discarding exporter": lambda r: run_mode(r, discarding),
             "span, OTLP/gRPC": lambda r: run_mode(r, otlp),
         }
@@ -200,8 +208,6 @@ def bench_spans(calls: int, rounds: int, tmp: Path) -> dict[str, Any]:
             for _ in range(rounds):
                 for mode, fn in modes.items():  # interleaved: load from elsewhere hits all
                     results[mode].append(fn(reqs))
-                    if mode == "span, OTLP/gRPC":
-                        otlp.force_flush(30_000)
                     progress.advance(task)
         discarding.shutdown()
         floor_provider.shutdown()

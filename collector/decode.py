@@ -92,7 +92,7 @@ _ZERO_SPAN = bytes(8)
 _NS_PER_US = 1000
 # Values this short are cached: ids, tool names and enums repeat across spans.
 _CACHEABLE_CHARS = 256
-_CACHE_SIZE = 65536
+_CACHE_SIZE = 8192  # per cache; unique values (call ids) churn it, repeated ones stay
 
 
 @dataclass(frozen=True)
@@ -451,7 +451,7 @@ class Decoder:
                     others[key] = red.value(key, raw)
             elif kind == _K_ARGUMENTS:
                 row["arguments"] = red.arguments(raw)
-            elif kind == _K_DECISION or kind == _K_OUTCOME:  # noqa: PLR1714
+            elif kind in (_K_DECISION, _K_OUTCOME):
                 column = "decision" if kind == _K_DECISION else "outcome"
                 allowed = DECISIONS if kind == _K_DECISION else OUTCOMES
                 if raw in allowed:
@@ -478,7 +478,9 @@ class Decoder:
         if code:
             others["otel.status_code"] = "ERROR" if code == Status.STATUS_CODE_ERROR else "OK"
             if status.message:
-                others["otel.status_description"] = red.text("otel.status_description", status.message)
+                others["otel.status_description"] = red.text(
+                    "otel.status_description", status.message
+                )
         if not row["outcome"] and not row["decision"]:
             # A span from another agent records a call that ran; its status says how it went.
             failed = bool(row["error_type"]) or code == Status.STATUS_CODE_ERROR
@@ -504,7 +506,8 @@ class Decoder:
         """The attributes bag as JSON. Bags repeat across spans (same scope, resource and
         MCP method), so bags of plain scalars are cached by their items."""
         try:
-            ck: Any = tuple(others.items())
+            # Types are part of the key: True == 1 == 1.0, but their JSON differs.
+            ck: Any = (tuple(others.items()), tuple(map(type, others.values())))
             out = self._json_cache.get(ck)
         except TypeError:  # a list or map value: not hashable, not cached
             return _bounded_attributes(others, self.limits.max_attributes_bytes)

@@ -8,18 +8,23 @@ encoded for the spool (Arrow IPC), so the main process mostly moves bytes.
 ``workers=0`` decodes in the calling thread instead, through the very same function
 (:func:`decode_export`), so there is one implementation of the semantics either way.
 
-Workers are ``spawn``ed, not forked: a forked child would inherit the write end of its
-own task pipe and linger forever if the collector is killed; a spawned one sees the pipe
-close and exits. A worker that dies (say, killed by the OOM killer) breaks the pool; the
+Workers are ``spawn``ed, not forked (a fork would copy the gRPC server's threads and
+locks), and each exits on its own when the collector process is gone, even after a
+SIGKILL (:func:`_exit_with_parent`). A worker that dies (say, killed by the OOM killer) breaks the pool; the
 Export in flight gets UNAVAILABLE (clients retry) and the pool is rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import signal
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -31,6 +36,8 @@ from collector.otlp_parse import parse_request
 from collector.spool import encode_rows
 
 log = logging.getLogger("callward.collector.decode")
+
+_PARENT_CHECK_S = 0.5
 
 
 class DecodeUnavailableError(RuntimeError):
@@ -81,9 +88,42 @@ def _warm_up(limits: DecodeLimits) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start workers without re-importing the program's main module in each of them.
+
+    ``spawn`` re-imports ``__main__`` in every child. Started as ``callward collector``,
+    that module imports every component of callward (MCP, replay, ...), which costs each
+    worker seconds and tens of megabytes for nothing it uses. multiprocessing skips that
+    step for a main module with neither a ``__spec__`` name nor a ``__file__``, so both are
+    hidden while the workers start. Only called before the port opens or under the pool
+    lock, from one thread.
+    """
+    main = sys.modules["__main__"]
+    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
+    try:
+        main.__spec__ = None
+        if hasattr(main, "__file__"):
+            del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
 def _init_worker() -> None:
     # Ctrl-C reaches the whole process group; only the main process decides to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker outlives a SIGKILLed collector otherwise: each child holds both ends of
+    its task pipe, so it never sees end-of-file. When the parent is gone the worker is
+    re-parented, which is what this watches for."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_CHECK_S)
+    os._exit(0)
 
 
 class DecodePool:
@@ -108,10 +148,16 @@ class DecodePool:
         if self.workers <= 0:
             _warm_up(self.limits)
             return
-        self._executor = self._new_executor()
-        warm = [self._executor.submit(_warm_up, self.limits) for _ in range(self.workers)]
+        self._executor = self._started_executor()
+
+    def _started_executor(self) -> ProcessPoolExecutor:
+        executor = self._new_executor()
+        # Workers are spawned on submit; spawn them all now, with the main module hidden.
+        with _main_module_hidden():
+            warm = [executor.submit(_warm_up, self.limits) for _ in range(self.workers)]
         for f in warm:
             f.result()
+        return executor
 
     def decode(self, data: bytes, now_ns: int, forward: bool) -> DecodedExport:
         executor = self._executor
@@ -137,7 +183,8 @@ class DecodePool:
                 return
             log.error("a decode worker died; starting a new pool")
             broken.shutdown(wait=False, cancel_futures=True)
-            self._executor = self._new_executor()
+            self._executor = None  # decode inline while the new workers start
+            self._executor = self._started_executor()
             self.restarts += 1
 
     def shutdown(self) -> None:

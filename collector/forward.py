@@ -294,7 +294,7 @@ class Forwarder:
         record = _HEADER.pack(len(payload), zlib.crc32(payload), spans) + payload
         with self._lock:
             if len(record) > self.max_queue_bytes:
-                self._note_drop(spans, len(record), "newest request (larger than the queue)")
+                self._note_drop(spans, len(record), "newest request, larger than the whole queue")
                 return
             while self.stats.queued_bytes + len(record) > self.max_queue_bytes:
                 if not self._drop_oldest():
@@ -307,7 +307,7 @@ class Forwarder:
             try:
                 os.write(current.fd, record)
             except OSError as e:
-                self._note_drop(spans, len(record), f"newest request (write failed: {e})")
+                self._note_drop(spans, len(record), f"newest request, queue write failed: {e}")
                 return
             current.size += len(record)
             current.spans += spans
@@ -386,7 +386,7 @@ class Forwarder:
             segment.path.unlink(missing_ok=True)
         self.stats.queued -= segment.spans
         self.stats.queued_bytes -= segment.size
-        self._note_drop(segment.spans, segment.size, "oldest queued segment")
+        self._note_drop(segment.spans, segment.size, "queue full: oldest queued segment")
         return True
 
     def _note_drop(self, spans: int, size: int, what: str) -> None:
@@ -451,7 +451,13 @@ class Forwarder:
             except _Permanent as e:
                 with self._lock:
                     self.stats.last_error = str(e)
-                    self._note_drop(batch.spans, len(batch.payload), f"batch refused ({e})")
+                    self.stats.dropped += batch.spans
+                log.warning(
+                    "backend %s refused a batch for good (%s): %d span(s) dropped, not retried",
+                    self.endpoint,
+                    e,
+                    batch.spans,
+                )
                 return True
             except Exception as e:
                 with self._lock:
@@ -513,7 +519,7 @@ class _DropLog:
             return
         limit, endpoint = self._context
         log.warning(
-            "forward queue to %s full (limit %d bytes): dropped %d span(s), %d bytes (%s)",
+            "forward queue to %s (limit %d bytes): dropped %d span(s), %d bytes (%s)",
             endpoint,
             limit,
             self._pending_spans,

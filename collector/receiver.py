@@ -133,9 +133,15 @@ def serve(
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            # gRPC shares ports between processes by default; a second collector on the
+            # same address should fail to start instead of silently taking half the load.
+            ("grpc.so_reuseport", 0),
         ],
     )
-    port = server.add_insecure_port(listen)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as e:  # grpc reports a failed bind this way
+        raise OSError(f"could not listen on {listen} (address in use?)") from e
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     server.start()

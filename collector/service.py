@@ -16,7 +16,9 @@ Ordering promises (collector/README.md has the why):
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from collector.store import StoreWriter, save_policy
 log = logging.getLogger("callward.collector")
 
 SPOOL_DIR = "spool"
+LOCK_FILE = "collector.lock"
 FORWARD_QUEUE_DIR = "forward-queue"
 
 
@@ -74,11 +77,20 @@ class Collector:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._lock_fd: int | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> int:
         """Recover, start writing and forwarding, open the port. Returns the bound port."""
+        self._take_lock()
+        try:
+            return self._start_locked()
+        except BaseException:
+            self.stop(grace_s=0)  # release the lock, the workers and the writer thread
+            raise
+
+    def _start_locked(self) -> int:
         self.writer = StoreWriter(self.data_dir)
         self.spool = Spool(self.data_dir / SPOOL_DIR, fsync=self.config.fsync)
         self._recover()
@@ -106,6 +118,18 @@ class Collector:
         )
         log.info("collector listening on port %d, data in %s", self.port, self.data_dir)
         return self.port
+
+    def _take_lock(self) -> None:
+        """One collector per data directory: two would each replay and delete the other's
+        spool segments. The lock dies with the process, SIGKILL included."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(f"another collector is already using {self.data_dir}") from None
+        self._lock_fd = fd
 
     def _recover(self) -> None:
         assert self.spool is not None and self.writer is not None
@@ -147,6 +171,9 @@ class Collector:
                 log.warning("forwarder shutdown failed: %r", e)
         if self.writer is not None:
             self.writer.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         self._stopped.set()
 
     def wait(self, timeout: float | None = None) -> bool:

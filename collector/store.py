@@ -11,9 +11,10 @@ What it promises:
 - **No half file is ever visible.** Each Parquet file is written under a temp name that
   no reader's ``*.parquet`` glob matches (``.part-<uuid>.parquet.tmp``; DuckDB's glob does
   not skip dot files), fsync'ed, renamed into place and the directory fsync'ed. A crash leaves either the whole file or a stale temp file, removed at start.
-- **(trace_id, span_id) is unique across the store.** :class:`StoreWriter` keeps the keys
-  already written in memory (rebuilt from the Parquet files when it opens) and drops rows
-  whose key it has seen, so OTLP retries and spool replays after a crash never duplicate.
+- **(trace_id, span_id) is unique across the store.** :class:`StoreWriter` drops rows
+  whose key is already stored (keys are read back from the Parquet files of each date
+  partition it writes to), so OTLP retries and spool replays after a crash never
+  duplicate.
 - **Readers are never locked out.** DuckDB allows one read-write process *or* many
   read-only ones per file, so the DuckDB file is opened only for the moment it takes to
   (re)create the view, then closed. The view holds the absolute path of ``D``, so
@@ -28,14 +29,15 @@ import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from collector.durable import TEMP_PREFIX, TEMP_SUFFIX, atomic_write_bytes, fsync_dir
 from collector.schema import (
     DUCKDB_FILE,
     PARQUET_DIR,
@@ -48,9 +50,6 @@ from collector.schema import (
 
 log = logging.getLogger("callward.collector.store")
 
-# Temp files start with a dot and end in .tmp: no reader glob (*.parquet, *.json) sees them.
-_TEMP_PREFIX = "."
-_TEMP_SUFFIX = ".tmp"
 _REQUIRED = ("start_time", "end_time", "trace_id", "span_id")
 _DUCKDB_TYPES = {
     "start_time": "TIMESTAMPTZ",
@@ -64,26 +63,6 @@ _COMPRESSION = "zstd"
 
 class StoreLockedError(RuntimeError):
     """The DuckDB file is held by another read-write process; the view was not refreshed."""
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (POSIX needs the directory fsync'ed)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old state or all of it, never part."""
-    tmp = path.with_name(f"{_TEMP_PREFIX}{path.name}.{uuid.uuid4().hex}{_TEMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -178,6 +157,8 @@ def refresh_view(data_dir: Path, *, attempts: int = 5, wait_s: float = 0.1) -> N
     Raises StoreLockedError when another process keeps the file open (readers open it
     read-only, which excludes a writer); callers retry on their next flush.
     """
+    import duckdb  # here, not at the top: decode workers import this module and never need it
+
     path = Path(data_dir) / DUCKDB_FILE
     sql = view_sql(data_dir)
     last: Exception | None = None
@@ -203,9 +184,9 @@ def ensure_store(data_dir: Path) -> Path:
     root = Path(data_dir).resolve()
     (root / PARQUET_DIR).mkdir(parents=True, exist_ok=True)
     (root / POLICIES_DIR).mkdir(parents=True, exist_ok=True)
-    for stale in (root / PARQUET_DIR).glob(f"*/{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+    for stale in (root / PARQUET_DIR).glob(f"*/{TEMP_PREFIX}*{TEMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
-    for stale in (root / POLICIES_DIR).glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+    for stale in (root / POLICIES_DIR).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
     try:
         refresh_view(root)
@@ -237,7 +218,7 @@ def _write_partition(root: Path, date: str, table: pa.Table) -> Path:
     if new_dir:
         fsync_dir(part_dir.parent)
     final = part_dir / f"part-{uuid.uuid4().hex}.parquet"
-    tmp = part_dir / f"{_TEMP_PREFIX}{final.name}{_TEMP_SUFFIX}"
+    tmp = part_dir / f"{TEMP_PREFIX}{final.name}{TEMP_SUFFIX}"
     with open(tmp, "wb") as f:
         pq.write_table(table, f, compression=_COMPRESSION)
         f.flush()
@@ -250,41 +231,49 @@ def _write_partition(root: Path, date: str, table: pa.Table) -> Path:
 class StoreWriter:
     """Appends conformed tool-call rows to the store, at most once per (trace_id, span_id).
 
+    Dedupe is per date partition: a retried or replayed span has the same start time, so
+    it falls in the same partition as its first copy. The keys of a partition are read
+    from its Parquet files the first time a write touches it and kept while it is among
+    the ``partitions_in_memory`` most recently written; older ones are dropped from memory
+    and read again if a late span arrives for them. Memory is therefore bounded by a few
+    days of keys (about 100 bytes per span), not by the whole history.
+
     Not thread-safe: one writer per store (the collector's writer thread, or the generator).
     """
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, *, partitions_in_memory: int = 3):
         self.root = ensure_store(data_dir)
-        self._seen: set[bytes] = set()
+        self.partitions_in_memory = max(1, partitions_in_memory)
+        self._seen: OrderedDict[str, set[bytes]] = OrderedDict()
         self._view_stale = False
         self.rows_written = 0
         self.duplicates_dropped = 0
         self.files_written = 0
-        for path in parquet_files(self.root):
-            keys = pq.read_table(path, columns=["trace_id", "span_id"])
-            self._seen.update(_keys(keys))
+        self.partitions_loaded = 0
 
     @property
     def known_keys(self) -> int:
-        return len(self._seen)
+        """Keys held in memory now (of the partitions written most recently)."""
+        return sum(len(keys) for keys in self._seen.values())
+
+    def _partition_keys(self, date: str) -> set[bytes]:
+        keys = self._seen.get(date)
+        if keys is not None:
+            self._seen.move_to_end(date)
+            return keys
+        keys = set()
+        part_dir = self.root / PARQUET_DIR / f"{PARTITION_COLUMN}={date}"
+        for path in sorted(part_dir.glob("*.parquet")):
+            keys.update(_keys(pq.read_table(path, columns=["trace_id", "span_id"])))
+        self.partitions_loaded += 1
+        self._seen[date] = keys
+        while len(self._seen) > self.partitions_in_memory:
+            self._seen.popitem(last=False)
+        return keys
 
     def write(self, table: pa.Table) -> list[Path]:
         """Conform, de-duplicate and write ``table``; returns the Parquet files created."""
         table = conform(table)
-        if table.num_rows == 0:
-            return []
-        keys = _keys(table)
-        keep: list[bool] = []
-        batch_seen: set[bytes] = set()
-        for key in keys:
-            fresh = key not in self._seen and key not in batch_seen
-            keep.append(fresh)
-            if fresh:
-                batch_seen.add(key)
-        dropped = len(keys) - len(batch_seen)
-        if dropped:
-            self.duplicates_dropped += dropped
-            table = table.filter(pa.array(keep, type=pa.bool_()))
         if table.num_rows == 0:
             return []
         had_files = self.files_written > 0 or bool(parquet_files(self.root))
@@ -292,12 +281,26 @@ class StoreWriter:
         written: list[Path] = []
         for date in sorted(pc.unique(dates).to_pylist()):
             part = table.filter(pc.equal(dates, date))
+            seen = self._partition_keys(date)
+            keys = _keys(part)
+            keep: list[bool] = []
+            fresh_keys: set[bytes] = set()
+            for key in keys:
+                fresh = key not in seen and key not in fresh_keys
+                keep.append(fresh)
+                if fresh:
+                    fresh_keys.add(key)
+            self.duplicates_dropped += len(keys) - len(fresh_keys)
+            if not fresh_keys:
+                continue
+            if len(fresh_keys) < len(keys):
+                part = part.filter(pa.array(keep, type=pa.bool_()))
             written.append(_write_partition(self.root, date, part))
-        # Only now, with every file durable, do the keys count as stored.
-        self._seen.update(batch_seen)
-        self.rows_written += table.num_rows
+            # Only now, with the file durable, do its keys count as stored.
+            seen.update(fresh_keys)
+            self.rows_written += part.num_rows
         self.files_written += len(written)
-        if not had_files or self._view_stale:
+        if written and (not had_files or self._view_stale):
             self._try_refresh_view()
         return written
 

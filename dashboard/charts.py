@@ -48,7 +48,12 @@ def top_bars(frame: pd.DataFrame, column: str, title: str) -> alt.Chart:
         alt.Chart(long)
         .mark_bar()
         .encode(
-            y=alt.Y(f"{column}:N", sort="-x", title=title),
+            y=alt.Y(
+                f"{column}:N",
+                sort="-x",
+                title=None,
+                axis=alt.Axis(labelOverlap=False, labelLimit=180),
+            ),
             x=alt.X("sum(n):Q", title="calls"),
             color=alt.Color(
                 "part:N",
@@ -57,7 +62,7 @@ def top_bars(frame: pd.DataFrame, column: str, title: str) -> alt.Chart:
             ),
             tooltip=[f"{column}:N", "part:N", "n:Q"],
         )
-        .properties(height=max(80, 24 * len(frame)))
+        .properties(height=max(80, 26 * len(frame)))
     )
 
 

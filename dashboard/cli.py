@@ -37,6 +37,8 @@ def streamlit_command(data_dir: Path, port: int, host: str) -> list[str]:
         "false",
         "--server.fileWatcherType",
         "none",
+        "--client.toolbarMode",
+        "viewer",
         "--",
         "--data",
         str(data_dir),

@@ -90,7 +90,8 @@ class DetectionRunner:
 
     On a large store the detectors take longer than a page may; the page shows the latest
     finished result (or a "still running" note) instead of waiting. A result older than
-    FINDINGS_TTL_S is recomputed in the background while the old one is still shown.
+    FINDINGS_TTL_S (or five times what the run took, if longer) is recomputed in the
+    background while the old one is still shown.
     """
 
     def __init__(self, detect: Callable[[str], Findings] = _run_detectors):
@@ -117,7 +118,7 @@ class DetectionRunner:
         with self._lock:
             job = self._jobs.get(data_dir)
             done = self._done.get(data_dir)
-            if job is None and (done is None or now - done[0] > FINDINGS_TTL_S):
+            if job is None and (done is None or now > done[0]):
                 job = _Job(self._executor.submit(self._safe_detect, data_dir), now)
                 self._jobs[data_dir] = job
         if job is not None:
@@ -127,7 +128,11 @@ class DetectionRunner:
                 pass
             else:
                 with self._lock:
-                    self._done[data_dir] = (job.started, result)
+                    # Stale after the TTL, or after five runs' time on a store so large
+                    # that detection would otherwise never stop competing with the pages.
+                    finished = time.monotonic()
+                    took = finished - job.started
+                    self._done[data_dir] = (finished + max(FINDINGS_TTL_S, 5 * took), result)
                     if self._jobs.get(data_dir) is job:
                         del self._jobs[data_dir]
                 done = self._done[data_dir]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,15 @@ def run(
     return frame
 
 
+def prepare(data_dir: str) -> None:
+    """Bring the view and the rollups up to date with the files on disk (cheap if nothing
+    changed); the app calls it under a spinner so a long first summary is visible."""
+    try:
+        connect(data_dir).refresh()
+    except rollups.SummaryError as e:
+        raise QueryError(e.message, e.sql) from None
+
+
 def _q(data_dir: str, sql: str, params: Sequence[Any] = (), **kw: Any) -> pd.DataFrame:
     return run(connect(data_dir), sql, params, **kw)
 
@@ -244,6 +253,11 @@ def _rollup_ok(data_dir: str, flt: CallFilter, bucket: timedelta | None = None) 
     if bucket is not None and bucket % timedelta(hours=1):
         return False
     return rollups.covers(store, flt)
+
+
+def _utc(moment: pd.Timestamp) -> datetime:
+    """A plain ``datetime`` in ``datetime.UTC`` (DuckDB hands back ``Etc/UTC`` zoneinfo)."""
+    return moment.to_pydatetime().astimezone(UTC)
 
 
 def _width(name: str) -> timedelta:
@@ -268,8 +282,8 @@ def store_summary(data_dir: str) -> dict[str, Any]:
         "bytes": sum(f.stat().st_size for f in files),
         "calls": 0 if empty else int(row["calls"]),
         "days": int(row["days"]),
-        "first_span": None if empty else row["first_span"].to_pydatetime(),
-        "last_span": None if empty else row["last_span"].to_pydatetime(),
+        "first_span": None if empty else _utc(row["first_span"]),
+        "last_span": None if empty else _utc(row["last_span"]),
     }
 
 
@@ -573,12 +587,25 @@ def sessions(data_dir: str, flt: CallFilter, max_rows: int = 500) -> pd.DataFram
 
 @_cached
 def session_calls(
-    data_dir: str, session_id: str = "", trace_id: str = "", max_rows: int = MAX_ROWS
+    data_dir: str,
+    session_id: str = "",
+    trace_id: str = "",
+    first_day: date | None = None,
+    last_day: date | None = None,
+    max_rows: int = MAX_ROWS,
 ) -> pd.DataFrame:
-    """Every call of one session or one trace, in order."""
+    """Every call of one session or one trace, in order; the days, when known, limit the
+    read to those date partitions."""
     if not session_id and not trace_id:
         raise ValueError("a session or a trace id is needed")
-    conds, params = [], []
+    conds: list[str] = []
+    params: list[Any] = []
+    if first_day is not None:
+        conds.append(f"{PARTITION_COLUMN} >= ?")
+        params.append(first_day)
+    if last_day is not None:
+        conds.append(f"{PARTITION_COLUMN} <= ?")
+        params.append(last_day)
     if session_id:
         conds.append("session_id = ?")
         params.append(session_id)

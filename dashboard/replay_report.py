@@ -7,7 +7,7 @@ same one ``callward replay --format json`` prints); this module only draws it.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ def run_replay(
     return build_report(compare(request))
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC)
+
+
 def _single(values: tuple[str, ...]) -> str | None:
     return values[0] if len(values) == 1 else None
 
@@ -63,7 +67,7 @@ def show(data_dir: str, name: str, text: str, flt: CallFilter) -> None:
         )
     try:
         with st.spinner("Replaying the recorded calls under the candidate…"):
-            report = run_replay(data_dir, name, text, flt.start, flt.end, agent, tool)
+            report = run_replay(data_dir, name, text, _utc(flt.start), _utc(flt.end), agent, tool)
     except StoreError as e:
         st.error(f"The store could not be replayed: {e}")
         return

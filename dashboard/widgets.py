@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard import findings
 from dashboard.queries import QueryError
 
+SESSION_SLACK = pd.Timedelta(days=1)  # a session may start before, or end after, a finding
 GET_DATA_IN = """\
 Nothing has been recorded in this store yet. To get data in, either
 
@@ -25,12 +26,12 @@ This page refreshes on its own once calls arrive.
 
 def empty_store(data_dir: str) -> None:
     """The friendly empty state: what is missing and the commands that fill it."""
-    st.info(GET_DATA_IN.format(data_dir=data_dir), icon="📭")
+    st.info(GET_DATA_IN.format(data_dir=data_dir), icon=":material/inbox:")
 
 
 def query_error(error: QueryError) -> None:
     """Show a failed query with its SQL, so an operator can rerun it by hand."""
-    st.error(f"A query failed: {error.message}", icon="⚠️")
+    st.error(f"A query failed: {error.message}", icon=":material/error:")
     with st.expander("SQL"):
         st.code(error.sql.strip(), language="sql")
         if error.params:
@@ -53,8 +54,11 @@ def download(frame: pd.DataFrame, name: str, key: str | None = None) -> None:
     )
 
 
-def table(frame: pd.DataFrame, name: str, **kwargs: Any) -> None:
+def table(frame: pd.DataFrame, name: str, max_rows: int | None = None, **kwargs: Any) -> None:
     """A table with its truncation note and a download button."""
+    if max_rows is not None and len(frame) > max_rows:
+        frame = frame.head(max_rows)
+        frame.attrs["truncated"] = True
     st.dataframe(frame, hide_index=True, width="stretch", **kwargs)
     truncated_note(frame)
     download(frame, name)
@@ -103,7 +107,7 @@ def findings_unavailable(found: findings.Findings, data_dir: str) -> bool:
         st.info(
             "The detectors are still running over the store; findings appear here when "
             "they finish.",
-            icon="⏳",
+            icon=":material/hourglass_top:",
         )
         _await_findings(data_dir)
         return True
@@ -120,18 +124,27 @@ def _await_findings(data_dir: str) -> None:
 
 
 def session_link(row: pd.Series) -> None:
-    """A link from a finding to its session (or trace) on the Sessions page."""
+    """A link from a finding to its session (or trace) on the Sessions page, with the days
+    around the finding so the page reads those partitions only."""
     if row.get("session_id"):
         params, label = {"session": row["session_id"]}, f"session {row['session_id']}"
     elif row.get("trace_id"):
         params, label = {"trace": row["trace_id"]}, f"trace {row['trace_id']}"
     else:
         return
-    st.page_link("views/sessions.py", label=f"Open {label}", icon="🔎", query_params=params)
+    params["from"] = f"{row['first_seen'] - SESSION_SLACK:%Y-%m-%d}"
+    params["to"] = f"{row['last_seen'] + SESSION_SLACK:%Y-%m-%d}"
+    st.page_link(
+        "views/sessions.py", label=f"Open {label}", icon=":material/search:", query_params=params
+    )
+
+
+MAX_PICKABLE = 200
 
 
 def pick_finding(frame: pd.DataFrame, key: str) -> pd.Series:
-    """A picker over findings (most severe first); returns the chosen one's row."""
+    """A picker over the first findings (most severe first); returns the chosen one's row."""
+    frame = frame.head(MAX_PICKABLE)
     labels = [
         f"{r.severity} · {r.pattern} · {r.agent_id} · {r.session_id or r.trace_id} · "
         f"{r.first_seen:%Y-%m-%d %H:%M}"

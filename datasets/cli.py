@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from datasets.generator import DEMO_POLICY, GenerateConfig, generate
+from enforcer.errors import PolicyInvalid
 
 _STAGES = (
     "argument pools",
@@ -19,7 +20,9 @@ _STAGES = (
     "writing store",
 )
 
-datasets_app = typer.Typer(help="Generate labeled agent traffic into a callward store.", no_args_is_help=True)
+datasets_app = typer.Typer(
+    help="Generate labeled agent traffic into a callward store.", no_args_is_help=True
+)
 
 
 @datasets_app.command("generate")
@@ -48,14 +51,21 @@ def generate_command(
         def report(stage: str, fraction: float) -> None:
             progress.update(tasks[stage], completed=fraction)
 
-        summary = generate(cfg, report)
+        try:
+            summary = generate(cfg, report)
+        except PolicyInvalid as e:
+            progress.stop()
+            console.print(f"[red]policy {policy} is invalid:[/]\n{e}")
+            raise typer.Exit(2) from None
     console.print(
         f"[green]wrote[/] {summary.rows} calls in {summary.sessions} sessions to {out} "
         f"({summary.incidents} incidents, {summary.hard_negatives} hard negatives; "
         f"labels: {summary.labels_path})"
     )
     decided = ", ".join(f"{k} {v}" for k, v in sorted(summary.decisions.items()))
-    console.print(f"decisions: {decided}; {summary.replayed_decisions} replayed under contended limits")
+    console.print(
+        f"decisions: {decided}; {summary.replayed_decisions} replayed under contended limits"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from collector.redact import redact_json_text
+from collector.schema import TOOL_CALL_SCHEMA
 from collector.store import StoreWriter
 from datasets.catalog import (
     ARCHETYPES,
@@ -48,10 +49,32 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_POLICY = REPO_ROOT / "examples" / "policies" / "demo.yaml"
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 SESSION_SIGMA = 0.6
-ERROR_TYPES = ("ToolError", "TimeoutError", "FileNotFoundError", "HTTPStatusError: 404", "ValueError")
+ERROR_TYPES = (
+    "ToolError",
+    "TimeoutError",
+    "FileNotFoundError",
+    "HTTPStatusError: 404",
+    "ValueError",
+)
 # Typical latency (ms) and result size (bytes) per tool: log-normal medians.
-LATENCY_MS = {"fetch": 600.0, "http_post": 250.0, "run_python_file": 1800.0, "run_python_code": 900.0, "pip_install_package": 4000.0, "query": 120.0, "send_email": 400.0, "create_charge": 350.0}
-RESULT_BYTES = {"read_file": 3000.0, "fetch": 9000.0, "query": 2500.0, "list_directory": 600.0, "git_log": 1500.0, "get_file_contents": 4000.0}
+LATENCY_MS = {
+    "fetch": 600.0,
+    "http_post": 250.0,
+    "run_python_file": 1800.0,
+    "run_python_code": 900.0,
+    "pip_install_package": 4000.0,
+    "query": 120.0,
+    "send_email": 400.0,
+    "create_charge": 350.0,
+}
+RESULT_BYTES = {
+    "read_file": 3000.0,
+    "fetch": 9000.0,
+    "query": 2500.0,
+    "list_directory": 600.0,
+    "git_log": 1500.0,
+    "get_file_contents": 4000.0,
+}
 
 ProgressFn = Callable[[str, float], None]
 
@@ -97,6 +120,14 @@ def hex_ids(rng: np.random.Generator, n: int, nbytes: int) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
+def _hex(raw: np.ndarray) -> pa.Array:
+    """Rows of raw bytes (an ``n x k`` uint8 array) as ``n`` lowercase hex strings."""
+    n, k = raw.shape
+    data = np.ascontiguousarray(raw).tobytes().hex().encode()
+    offsets = np.arange(0, n * 2 * k + 1, 2 * k, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
 class _Texts:
     """Distinct strings (argument texts, attribute objects) and who owns each."""
 
@@ -126,13 +157,35 @@ def _make_agents(cfg: GenerateConfig, prng: random.Random) -> list[_Agent]:
     for i in range(cfg.agents):
         arche = ARCHETYPES[i % len(ARCHETYPES)]
         name = f"{arche.name}-{i // len(ARCHETYPES) + 1:02d}"
-        agents.append(_Agent(name, "" if arche.anonymous else name, arche, agent_context(name, i, prng)))
+        agents.append(
+            _Agent(name, "" if arche.anonymous else name, arche, agent_context(name, i, prng))
+        )
     return agents
+
+
+def _draw_sessions(
+    rng: np.random.Generator, agents: list[_Agent], cfg: GenerateConfig, t0: float, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sessions of every agent: (agent index, start epoch seconds, number of calls)."""
+    agent_l, start_l, len_l = [], [], []
+    for ai, agent in enumerate(agents):
+        a = agent.archetype
+        n_sess = int(rng.poisson(a.sessions_per_day * cfg.days * scale))
+        hours = np.asarray(a.hours) / np.sum(a.hours)
+        day = rng.integers(0, cfg.days, n_sess)
+        hour = rng.choice(24, n_sess, p=hours)
+        start = t0 + day * 86400.0 + hour * 3600.0 + rng.uniform(0, 3600, n_sess)
+        length = np.round(rng.lognormal(np.log(a.session_calls), SESSION_SIGMA, n_sess))
+        agent_l.append(np.full(n_sess, ai, dtype=np.int64))
+        start_l.append(start)
+        len_l.append(np.clip(length, 1, 8 * a.session_calls).astype(np.int64))
+    return np.concatenate(agent_l), np.concatenate(start_l), np.concatenate(len_l)
 
 
 def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> GenerateSummary:
     """Generate the store at ``cfg.out`` (appending to an existing store) and its labels."""
     report = progress or (lambda _stage, _fraction: None)
+    policy = load_policy(cfg.policy)  # an invalid policy stops us before any work
     rng = np.random.default_rng(cfg.seed)
     prng = random.Random(cfg.seed)
     agents = _make_agents(cfg, prng)
@@ -142,7 +195,10 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
 
     # Expected normal calls per agent-day, to scale sessions to the requested total.
     mean_len = [a.archetype.session_calls * np.exp(SESSION_SIGMA**2 / 2) for a in agents]
-    expected = sum(a.archetype.sessions_per_day * m for a, m in zip(agents, mean_len, strict=True)) * cfg.days
+    expected = (
+        sum(a.archetype.sessions_per_day * m for a, m in zip(agents, mean_len, strict=True))
+        * cfg.days
+    )
     scale = (cfg.calls / expected) if cfg.calls else 1.0
 
     # ---- argument pools
@@ -164,26 +220,28 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
         first = len(attrs.values)
         if agent.archetype.records_results:
             for _ in range(40):
-                attrs.add(json.dumps({**base, "gen_ai.tool.call.result": result_excerpt(prng)}), ai, -1)
+                attrs.add(
+                    json.dumps({**base, "gen_ai.tool.call.result": result_excerpt(prng)}), ai, -1
+                )
         attr_excerpts.append((first, len(attrs.values) - first))
         report("argument pools", (ai + 1) / len(agents))
 
     # ---- sessions and normal calls
-    sess_agent_l, sess_start_l, sess_len_l = [], [], []
-    for ai, agent in enumerate(agents):
-        a = agent.archetype
-        n_sess = int(rng.poisson(a.sessions_per_day * cfg.days * scale))
-        hours = np.asarray(a.hours) / np.sum(a.hours)
-        day = rng.integers(0, cfg.days, n_sess)
-        hour = rng.choice(24, n_sess, p=hours)
-        start = t0 + day * 86400.0 + hour * 3600.0 + rng.uniform(0, 3600, n_sess)
-        length = np.clip(np.round(rng.lognormal(np.log(a.session_calls), SESSION_SIGMA, n_sess)), 1, 8 * a.session_calls)
-        sess_agent_l.append(np.full(n_sess, ai))
-        sess_start_l.append(start)
-        sess_len_l.append(length.astype(np.int64))
-    sess_agent = np.concatenate(sess_agent_l)
-    sess_start = np.concatenate(sess_start_l)
-    sess_len = np.concatenate(sess_len_l)
+    sess_agent, sess_start, sess_len = _draw_sessions(rng, agents, cfg, t0, scale)
+    if cfg.calls:
+        # Sessions are i.i.d. draws: add batches until there are enough calls, then keep a
+        # random prefix, so the store has the requested number of ordinary calls (give or
+        # take the last session).
+        while sess_len.sum() < cfg.calls:
+            more = _draw_sessions(rng, agents, cfg, t0, scale * 0.25)
+            sess_agent, sess_start, sess_len = (
+                np.concatenate(p)
+                for p in zip((sess_agent, sess_start, sess_len), more, strict=True)
+            )
+        perm = rng.permutation(len(sess_len))
+        keep = perm[: int(np.searchsorted(np.cumsum(sess_len[perm]), cfg.calls)) + 1]
+        keep.sort()
+        sess_agent, sess_start, sess_len = sess_agent[keep], sess_start[keep], sess_len[keep]
     n_normal_sessions = len(sess_agent)
     row_session = np.repeat(np.arange(n_normal_sessions), sess_len)
     row_agent = sess_agent[row_session]
@@ -221,7 +279,10 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
 
     # ---- incidents and hard negatives
     per_pattern = max(cfg.min_per_pattern, round(n / cfg.calls_per_incident))
-    inc_rows: dict[str, list] = {k: [] for k in ("session", "time", "tool", "text", "attr", "error", "etype", "rbytes", "labeled")}
+    inc_rows: dict[str, list] = {
+        k: []
+        for k in ("session", "time", "tool", "text", "attr", "error", "etype", "rbytes", "labeled")
+    }
     inc_sessions: list[tuple[int, float]] = []  # (agent, start) per incident session
     inc_meta: list[tuple[Scenario, int, int]] = []  # scenario, agent, session index
     report("incidents", 0.0)
@@ -243,12 +304,16 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
                 t += step.gap
                 inc_rows["session"].append(session)
                 inc_rows["time"].append(t)
-                tool = tool_index[step.tool]
-                inc_rows["tool"].append(tool)
-                inc_rows["text"].append(texts.intern(step.arguments, ai, tool))
+                tool_code = tool_index[step.tool]
+                inc_rows["tool"].append(tool_code)
+                inc_rows["text"].append(texts.intern(step.arguments, ai, tool_code))
                 if step.excerpt:
                     base = json.loads(attrs.values[attr_base[ai]])
-                    inc_rows["attr"].append(attrs.add(json.dumps({**base, "gen_ai.tool.call.result": step.excerpt}), ai, -1))
+                    inc_rows["attr"].append(
+                        attrs.add(
+                            json.dumps({**base, "gen_ai.tool.call.result": step.excerpt}), ai, -1
+                        )
+                    )
                 else:
                     inc_rows["attr"].append(attr_base[ai])
                 inc_rows["error"].append(step.outcome == "error")
@@ -259,7 +324,9 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
 
     m = len(inc_rows["session"])
     all_session = np.concatenate([row_session, np.asarray(inc_rows["session"], dtype=np.int64)])
-    sess_agent = np.concatenate([sess_agent, np.asarray([a for a, _ in inc_sessions], dtype=np.int64)])
+    sess_agent = np.concatenate(
+        [sess_agent, np.asarray([a for a, _ in inc_sessions], dtype=np.int64)]
+    )
     n_sessions = len(sess_agent)
     all_agent = sess_agent[all_session]
     all_time = np.concatenate([row_time, np.asarray(inc_rows["time"], dtype=float)])
@@ -274,13 +341,14 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
     root_spans = hex_ids(rng, n_sessions, 8)
     session_hex = hex_ids(rng, n_sessions, 8)
     anonymous = np.array([agents[a].archetype.anonymous for a in sess_agent.tolist()])
-    session_ids = pc.if_else(pa.array(anonymous), "", pc.binary_join_element_wise("sess_", session_hex, ""))
-    span_ids = hex_ids(rng, total, 8)
-    call_ids = pc.binary_join_element_wise("call_", hex_ids(rng, total, 12), "")
+    session_ids = pc.if_else(
+        pa.array(anonymous), "", pc.binary_join_element_wise("sess_", session_hex, "")
+    )
+    span_raw = np.frombuffer(rng.bytes(total * 8), dtype=np.uint8).reshape(total, 8)
+    call_raw = np.frombuffer(rng.bytes(total * 12), dtype=np.uint8).reshape(total, 12)
 
     # ---- decisions (the enforcer's engine, exact)
     report("policy decisions", 0.0)
-    policy = load_policy(cfg.policy)
     table = CallTable(
         texts=texts.values,
         text_tool=np.asarray(texts.tool, dtype=np.int64),
@@ -307,11 +375,17 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
     inc_rbytes = np.asarray(inc_rows["rbytes"], dtype=np.int64)
     rbytes[n:] = np.where(inc_rbytes >= 0, inc_rbytes, 0)
     outcome_err = all_error & executed
-    etype_pool = np.asarray(ERROR_TYPES, dtype=object)
-    etype = np.where(outcome_err, etype_pool[rng.integers(0, len(ERROR_TYPES), total)], "")
-    inc_etype = np.asarray(inc_rows["etype"], dtype=object)
-    etype[n:] = np.where(outcome_err[n:], np.where(inc_etype == "", "ToolError", inc_etype), "")
-    outcome = np.where(executed, np.where(outcome_err, "error", "ok"), "")
+    # error types as codes into one small table (no per-call Python strings)
+    etypes = ["", *ERROR_TYPES]
+    inc_etype_codes = []
+    for e in inc_rows["etype"]:
+        if e and e not in etypes:
+            etypes.append(e)
+        inc_etype_codes.append(etypes.index(e) if e else 1)
+    etype_code = rng.integers(1, len(ERROR_TYPES) + 1, total)
+    etype_code[n:] = np.asarray(inc_etype_codes, dtype=np.int64)
+    etype_code[~outcome_err] = 0
+    outcome_code = np.where(executed, np.where(outcome_err, 2, 1), 0)
     rb_valid = executed & ~outcome_err
 
     # ---- redaction, as the trail stores arguments
@@ -322,43 +396,50 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
     start_us = np.round((all_time) * 1e6).astype(np.int64)
     end_us = start_us + np.round(duration * 1e3).astype(np.int64)
     order = np.lexsort((np.arange(total), start_us))
-    agent_names = pa.array([a.agent_id for a in agents])
-    sess_of = pa.array(all_session)
-    columns = {
-        "start_time": pa.array(start_us, pa.timestamp("us", tz="UTC")),
-        "end_time": pa.array(end_us, pa.timestamp("us", tz="UTC")),
-        "trace_id": trace_ids.take(sess_of),
-        "span_id": span_ids,
-        "parent_span_id": root_spans.take(sess_of),
-        "call_id": call_ids,
-        "agent_id": agent_names.take(pa.array(all_agent)),
-        "session_id": session_ids.take(sess_of),
-        "grant": pa.array([a.archetype.grant for a in agents]).take(pa.array(all_agent)),
-        "server": pa.array([SERVER_OF[t] for t in TOOLS]).take(pa.array(all_tool)),
-        "tool": pa.array(list(TOOLS)).take(pa.array(all_tool)),
-        "arguments": redacted.take(pa.array(all_text)),
-        "decision": pa.array([d[0] for d in dec_table]).take(pa.array(decisions.code)),
-        "rule": pa.array([d[1] for d in dec_table]).take(pa.array(decisions.code)),
-        "message": pa.array([d[2] for d in dec_table]).take(pa.array(decisions.code)),
-        "policy_version": pa.array(np.full(total, decisions.policy_version, dtype=object), pa.string()),
-        "outcome": pa.array(outcome.astype(object), pa.string()),
-        "error_type": pa.array(etype, pa.string()),
-        "duration_ms": pa.array(duration),
-        "result_bytes": pa.array(rbytes, mask=~rb_valid),
-        "service_name": pa.array([a.archetype.service for a in agents]).take(pa.array(all_agent)),
-        "attributes": pa.array(attrs.values, pa.string()).take(pa.array(all_attr)),
+    lookups = {
+        "agent_id": (pa.array([a.agent_id for a in agents]), all_agent),
+        "grant": (pa.array([a.archetype.grant for a in agents]), all_agent),
+        "service_name": (pa.array([a.archetype.service for a in agents]), all_agent),
+        "server": (pa.array([SERVER_OF[t] for t in TOOLS]), all_tool),
+        "tool": (pa.array(list(TOOLS)), all_tool),
+        "arguments": (redacted, all_text),
+        "decision": (pa.array([d[0] for d in dec_table]), decisions.code),
+        "rule": (pa.array([d[1] for d in dec_table]), decisions.code),
+        "message": (pa.array([d[2] for d in dec_table]), decisions.code),
+        "outcome": (pa.array(["", "ok", "error"]), outcome_code),
+        "error_type": (pa.array(etypes), etype_code),
+        "attributes": (pa.array(attrs.values, pa.string()), all_attr),
+        "trace_id": (trace_ids, all_session),
+        "parent_span_id": (root_spans, all_session),
+        "session_id": (session_ids, all_session),
     }
-    full = pa.table(columns).take(pa.array(order))
 
-    # ---- write through the collector's writer, a chunk at a time
+    # ---- write through the collector's writer, a time-ordered chunk at a time, so memory
+    # holds the per-call codes and one chunk of text, never the whole table twice
     writer = StoreWriter(cfg.out)
     for i in range(0, total, cfg.chunk_rows):
-        writer.write(full.slice(i, cfg.chunk_rows))
+        idx = order[i : i + cfg.chunk_rows]
+        columns = {
+            "start_time": pa.array(start_us[idx], pa.timestamp("us", tz="UTC")),
+            "end_time": pa.array(end_us[idx], pa.timestamp("us", tz="UTC")),
+            "span_id": _hex(span_raw[idx]),
+            "call_id": pc.binary_join_element_wise("call_", _hex(call_raw[idx]), ""),
+            "policy_version": pa.array([decisions.policy_version]).take(
+                pa.array(np.zeros(len(idx), dtype=np.int64))
+            ),
+            "duration_ms": pa.array(duration[idx]),
+            "result_bytes": pa.array(rbytes[idx], mask=~rb_valid[idx]),
+        }
+        for name, (values, codes) in lookups.items():
+            columns[name] = values.take(pa.array(codes[idx]))
+        writer.write(pa.table({name: columns[name] for name in TOOL_CALL_SCHEMA.names}))
         report("writing store", min(1.0, (i + cfg.chunk_rows) / total))
     writer.close()
 
     # ---- labels beside the store
-    labels = _labels(cfg, inc_meta, inc_rows, n, agents, table.session_ids, trace_ids, span_ids, start_us)
+    labels = _labels(
+        cfg, inc_meta, inc_rows, n, agents, table.session_ids, trace_ids, span_raw, start_us
+    )
     path = write_labels(Path(cfg.out), labels)
     counts = np.bincount(decisions.code, minlength=len(dec_table))
     by_decision: dict[str, int] = {}
@@ -381,9 +462,9 @@ def _labels(
     inc_rows: dict[str, list],
     n_normal: int,
     agents: list[_Agent],
-    session_ids: list[str],
+    session_ids: Sequence[str],
     trace_ids: pa.Array,
-    span_ids: pa.Array,
+    span_raw: np.ndarray,
     start_us: np.ndarray,
 ) -> list[Label]:
     sessions = np.asarray(inc_rows["session"], dtype=np.int64)
@@ -391,7 +472,7 @@ def _labels(
     out = []
     for k, (scenario, ai, session) in enumerate(inc_meta):
         rows = np.flatnonzero((sessions == session) & labeled) + n_normal
-        spans = span_ids.take(pa.array(rows)).to_pylist()
+        spans = _hex(span_raw[rows]).to_pylist()
         first = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=int(start_us[rows].min()))
         last = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=int(start_us[rows].max()))
         out.append(

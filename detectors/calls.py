@@ -61,7 +61,9 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _source_sql(source: Path | str | duckdb.DuckDBPyConnection) -> tuple[duckdb.DuckDBPyConnection, str, bool]:
+def _source_sql(
+    source: Path | str | duckdb.DuckDBPyConnection,
+) -> tuple[duckdb.DuckDBPyConnection, str, bool]:
     """A connection and the relation to read calls from; ``owned`` when we opened it."""
     if isinstance(source, duckdb.DuckDBPyConnection):
         return source, TABLE, False
@@ -69,14 +71,21 @@ def _source_sql(source: Path | str | duckdb.DuckDBPyConnection) -> tuple[duckdb.
     if not root.exists():
         raise FileNotFoundError(f"no store at {root}")
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     files = [p for p in (root / PARQUET_DIR).glob("*/*.parquet") if not p.name.startswith(".")]
     if not files:
         return con, "", True
     glob = str(root.resolve() / PARQUET_DIR / "*" / "*.parquet")
-    return con, f"read_parquet({_literal(glob)}, hive_partitioning = true, union_by_name = true)", True
+    return (
+        con,
+        f"read_parquet({_literal(glob)}, hive_partitioning = true, union_by_name = true)",
+        True,
+    )
 
 
-def _classify_tools(names: list[str], cfg: DetectorConfig) -> list[tuple[str, bool, bool, bool, bool, bool]]:
+def _classify_tools(
+    names: list[str], cfg: DetectorConfig
+) -> list[tuple[str, bool, bool, bool, bool, bool]]:
     """Roles per distinct tool name; general name heuristics, no list of known tools."""
     flags = re.IGNORECASE
     read = re.compile(cfg.read_tools, flags)
@@ -113,17 +122,26 @@ def open_calls(
             return
         time_filter = "TRUE" if until is None else f"start_time < {_ts(until)}"
         in_window = "TRUE" if since is None else f"ts >= {_ts(since)}"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW cw_source AS SELECT * FROM {relation} WHERE {time_filter}")
-        tools = [r[0] for r in con.execute("SELECT DISTINCT coalesce(tool, '') FROM cw_source").fetchall()]
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW cw_source AS SELECT * FROM {relation} WHERE {time_filter}"
+        )
+        tools = [
+            r[0]
+            for r in con.execute("SELECT DISTINCT coalesce(tool, '') FROM cw_source").fetchall()
+        ]
         con.execute(
             "CREATE OR REPLACE TEMP TABLE cw_roles (tool VARCHAR, is_read BOOLEAN, is_egress BOOLEAN,"
             " is_untrusted BOOLEAN, is_destructive BOOLEAN, is_side_effect BOOLEAN)"
         )
         if tools:
-            con.executemany("INSERT INTO cw_roles VALUES (?, ?, ?, ?, ?, ?)", _classify_tools(tools, cfg))
+            con.executemany(
+                "INSERT INTO cw_roles VALUES (?, ?, ?, ?, ?, ?)", _classify_tools(tools, cfg)
+            )
         private = _literal(cfg.private_arguments)
         injection = _literal(cfg.injection_text)
-        result_keys = " OR ".join(f"strpos(attributes, {_literal(k)}) > 0" for k in cfg.result_attributes)
+        result_keys = " OR ".join(
+            f"strpos(attributes, {_literal(k)}) > 0" for k in cfg.result_attributes
+        )
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE calls AS
@@ -190,7 +208,7 @@ def open_calls(
         if owned:
             con.close()
         else:
-            for name in ("calls", "cw_roles", "egress"):
+            for name in ("calls", "cw_roles", "egress", "seq", "runs"):
                 con.execute(f"DROP TABLE IF EXISTS {name}")
             con.execute("DROP VIEW IF EXISTS cw_source")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -43,13 +44,15 @@ def detect_command(
         typer.echo(findings_json(report.findings))
         err.print(report.message)
         return
-    console = Console()
+    # piped output (less, grep, a CI log) gets full-width rows rather than 80 columns
+    console = Console() if sys.stdout.isatty() else Console(width=220)
     if not report.findings:
         console.print(report.message)
         return
     table = Table(title=report.message, show_lines=False)
-    for col in ("severity", "kind", "pattern", "agent", "session / trace", "first seen", "calls", "explanation"):
-        table.add_column(col, overflow="fold")
+    for col in ("severity", "kind", "pattern", "agent", "session / trace", "first seen", "calls"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("explanation", overflow="fold", ratio=1)
     for f in report.findings:
         table.add_row(
             f"[{_STYLE[f.severity]}]{f.severity}[/]",

@@ -62,16 +62,21 @@ def secret_in_egress_sql(cfg: DetectorConfig) -> str:
         AND (strpos(kept_arguments, '[REDACTED:') > 0
              OR regexp_matches(kept_arguments, '[A-Za-z0-9+/_-]{{{n},}}'))
     ), blob AS (
-      SELECT span_id, unnest(blobs) AS b FROM cand
+      -- entropy is measured on the first 4 KiB of a blob: enough to tell random from text,
+      -- and a megabyte-long argument cannot make the query quadratic
+      SELECT span_id, row_number() OVER () AS bid, strlen(b) AS blen, left(b, 4096) AS b
+      FROM (SELECT span_id, unnest(blobs) AS b FROM cand)
     ), chars AS (
-      SELECT span_id, b, unnest(string_split(b, '')) AS ch FROM blob
+      SELECT bid, unnest(string_split(b, '')) AS ch FROM blob
     ), freq AS (
-      SELECT span_id, b, ch, count(*) AS c FROM chars GROUP BY span_id, b, ch
+      SELECT bid, ch, count(*) AS c FROM chars GROUP BY bid, ch
+    ), bits AS (
+      SELECT bid, -sum(c / total * log2(c / total)) AS bits
+      FROM (SELECT bid, c, sum(c) OVER (PARTITION BY bid) AS total FROM freq) GROUP BY bid
     ), entropy AS (
-      SELECT span_id, b, -sum(c / strlen(b) * log2(c / strlen(b))) AS bits
-      FROM freq GROUP BY span_id, b
+      SELECT blob.span_id, blob.b, blob.blen, bits.bits FROM blob JOIN bits USING (bid)
     ), random_blobs AS (
-      SELECT span_id, count(*) AS n_blobs, max(strlen(b)) AS longest FROM entropy
+      SELECT span_id, count(*) AS n_blobs, max(blen) AS longest FROM entropy
       WHERE (regexp_full_match(b, '[0-9a-fA-F]+') AND bits >= {cfg.blob_min_entropy_hex})
          OR (regexp_matches(b, '[A-Z]') AND regexp_matches(b, '[a-z]')
              AND regexp_matches(b, '[0-9]') AND bits >= {cfg.blob_min_entropy_base64})

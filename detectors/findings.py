@@ -23,6 +23,7 @@ from detectors.calls import CallsWindow, open_calls
 from detectors.config import DetectorConfig
 from detectors.exfiltration import exfiltration_sql
 from detectors.runaway import runaway_sql
+from detectors.runaway import setup_sql as runaway_setup_sql
 
 KINDS = ("runaway", "exfiltration")
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -87,13 +88,14 @@ def detect_report(
     with open_calls(source, since, until, cfg) as window:
         if window.calls_in_window == 0:
             where = "in the store" if since is None and until is None else "in this time window"
-            return DetectionReport([], 0, f"no tool calls {where}; nothing to analyse", (since, until))
+            return DetectionReport(
+                [], 0, f"no tool calls {where}; nothing to analyse", (since, until)
+            )
         findings = _run(window, cfg)
     counts = {k: sum(1 for f in findings if f.kind == k) for k in KINDS}
     if findings:
-        message = (
-            f"{len(findings)} finding(s) in {window.calls_in_window} calls: "
-            + ", ".join(f"{counts[k]} {k}" for k in KINDS)
+        message = f"{len(findings)} finding(s) in {window.calls_in_window} calls: " + ", ".join(
+            f"{counts[k]} {k}" for k in KINDS
         )
     else:
         message = f"no findings in {window.calls_in_window} calls"
@@ -119,6 +121,8 @@ def _utc(t: datetime | None) -> datetime | None:
 def _run(window: CallsWindow, cfg: DetectorConfig) -> list[Finding]:
     con = window.con
     out: list[Finding] = []
+    for statement in runaway_setup_sql():
+        con.execute(statement)
     for sql in (*runaway_sql(cfg), *exfiltration_sql(cfg)):
         rows = con.execute(sql).fetchall()
         out.extend(_finding(row, cfg) for row in rows)

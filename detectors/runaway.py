@@ -24,18 +24,51 @@ _WHO = (
 _OUT = "agent_id, session_id, trace_id, service"
 
 
+def setup_sql() -> tuple[str, ...]:
+    """The session-ordered ``runs`` table the three consecutive-call patterns share.
+
+    Two window passes over narrow rows, whatever the number of patterns: the first orders
+    each session and looks back up to three calls; the second numbers the runs (a new run
+    starts wherever the previous call does not continue it). Sorting 10 million wide rows
+    once per pattern was the cost this avoids.
+    """
+    return (
+        """
+        CREATE OR REPLACE TEMP TABLE seq AS
+        SELECT skey, ts, span_id, sig, tool, failed, decision = 'deny' AS denied, in_window,
+               agent_id, session_id, trace_id, service,
+               row_number() OVER w AS rn,
+               lag(sig, 1) OVER w AS p1, lag(sig, 2) OVER w AS p2, lag(sig, 3) OVER w AS p3,
+               lag(tool, 1) OVER w AS prev_tool, lag(failed, 1) OVER w AS prev_failed,
+               lag(span_id, 1) OVER w AS s1, lag(span_id, 2) OVER w AS s2
+        FROM calls WINDOW w AS (PARTITION BY skey ORDER BY ts, span_id)
+        """,
+        """
+        CREATE OR REPLACE TEMP TABLE runs AS
+        SELECT *,
+               sum(CASE WHEN sig = p1 THEN 0 ELSE 1 END) OVER v AS loop_run,
+               sum(CASE WHEN failed AND prev_failed AND tool = prev_tool THEN 0 ELSE 1 END)
+                 OVER v AS fail_run,
+               sum(CASE WHEN alt AND prev_alt THEN 0 ELSE 1 END) OVER v AS alt_run
+        FROM (
+          SELECT *, coalesce(sig = p2 AND sig <> p1, FALSE) AS alt,
+                 coalesce(p1 = p3 AND p1 <> p2, FALSE) AS prev_alt
+          FROM seq
+        )
+        WINDOW v AS (PARTITION BY skey ORDER BY rn ROWS UNBOUNDED PRECEDING)
+        """,
+        "DROP TABLE seq",
+    )
+
+
 def identical_loop_sql(cfg: DetectorConfig) -> str:
     """The same tool with the same arguments, back to back, ``loop_repeats`` times or more."""
     return f"""
-    WITH o AS (
-      SELECT *, row_number() OVER (PARTITION BY skey ORDER BY ts, span_id)
-              - row_number() OVER (PARTITION BY skey, sig ORDER BY ts, span_id) AS grp
-      FROM calls
-    ), runs AS (
-      SELECT skey, sig, grp, count(*) AS n, min(ts) AS t0, max(ts) AS t1,
-             list(span_id ORDER BY ts, span_id) AS spans, any_value(tool) AS tool,
+    WITH r AS (
+      SELECT skey, loop_run, count(*) AS n, min(ts) AS t0, max(ts) AS t1,
+             list(span_id ORDER BY rn) AS spans, any_value(tool) AS tool,
              sum(failed::INT) AS failures, {_WHO}
-      FROM o GROUP BY skey, sig, grp
+      FROM runs GROUP BY skey, loop_run
       HAVING count(*) >= {cfg.loop_repeats} AND bool_or(in_window)
     )
     SELECT 'runaway', 'identical_call_loop',
@@ -43,28 +76,18 @@ def identical_loop_sql(cfg: DetectorConfig) -> str:
            {_OUT}, t0, t1, spans, n,
            format('{{}} identical consecutive calls to {{}} (same arguments) in {{}} s; {{}} of them failed',
                   n, tool, CAST(round(epoch(t1) - epoch(t0)) AS BIGINT), failures)
-    FROM runs
+    FROM r
     """
 
 
 def ping_pong_sql(cfg: DetectorConfig) -> str:
     """Two different calls alternating A-B-A-B…, each repeated with the same arguments."""
     return f"""
-    WITH o AS (
-      SELECT *, lag(sig, 1) OVER w AS p1, lag(sig, 2) OVER w AS p2,
-             lag(span_id, 1) OVER w AS s1, lag(span_id, 2) OVER w AS s2,
-             lag(tool, 1) OVER w AS tool_b, row_number() OVER w AS rn
-      FROM calls WINDOW w AS (PARTITION BY skey ORDER BY ts, span_id)
-    ), f AS (
-      SELECT *, coalesce(sig = p2 AND sig <> p1, FALSE) AS alt FROM o
-    ), g AS (
-      SELECT *, rn - row_number() OVER (PARTITION BY skey, alt ORDER BY ts, span_id) AS grp
-      FROM f
-    ), runs AS (
-      SELECT skey, grp, count(*) + 2 AS n, min(ts) AS t0, max(ts) AS t1,
+    WITH r AS (
+      SELECT skey, alt_run, count(*) + 2 AS n, min(ts) AS t0, max(ts) AS t1,
              list_concat([arg_min(s2, rn), arg_min(s1, rn)], list(span_id ORDER BY rn)) AS spans,
-             arg_min(tool, rn) AS tool_a, arg_min(tool_b, rn) AS tool_b, {_WHO}
-      FROM g WHERE alt GROUP BY skey, grp
+             arg_min(tool, rn) AS tool_a, arg_min(prev_tool, rn) AS tool_b, {_WHO}
+      FROM runs WHERE alt GROUP BY skey, alt_run
       HAVING count(*) + 2 >= {cfg.pingpong_calls} AND bool_or(in_window)
     )
     SELECT 'runaway', 'ping_pong',
@@ -72,22 +95,18 @@ def ping_pong_sql(cfg: DetectorConfig) -> str:
            {_OUT}, t0, t1, spans, n,
            format('{{}} calls alternating between the same two calls ({{}} and {{}}) with no progress',
                   n, tool_a, tool_b)
-    FROM runs
+    FROM r
     """
 
 
 def retry_storm_sql(cfg: DetectorConfig) -> str:
     """One tool failing (error or denied) again and again with nothing else in between."""
     return f"""
-    WITH o AS (
-      SELECT *, row_number() OVER (PARTITION BY skey ORDER BY ts, span_id)
-              - row_number() OVER (PARTITION BY skey, tool, failed ORDER BY ts, span_id) AS grp
-      FROM calls
-    ), runs AS (
-      SELECT skey, tool, grp, count(*) AS n, min(ts) AS t0, max(ts) AS t1,
-             list(span_id ORDER BY ts, span_id) AS spans, count(DISTINCT sig) AS variants,
-             sum((decision = 'deny')::INT) AS denied, {_WHO}
-      FROM o WHERE failed GROUP BY skey, tool, grp
+    WITH r AS (
+      SELECT skey, fail_run, any_value(tool) AS tool, count(*) AS n, min(ts) AS t0,
+             max(ts) AS t1, list(span_id ORDER BY rn) AS spans, count(DISTINCT sig) AS variants,
+             sum(denied::INT) AS denied, {_WHO}
+      FROM runs WHERE failed GROUP BY skey, fail_run
       HAVING count(*) >= {cfg.retry_failures} AND bool_or(in_window)
     )
     SELECT 'runaway', 'retry_storm',
@@ -95,7 +114,7 @@ def retry_storm_sql(cfg: DetectorConfig) -> str:
            {_OUT}, t0, t1, spans, n,
            format('{{}} failed calls to {{}} in a row ({{}} denied by policy, {{}} argument variants) in {{}} s without a change of approach',
                   n, tool, denied, variants, CAST(round(epoch(t1) - epoch(t0)) AS BIGINT))
-    FROM runs
+    FROM r
     """
 
 

@@ -4,12 +4,14 @@ Replay needs the verdict of millions of recorded calls. Everything in a decision
 the rate limits depends only on the call itself (tool resolution, ``hide``, ``default``,
 ``action``, ``require`` and ``deny_if``), so it can be computed for a whole table at once.
 This module compiles a :class:`~enforcer.policy.CompiledPolicy` into Polars expressions
-that follow :func:`enforcer.engine.decide` step by step, and returns for every call:
+that follow :func:`enforcer.engine.decide` step by step, and returns for every call (as
+integer codes, :class:`Verdicts`; ``Verdicts.frame()`` gives strings):
 
-* ``s_decision``: ``allow`` (meaning: allowed unless a rate limit is full), ``deny`` or
-  ``require_approval``;
-* ``s_rule``: the JSON pointer the engine would name;
-* ``s_entry``: the index in ``policy.tools`` of the governing entry (-1 when none), which
+* the decision: ``allow`` (meaning: allowed unless a rate limit is full), ``deny``,
+  ``require_approval``, or UNREADABLE when a condition needs arguments that are not a
+  JSON object;
+* the rule: the JSON pointer the engine would name, and the engine's message;
+* the entry: the index in ``policy.tools`` of the governing entry (-1 when none), which
   says which limits apply to an allowed call.
 
 It is not a second implementation of the semantics: tool resolution calls
@@ -113,9 +115,7 @@ class Verdicts:
             {
                 "s_decision": names.gather(codes),
                 "s_rule": pl.Series(self.rules.values, dtype=pl.String).gather(self.rule),
-                "s_message": pl.Series(self.messages.values, dtype=pl.String).gather(
-                    self.message
-                ),
+                "s_message": pl.Series(self.messages.values, dtype=pl.String).gather(self.message),
                 "s_entry": self.entry,
             }
         )
@@ -167,24 +167,25 @@ def stateless_verdicts(policy: CompiledPolicy, calls: pl.DataFrame) -> Verdicts:
         .agg(pl.col(_ROW))
         .with_row_index("__pair")
     )
+    # Rows come out grouped by pair, so each pair's rows are one slice: no sort needed.
     exploded = groups.select("__pair", _ROW).explode(_ROW)
-    pair[exploded.get_column(_ROW).to_numpy()] = exploded.get_column("__pair").to_numpy()
+    all_rows = exploded.get_column(_ROW).to_numpy()
+    pair[all_rows] = exploded.get_column("__pair").to_numpy()
+    sizes = groups.select(pl.col(_ROW).list.len()).to_series().to_numpy()
+    bounds = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(sizes, dtype=np.int64)])
     pairs = [(str(s), str(t)) for s, t in groups.select("server", "tool").iter_rows()]
     p_decision, p_rule, p_entry, p_dynamic = _resolve_pairs(policy, pairs, rules)
     decision[:] = p_decision[pair]
     rule[:] = p_rule[pair]
     entry[:] = p_entry[pair]
-    dynamic = np.flatnonzero(p_dynamic[pair])
-    if dynamic.size:
-        entries = entry[dynamic]
-        order = np.argsort(entries, kind="stable")
-        dynamic, entries = dynamic[order], entries[order]
-        cuts = np.flatnonzero(np.diff(entries)) + 1
-        for rows in np.split(dynamic, cuts):
-            index = int(entry[rows[0]])
-            codes, rule_codes = _entry_verdicts(policy.tools[index], calls, rows, rules)
-            decision[rows] = codes
-            rule[rows] = rule_codes
+    by_entry: dict[int, list[np.ndarray]] = {}
+    for p in np.flatnonzero(p_dynamic):
+        by_entry.setdefault(int(p_entry[p]), []).append(all_rows[bounds[p] : bounds[p + 1]])
+    for index, chunks in by_entry.items():
+        rows = np.concatenate(chunks)
+        codes, rule_codes = _entry_verdicts(policy.tools[index], calls, rows, rules)
+        decision[rows] = codes
+        rule[rows] = rule_codes
     message = _messages(policy, calls, decision, rule, pair, rules, messages)
     return Verdicts(decision, rule, message, entry, pair, pairs, rules, messages)
 
@@ -203,8 +204,10 @@ def _resolve_pairs(
     for i, (server, tool) in enumerate(pairs):
         entry, hidden = policy.resolve(server, tool)
         p_entry[i] = -1 if entry is None else index_of[id(entry)]
-        if hidden or (entry is None and policy.default != ALLOW) or (
-            entry is not None and entry.action == DENY
+        if (
+            hidden
+            or (entry is None and policy.default != ALLOW)
+            or (entry is not None and entry.action == DENY)
         ):
             d = decide(
                 policy, Request(tool=tool, arguments={}, server=server), InMemoryLimitState(), 0.0
@@ -233,9 +236,9 @@ def _messages(
     if refused.size == 0:
         return message
     key = pair[refused].astype(np.int64) * (len(rules.values) + 1) + rule[refused]
-    uniques, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    codes = np.zeros(len(uniques), dtype=np.int32)
-    for j, i in enumerate(refused[first]):
+    firsts = pl.DataFrame({"k": key, "i": refused}).group_by("k").agg(pl.col("i").first())
+    answers: dict[int, int] = {}
+    for k, i in firsts.iter_rows():
         row = calls.row(int(i), named=True)
         d = decide(policy, request_of(row), InMemoryLimitState(), 0.0)
         want = (DECISION_CODES[decision[i]], rules.values[rule[i]])
@@ -244,8 +247,9 @@ def _messages(
                 f"call {i} ({row['tool']}): the engine says {d.decision} {d.rule}, "
                 f"the vectorized verdict says {want[0]} {want[1]}"
             )
-        codes[j] = messages(d.message)
-    message[refused] = codes[inverse.ravel()]
+        answers[int(k)] = messages(d.message)
+    mapped = pl.Series(key).replace_strict(answers, return_dtype=pl.Int32)
+    message[refused] = mapped.to_numpy()
     return message
 
 
@@ -368,7 +372,9 @@ def _is_plain_scalar(v: Any) -> bool:
     return isinstance(v, float) and math.isfinite(v)
 
 
-def _condition_expr(cond: Condition, part: pl.DataFrame, columns: dict[str, _ArgColumns]) -> pl.Expr:
+def _condition_expr(
+    cond: Condition, part: pl.DataFrame, columns: dict[str, _ArgColumns]
+) -> pl.Expr:
     root = cond.path[0]
     if root in FIELD_ROOTS:
         return _field_condition(cond)
@@ -414,8 +420,10 @@ def _args_condition(cond: Condition, part: pl.DataFrame, col: _ArgColumns) -> pl
         return present if v else ~present
     uses_numbers = op in ("lt", "lte", "gt", "gte") or (
         op in ("eq", "neq", "in", "not_in")
-        and any(isinstance(x, int | float) and not isinstance(x, bool)
-                for x in (v if isinstance(v, list) else [v]))
+        and any(
+            isinstance(x, int | float) and not isinstance(x, bool)
+            for x in (v if isinstance(v, list) else [v])
+        )
     )
     if uses_numbers and not _numbers_are_safe(part, col.raw):
         return None

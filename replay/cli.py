@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from enforcer.errors import PolicyInvalid
 from enforcer.policy import CompiledPolicy, load_policy
@@ -62,11 +62,11 @@ def _progress_bar() -> Iterator[ProgressFn]:
         transient=True,
         disable=not err.is_terminal,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(stage: str, fraction: float) -> None:
         if stage not in tasks:
-            tasks[stage] = int(bar.add_task(stage, total=1.0))
+            tasks[stage] = bar.add_task(stage, total=1.0)
         bar.update(tasks[stage], completed=fraction)
 
     with bar:
@@ -78,7 +78,9 @@ def write_decisions(c: Comparison, path: Path) -> None:
     frame = c.calls.select(
         "span_id",
         "call_id",
-        pl.from_epoch(pl.col("start_us"), time_unit="us").dt.replace_time_zone("UTC").alias("start_time"),
+        pl.from_epoch(pl.col("start_us"), time_unit="us")
+        .dt.replace_time_zone("UTC")
+        .alias("start_time"),
         "agent_id",
         "session_id",
         "server",

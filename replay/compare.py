@@ -28,7 +28,13 @@ import polars as pl
 
 from enforcer.policy import CompiledPolicy
 from replay.evaluate import Progress, ReplayStats, replay
-from replay.load import LoadedCalls, RecordedPolicies, SkippedFile, load_calls, load_recorded_policies
+from replay.load import (
+    LoadedCalls,
+    RecordedPolicies,
+    SkippedFile,
+    load_calls,
+    load_recorded_policies,
+)
 
 RECORDED = "__recorded__"
 
@@ -98,15 +104,19 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
         in_report = in_report & (pl.col("tool") == req.tool)
     calls = calls.with_row_index("__call").with_columns(
         in_report.alias("in_report"),
-        ((pl.col("decision") != "") & pl.col("args_ok")).alias("replayable"),
+        (pl.col("decision") != "").alias("replayable"),
     )
 
     replayable = calls.filter(pl.col("replayable"))
-    candidate, stats = replay(replayable, {"candidate": req.candidate}, "candidate", progress=report)
+    candidate, stats = replay(
+        replayable, {"candidate": req.candidate}, "candidate", progress=report
+    )
     replayed = replayable.select("__call").hstack(candidate)
     if req.baseline is not None:
         base, _ = replay(replayable, {"baseline": req.baseline}, "baseline", progress=report)
-        base = base.rename({"r_decision": "b_decision", "r_rule": "b_rule", "r_message": "b_message"})
+        base = base.rename(
+            {"r_decision": "b_decision", "r_rule": "b_rule", "r_message": "b_message"}
+        )
     else:
         base = replayable.select(
             pl.col("decision").alias("b_decision"),
@@ -123,7 +133,7 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
     calls = calls.with_columns(
         pl.when(pl.col("decision") == "")
         .then(pl.lit("no_decision"))
-        .when(~pl.col("args_ok"))
+        .when(pl.col("r_decision").is_null())
         .then(pl.lit("unreadable_arguments"))
         .when(approval_unknown)
         .then(pl.lit("human_approval"))
@@ -131,7 +141,7 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
         .alias("unknown_reason"),
         pl.when(pl.col("decision") == "")
         .then(pl.lit("no_decision"))
-        .when(~pl.col("args_ok"))
+        .when(pl.col("r_decision").is_null())
         .then(pl.lit("unreadable_arguments"))
         .when(pl.col("approval") | (pl.col("decision") == "require_approval"))
         .then(pl.lit("human_approval"))
@@ -174,7 +184,11 @@ def _fidelity(
     placed = (
         replayable.select(pl.arange(0, replayable.height, dtype=pl.UInt32).alias("__i"))
         .filter(mask)
-        .hstack(result.select(pl.col("r_decision").alias("f_decision"), pl.col("r_rule").alias("f_rule")))
+        .hstack(
+            result.select(
+                pl.col("r_decision").alias("f_decision"), pl.col("r_rule").alias("f_rule")
+            )
+        )
     )
     full = (
         pl.DataFrame({"__i": pl.arange(0, replayable.height, dtype=pl.UInt32, eager=True)})

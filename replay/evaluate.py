@@ -26,6 +26,7 @@ of version resets the counters whose (window, max, scope) changed, as a reload d
 from __future__ import annotations
 
 import heapq
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,14 +34,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from enforcer.engine import InMemoryLimitState, applicable_limits, decide
+from enforcer.engine import InMemoryLimitState, Request, applicable_limits, decide
 from enforcer.policy import CompiledPolicy
 from enforcer.vectorize import (
     DECISION_CODES,
     UNREADABLE,
     EngineDisagreement,
     Interner,
-    request_of,
     stateless_verdicts,
 )
 
@@ -168,6 +168,7 @@ def _stateless(
         scope_tool=np.zeros(n, dtype=np.int32),
         version=np.zeros(n, dtype=np.int32),
     )
+    parts: list[tuple[int, np.ndarray | None]]
     if isinstance(version_of_row, str):
         parts = [(versions.index(version_of_row), None)]
     else:
@@ -195,9 +196,11 @@ def _stateless(
 # --------------------------------------------------------------------------- stage 2
 
 
-def _dense_codes(column: pl.Series) -> np.ndarray:
-    """Integer codes of a string column: equal strings, equal codes."""
-    return column.cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+def _hash_codes(column: pl.Series) -> np.ndarray:
+    """A 64-bit hash per value. Equal strings get equal codes; two different strings that
+    collide only merge two keys, which can make a key look contended (more calls go to the
+    sequential pass, where the engine uses the real keys), never less: still exact."""
+    return column.hash(seed=0).to_numpy().view(np.int64)
 
 
 def _contended_rows(
@@ -244,7 +247,7 @@ def _contended_rows(
                 else:
                     column = SCOPE_COLUMNS[lim.scope]
                     if column not in scope_values:
-                        scope_values[column] = _dense_codes(calls.get_column(column))
+                        scope_values[column] = _hash_codes(calls.get_column(column))
                     value = scope_values[column][rows]
                 window = starts[rows] // (lim.window_seconds * 1_000_000) * lim.window_seconds
                 kind = ("tool", "global", "grant", "agent", "session").index(lim.scope)
@@ -276,14 +279,14 @@ def _contended_rows(
         .filter(pl.col("attempts") > pl.col("max"))
         .select(key)
     )
-    if contended.height == 0:
-        rows_out = np.zeros(0, dtype=np.int64)
-    else:
-        rows_out = np.unique(
-            reservations.join(contended, on=key, how="semi").get_column("row").to_numpy()
-        )
-    pending = int(np.unique(reservations.get_column("row").to_numpy()).size)
-    return rows_out, pending, contended.height
+    # Boolean masks rather than np.unique: linear, no sort of millions of rows.
+    mask = np.zeros(calls.height, dtype=bool)
+    mask[reservations.get_column("row").to_numpy()] = True
+    pending = int(mask.sum())
+    mask[:] = False
+    if contended.height:
+        mask[reservations.join(contended, on=key, how="semi").get_column("row").to_numpy()] = True
+    return np.flatnonzero(mask), pending, contended.height
 
 
 # --------------------------------------------------------------------------- stage 3
@@ -314,8 +317,34 @@ def _sequential(
     decided: dict[int, Any] = {}
     total = subset.height
     step = max(total // 100, 1)
-    for seq, row in enumerate(subset.iter_rows(named=True)):
-        start = row["start_us"]
+    # Only entries with a condition on ``args`` need the arguments decoded: decide never
+    # reads them otherwise, so an empty mapping gives the same decision, faster.
+    reads_args = {
+        (vi, index): any(
+            c.path[0] == "args" for r in (*t.require, *t.deny_if) for c in r.conditions
+        )
+        for vi, version in enumerate(versions)
+        for index, t in enumerate(policies[version].tools)
+    }
+    columns = (
+        "start_us",
+        "end_us",
+        "__row",
+        "__v",
+        "__e",
+        "tool",
+        "server",
+        "grant",
+        "agent_id",
+        "session_id",
+        "arguments",
+        "outcome",
+        "decision",
+    )
+    subset = subset.with_columns(pl.Series("__e", codes.entry[subset.get_column("__row")]))
+    for seq, row in enumerate(subset.select(columns).iter_rows()):
+        start, end, index, vi, entry, tool, server, grant, agent, session = row[:10]
+        arguments_text, outcome, recorded = row[10:]
         while releases and releases[0][0] <= start:
             _, _, reserved_at, keys = heapq.heappop(releases)
             state.release(k for k in keys if reset_at.get(k[0], -1) <= reserved_at)
@@ -331,16 +360,18 @@ def _sequential(
                 state.retain_counters(kept)
             current = new
             next_switch += 1
-        policy = policies[versions[row["__v"]]]
-        try:
-            request = request_of(row)
-        except ValueError:
-            decided[row["__row"]] = None  # unreadable arguments: no decision, no quota
-            continue
-        d = decide(policy, request, state, start / 1_000_000)
-        if d.reserved and row["outcome"] == "error" and row["decision"] != "deny":
-            heapq.heappush(releases, (row["end_us"], seq, seq, d.reserved))
-        decided[row["__row"]] = d
+        arguments: Any = {}
+        if reads_args.get((vi, entry), False):
+            try:
+                arguments = json.loads(arguments_text)
+            except ValueError:
+                decided[index] = None  # unreadable arguments: no decision, no quota
+                continue
+        request = Request(tool, arguments, server, grant, agent, session)
+        d = decide(policies[versions[vi]], request, state, start / 1_000_000)
+        if d.reserved and outcome == "error" and recorded != "deny":
+            heapq.heappush(releases, (end, seq, seq, d.reserved))
+        decided[index] = d
         if seq % step == 0:
             progress("sequential pass", seq / total)
     progress("sequential pass", 1.0)

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 DECISIONS = ("allow", "deny", "require_approval")
-COUNT_METRICS = ("total", "changed", "unchanged", "rule_changed", "unknown", "newly_denied", "newly_allowed")
+COUNT_METRICS = (
+    "total",
+    "changed",
+    "unchanged",
+    "rule_changed",
+    "unknown",
+    "newly_denied",
+    "newly_allowed",
+)
 _OPS: Mapping[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     "<=": operator.le,
@@ -70,7 +78,9 @@ def parse_gate(text: str) -> Gate:
             f"gate {text!r}: unknown metric {metric!r} (expected one of "
             f"{', '.join((*COUNT_METRICS, 'fidelity'))} or FROM->TO)"
         )
-    return Gate(text.strip(), metric, m.group("op"), float(m.group("number")), bool(m.group("percent")))
+    return Gate(
+        text.strip(), metric, m.group("op"), float(m.group("number")), bool(m.group("percent"))
+    )
 
 
 def metric_value(gate: Gate, report: Mapping[str, Any]) -> float | None:

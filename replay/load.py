@@ -1,9 +1,10 @@
 """Read recorded tool calls and recorded policy versions from the store, for replay.
 
-Replay reads the Parquet files of the store directly with an in-memory DuckDB connection
-rather than opening ``callward.duckdb``: the collector may hold that file open for
-writing, and the view only points at the same files. Only the columns replay needs are
-read; messages are fetched later for the few example calls a report shows.
+Replay reads the Parquet files of the store directly (Polars' parallel reader, the time
+filter pushed into the scan) rather than opening ``callward.duckdb``: the collector may
+hold that file open for writing, and its view only points at the same files. Only the
+columns replay needs are kept; messages are fetched later, with DuckDB, for the few
+example calls a report shows.
 
 A file that cannot be read is named in the error; with ``skip_bad_files`` the rest is
 read and the skipped files are listed in the result (and in every report).
@@ -22,7 +23,7 @@ import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
-from collector.schema import PARQUET_DIR, PARTITION_COLUMN, POLICIES_DIR
+from collector.schema import PARQUET_DIR, PARTITION_COLUMN, POLICIES_DIR, TOOL_CALL_SCHEMA
 from enforcer.errors import PolicyInvalid
 from enforcer.policy import CompiledPolicy, compile_text, policy_version
 
@@ -42,7 +43,6 @@ CALL_COLUMNS = (
     "server",
     "tool",
     "arguments",
-    "args_ok",
     "decision",
     "rule",
     "policy_version",
@@ -110,39 +110,39 @@ def _in_days(path: Path, since: datetime | None, until: datetime | None) -> bool
     return not (until is not None and day > until.strftime("%Y-%m-%d"))
 
 
-def _query(files: Sequence[Path], since: datetime | None, until: datetime | None) -> str:
-    listing = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in files) + "]"
-    where = []
-    if since is not None:
-        where.append(f"start_time >= make_timestamp({_micros(since)})")
-    if until is not None:
-        where.append(f"start_time < make_timestamp({_micros(until)})")
-    text = "coalesce(arguments, '')"
-    return f"""
-        SELECT
-            epoch_us(start_time) AS start_us,
-            epoch_us(end_time) AS end_us,
-            coalesce(span_id, '') AS span_id,
-            coalesce(call_id, '') AS call_id,
-            coalesce(agent_id, '') AS agent_id,
-            coalesce(session_id, '') AS session_id,
-            coalesce("grant", '') AS "grant",
-            coalesce(server, '') AS server,
-            coalesce(tool, '') AS tool,
-            CASE WHEN {text} = '' THEN '{{}}' ELSE {text} END AS arguments,
-            {text} = '' OR coalesce(try(json_type({text})) = 'OBJECT', false) AS args_ok,
-            coalesce(decision, '') AS decision,
-            coalesce("rule", '') AS "rule",
-            coalesce(policy_version, '') AS policy_version,
-            coalesce(outcome, '') AS outcome,
-            coalesce(strpos(attributes, '"{APPROVAL_ATTRIBUTE_PREFIX}') > 0, false) AS approval
-        FROM read_parquet({listing}, hive_partitioning = false, union_by_name = true)
-        {"WHERE " + " AND ".join(where) if where else ""}
+def _scan(files: Sequence[Path], since: datetime | None, until: datetime | None) -> pl.LazyFrame:
+    """The calls of ``files`` in the range, with only the columns replay needs.
+
+    Polars reads the files in parallel and pushes the time filter into the scan; the
+    ``attributes`` text is only searched for the approval marker, never kept.
     """
+    lf = pl.scan_parquet(
+        list(files),
+        hive_partitioning=False,
+        missing_columns="insert",
+        extra_columns="ignore",
+        schema=_SCAN_SCHEMA,
+    )
+    if since is not None:
+        lf = lf.filter(pl.col("start_time") >= since)
+    if until is not None:
+        lf = lf.filter(pl.col("start_time") < until)
+    text = pl.col("arguments").fill_null("")
+    return lf.select(
+        pl.col("start_time").dt.epoch("us").alias("start_us"),
+        pl.col("end_time").dt.epoch("us").alias("end_us"),
+        *(pl.col(c).fill_null("") for c in ("span_id", "call_id", "agent_id", "session_id")),
+        *(pl.col(c).fill_null("") for c in ("grant", "server", "tool")),
+        pl.when(text == "").then(pl.lit("{}")).otherwise(text).alias("arguments"),
+        *(pl.col(c).fill_null("") for c in ("decision", "rule", "policy_version", "outcome")),
+        pl.col("attributes")
+        .str.contains(f'"{APPROVAL_ATTRIBUTE_PREFIX}', literal=True)
+        .fill_null(False)
+        .alias("approval"),
+    )
 
 
-def _micros(t: datetime) -> int:
-    return int(t.timestamp() * 1_000_000)
+_SCAN_SCHEMA = pl.DataFrame(TOOL_CALL_SCHEMA.empty_table()).schema
 
 
 def _probe(files: Sequence[Path]) -> list[SkippedFile]:
@@ -151,8 +151,7 @@ def _probe(files: Sequence[Path]) -> list[SkippedFile]:
     for p in files:
         try:
             pq.read_metadata(p)
-            with _duckdb() as con:
-                con.sql(_query([p], None, None)).fetchall()
+            _scan([p], None, None).collect()
         except Exception as e:  # any failure to read a file makes it a bad file
             bad.append(SkippedFile(str(p), _first_line(e)))
     return bad
@@ -176,9 +175,8 @@ def load_calls(
     if not files:
         return LoadedCalls(_empty(), 0)
     try:
-        with _duckdb() as con:
-            frame = con.sql(_query(files, since, until)).pl()
-    except (duckdb.Error, OSError) as e:
+        frame = _scan(files, since, until).collect()
+    except (pl.exceptions.PolarsError, OSError) as e:
         bad = _probe(files)
         if not bad:
             raise StoreError(f"cannot read the store: {_first_line(e)}") from None
@@ -193,14 +191,13 @@ def load_calls(
         files = [p for p in files if str(p) not in bad_paths]
         if not files:
             return LoadedCalls(_empty(), 0, tuple(skipped))
-        with _duckdb() as con:
-            frame = con.sql(_query(files, since, until)).pl()
+        frame = _scan(files, since, until).collect()
     return LoadedCalls(frame.select(CALL_COLUMNS), len(files), tuple(skipped))
 
 
 def _empty() -> pl.DataFrame:
     schema: dict[str, pl.DataType] = {c: pl.String() for c in CALL_COLUMNS}
-    schema.update(start_us=pl.Int64(), end_us=pl.Int64(), args_ok=pl.Boolean(), approval=pl.Boolean())
+    schema.update(start_us=pl.Int64(), end_us=pl.Int64(), approval=pl.Boolean())
     return pl.DataFrame(schema=schema)
 
 
@@ -260,6 +257,8 @@ def _name_of(version: str) -> str:
 def parse_time(text: str) -> datetime:
     """An ISO 8601 time (``2026-05-01``, ``2026-05-01T12:00``, with or without offset) in UTC."""
     value = text.strip()
+    if len(value) > 40:
+        raise ValueError("a time is at most 40 characters")
     if value.endswith("Z"):
         value = value[:-1] + "+00:00"
     t = datetime.fromisoformat(value)

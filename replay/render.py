@@ -55,7 +55,9 @@ def sparkline(counts: list[int]) -> str:
     top = max(counts, default=0)
     if top == 0:
         return _SPARK[0] * len(counts)
-    return "".join(_SPARK[min(len(_SPARK) - 1, (c * (len(_SPARK) - 1) + top - 1) // top)] for c in counts)
+    return "".join(
+        _SPARK[min(len(_SPARK) - 1, (c * (len(_SPARK) - 1) + top - 1) // top)] for c in counts
+    )
 
 
 # --------------------------------------------------------------------------- text
@@ -95,7 +97,9 @@ def render_text(report: dict[str, Any], *, width: int = 100) -> str:
         for col in ("changed", "newly denied", "newly allowed"):
             t.add_column(col, justify="right")
         for r in rows:
-            t.add_row(r["name"] or "-", str(r["changed"]), str(r["newly_denied"]), str(r["newly_allowed"]))
+            t.add_row(
+                r["name"] or "-", str(r["changed"]), str(r["newly_denied"]), str(r["newly_allowed"])
+            )
         con.print(t)
     points = report["newly_denied_over_time"]["points"]
     if any(p["count"] for p in points):
@@ -106,7 +110,10 @@ def render_text(report: dict[str, Any], *, width: int = 100) -> str:
         )
     _print_store_notes(con, report)
     for g in report["gates"]:
-        con.print(f"gate {g['rule']}: {'FAILED' if g['failed'] else 'passed'} (value {g['value']})", markup=False)
+        con.print(
+            f"gate {g['rule']}: {'FAILED' if g['failed'] else 'passed'} (value {g['value']})",
+            markup=False,
+        )
     return buf.getvalue()
 
 
@@ -161,9 +168,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         rows = report["most_affected"][key]
         if not rows:
             continue
-        lines += [f"**Most affected {key}**", "", "| name | changed | newly denied | newly allowed |", "|---|---:|---:|---:|"]
+        lines += [
+            f"**Most affected {key}**",
+            "",
+            "| name | changed | newly denied | newly allowed |",
+            "|---|---:|---:|---:|",
+        ]
         for r in rows:
-            lines.append(f"| {_md(r['name'])} | {r['changed']} | {r['newly_denied']} | {r['newly_allowed']} |")
+            lines.append(
+                f"| {_md(r['name'])} | {r['changed']} | {r['newly_denied']} | {r['newly_allowed']} |"
+            )
         lines.append("")
     points = report["newly_denied_over_time"]["points"]
     if any(p["count"] for p in points):
@@ -217,7 +231,9 @@ def chart_svg(points: list[dict[str, Any]], *, width: int = 720, height: int = 2
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in r) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{html.escape('' if c is None else str(c))}</td>" for c in r)
+        + "</tr>"
         for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -228,12 +244,12 @@ def render_html(report: dict[str, Any]) -> str:
     cand = report["candidate"]
     sections = [
         f"<h1>Policy replay: {e(str(cand['source']))}</h1>",
-        f"<p class=\"version\">{e(str(cand['version']))}</p>",
-        f"<p class=\"headline\">{e(_headline(report))}</p>",
+        f'<p class="version">{e(str(cand["version"]))}</p>',
+        f'<p class="headline">{e(_headline(report))}</p>',
         f"<p>{e(_fidelity_line(report))}</p>",
     ]
     if report["message"]:
-        sections.append(f"<p class=\"message\">{e(report['message'])}</p>")
+        sections.append(f'<p class="message">{e(report["message"])}</p>')
     sections.append("<h2>Newly denied calls over time</h2>")
     sections.append(chart_svg(report["newly_denied_over_time"]["points"]))
     sections.append("<h2>Transitions</h2>")
@@ -247,10 +263,27 @@ def render_html(report: dict[str, Any]) -> str:
         sections.append(f"<h3>Examples of {e(t['name'])}</h3>")
         sections.append(
             _table(
-                ["time", "agent", "session", "tool", "recorded rule", "recorded message", "new rule", "new message"],
                 [
-                    [x["start_time"], x["agent_id"], x["session_id"], x["tool"], x["from_rule"],
-                     x["from_message"], x["to_rule"], x["to_message"]]
+                    "time",
+                    "agent",
+                    "session",
+                    "tool",
+                    "recorded rule",
+                    "recorded message",
+                    "new rule",
+                    "new message",
+                ],
+                [
+                    [
+                        x["start_time"],
+                        x["agent_id"],
+                        x["session_id"],
+                        x["tool"],
+                        x["from_rule"],
+                        x["from_message"],
+                        x["to_rule"],
+                        x["to_message"],
+                    ]
                     for x in t["examples"]
                 ],
             )
@@ -260,7 +293,10 @@ def render_html(report: dict[str, Any]) -> str:
         sections.append(
             _table(
                 ["name", "changed", "newly denied", "newly allowed"],
-                [[r["name"], r["changed"], r["newly_denied"], r["newly_allowed"]] for r in report["most_affected"][key]],
+                [
+                    [r["name"], r["changed"], r["newly_denied"], r["newly_allowed"]]
+                    for r in report["most_affected"][key]
+                ],
             )
         )
     if report["gates"]:
@@ -268,7 +304,10 @@ def render_html(report: dict[str, Any]) -> str:
         sections.append(
             _table(
                 ["gate", "value", "result"],
-                [[g["rule"], g["value"], "FAILED" if g["failed"] else "passed"] for g in report["gates"]],
+                [
+                    [g["rule"], g["value"], "FAILED" if g["failed"] else "passed"]
+                    for g in report["gates"]
+                ],
             )
         )
     # Inside <script>, "<" could end the element or start a comment: keep it out of the text.
@@ -284,7 +323,7 @@ def render_html(report: dict[str, Any]) -> str:
         "font-size:13px;text-align:left}.headline{font-weight:bold}"
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>Policy replay</title><style>{style}</style></head><body>"
         + "".join(sections)
         + f'<script type="application/json" id="report-data">{data}</script>'

@@ -240,9 +240,7 @@ def _over_time(denied: pl.DataFrame, c: Comparison) -> dict[str, Any]:
     points: list[dict[str, Any]] = []
     if c.first_call_us is not None and c.last_call_us is not None:
         b = bucket_s * 1_000_000
-        counts = dict(
-            denied.group_by((pl.col("start_us") // b).alias("bucket")).len().iter_rows()
-        )
+        counts = dict(denied.group_by((pl.col("start_us") // b).alias("bucket")).len().iter_rows())
         for k in range(c.first_call_us // b, c.last_call_us // b + 1):
             points.append({"start": iso(k * b), "count": int(counts.get(k, 0))})
     return {"bucket_seconds": bucket_s, "points": points}

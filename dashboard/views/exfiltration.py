@@ -71,7 +71,9 @@ def render() -> None:
     elif exfil.empty:
         st.success("No exfiltration attempt found in this range.")
     if not exfil.empty:
-        widgets.table(exfil.drop(columns=["span_ids"]), "exfiltration-findings")
+        widgets.table(
+            exfil.drop(columns=["span_ids"]), "exfiltration-findings", max_rows=queries.MAX_ROWS
+        )
         flow(widgets.pick_finding(exfil, "exfil_finding"))
 
     st.subheader("Destinations by first use")

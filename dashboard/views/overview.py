@@ -37,7 +37,7 @@ def render() -> None:
 
     st.subheader("Policy versions in force")
     widgets.table(queries.policy_versions(ctx.data_dir, ctx.flt), "policy-versions")
-    st.page_link("views/policies.py", label="Compare policy versions", icon="📜")
+    st.page_link("views/policies.py", label="Compare policy versions", icon=":material/policy:")
 
     st.subheader("Latest findings")
     found = findings.load(ctx.data_dir)
@@ -48,8 +48,8 @@ def render() -> None:
         st.success("No findings in this range.")
         return
     widgets.table(recent.drop(columns=["span_ids"]), "findings")
-    st.page_link("views/runaway.py", label="Runaway agents", icon="🏃")
-    st.page_link("views/exfiltration.py", label="Exfiltration", icon="📤")
+    st.page_link("views/runaway.py", label="Runaway agents", icon=":material/directions_run:")
+    st.page_link("views/exfiltration.py", label="Exfiltration", icon=":material/upload:")
 
 
 try:

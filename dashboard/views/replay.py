@@ -62,7 +62,7 @@ def render() -> None:
         st.error(
             f"The candidate policy `{name}` is invalid: {len(invalid.errors)} problem(s). "
             "Nothing was replayed.",
-            icon="🚫",
+            icon=":material/block:",
         )
         st.code(invalid.report(), language="text")
         return

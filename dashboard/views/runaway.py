@@ -69,7 +69,7 @@ def render() -> None:
         st.success("No runaway agent found in this range.")
         return
     st.metric("Runaway findings", f"{len(runaway):,}")
-    widgets.table(runaway.drop(columns=["span_ids"]), "runaway-findings")
+    widgets.table(runaway.drop(columns=["span_ids"]), "runaway-findings", max_rows=queries.MAX_ROWS)
     row = widgets.pick_finding(runaway, "runaway_finding")
     st.subheader("Evidence")
     evidence(row)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import streamlit as st
 
 from dashboard import charts, context, queries, widgets
@@ -26,6 +28,14 @@ SHOWN = [
     "trace_id",
     "span_id",
 ]
+
+
+def day_param(name: str) -> date | None:
+    """A ``YYYY-MM-DD`` query parameter, or None when absent or malformed."""
+    try:
+        return date.fromisoformat(st.query_params.get(name, ""))
+    except ValueError:
+        return None
 
 
 def render() -> None:
@@ -57,11 +67,21 @@ def render() -> None:
     )
     widgets.truncated_note(recent)
 
+    # The days to read: from the link that opened the page, else from the session list.
+    first_day, last_day = day_param("from"), day_param("to")
+    listed = recent[recent["session_id"] == session]
+    if session and not trace and first_day is None and not listed.empty:
+        first_day = listed["started"].iloc[0].date()
+        last_day = listed["ended"].iloc[0].date()
     if trace:
-        calls = queries.session_calls(ctx.data_dir, trace_id=trace)
+        calls = queries.session_calls(
+            ctx.data_dir, trace_id=trace, first_day=first_day, last_day=last_day
+        )
         what = f"trace `{trace}`"
     elif session:
-        calls = queries.session_calls(ctx.data_dir, session_id=session)
+        calls = queries.session_calls(
+            ctx.data_dir, session_id=session, first_day=first_day, last_day=last_day
+        )
         what = f"session `{session}`"
     else:
         st.info("No session in this range; widen the filters.")

@@ -7,6 +7,7 @@ startup banner, errors) goes to stderr.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import anyio
@@ -100,6 +101,9 @@ def proxy(
         raise typer.Exit(2) from None
     recorder = make_recorder(config)
     gate = make_gate(config, compiled, recorder)
+    # MCP clients stop their servers with SIGTERM after closing stdin: exit through the
+    # finally below so the last spans are flushed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if config.listens:
             _serve_http(config, gate, token_table)
@@ -115,7 +119,7 @@ def proxy(
                     max_message_bytes=config.max_message_bytes,
                 )
             )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         if recorder is not None:

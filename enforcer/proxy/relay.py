@@ -74,7 +74,8 @@ class Inflight:
     """A client request forwarded upstream and not answered yet."""
 
     method: str
-    watcher: anyio.CancelScope
+    deadline: float
+    timeout: float
     verdict: Verdict | None = None
     progress_token: Any = None
 
@@ -132,6 +133,7 @@ class Relay:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                tg.start_soon(self._sweep)
                 await self._connect()
                 try:
                     async for item in client_read:
@@ -157,33 +159,44 @@ class Relay:
 
     async def _upstream_task(self, *, task_status: TaskStatus[None]) -> None:
         started = False
+        mine: ObjectSendStream[SessionMessage] | None = None
         try:
             async with self.connector() as (up_read, up_write):
-                self._up_write = up_write
+                self._up_write = mine = up_write
                 started = True
                 task_status.started()
                 async for item in up_read:
                     await self._from_upstream(item)
-            log.warning("upstream server closed the connection")
+                log.warning("upstream server closed the connection")
+                # Tell pending callers now, not after the SDK has waited for the server
+                # process to exit.
+                self._forget(mine)
+                await self._fail_all("upstream server closed the connection")
         except Exception as e:
             if not started:
                 raise
             log.warning("upstream connection failed: %r", e)
         finally:
-            self._up_write = None
-            if started:
+            self._forget(mine)
+            if started and self._inflight:
                 # Shielded so pending callers hear about it even during shutdown, but
                 # bounded: a client that stopped reading must not hold the proxy open.
                 with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 2.0):
                     await self._fail_all("upstream server closed the connection")
 
-    async def _ensure_upstream(self) -> str:
-        """Reconnect (and replay ``initialize``) after the upstream died; "" when ready."""
+    def _forget(self, writer: ObjectSendStream[SessionMessage] | None) -> None:
+        """Drop the upstream writer, unless a reconnect has already replaced it."""
+        if writer is not None and self._up_write is writer:
+            self._up_write = None
+
+    async def _ensure_upstream(self, replay_initialize: bool) -> str:
+        """Reconnect after the upstream died, replaying the client's ``initialize`` unless
+        the request about to go is that ``initialize``; "" when ready."""
         async with self._connect_lock:
             if self._up_write is not None:
                 return ""
             failure = await self._connect()
-            if failure or self._init is None:
+            if failure or self._init is None or not replay_initialize:
                 return failure
             return await self._reinitialize(self._init)
 
@@ -248,22 +261,20 @@ class Relay:
                 return
             verdict = checked
         if self._up_write is None:
-            failure = await self._ensure_upstream()
+            failure = await self._ensure_upstream(replay_initialize=req.method != "initialize")
             if failure:
                 await self._fail_request(
                     req.id, req.method, verdict, failure, "upstream_unavailable"
                 )
                 return
-        watcher = anyio.CancelScope()
-        token = _progress_token(req.params)
-        self._inflight[req.id] = Inflight(req.method, watcher, verdict, token)
-        if token is not None:
-            self._progress[token] = req.id
-        assert self._tg is not None
         timeout = self.call_timeout
         if req.method == "initialize":
             timeout = max(timeout, MIN_INITIALIZE_TIMEOUT)
-        self._tg.start_soon(self._watch, req.id, watcher, timeout)
+        token = _progress_token(req.params)
+        deadline = anyio.current_time() + timeout
+        self._inflight[req.id] = Inflight(req.method, deadline, timeout, verdict, token)
+        if token is not None:
+            self._progress[token] = req.id
         if not await self._send_up(item.message):
             self._pop(req.id)
             await self._fail_request(
@@ -400,16 +411,28 @@ class Relay:
             failed = root.result.get("isError") is True
             outcome, error_type = ("error", "tool_error") if failed else ("ok", "")
         duration = self.gate.finish(verdict, outcome, size, error_type)
-        await self._to_client(message)
-        await self.gate.report(verdict, outcome, duration, size, error_type)
+        if outcome == "error":
+            # Give the quota back before the client hears of the failure, so that an
+            # immediate retry already finds it.
+            await self.gate.report(verdict, outcome, duration, size, error_type)
+            await self._to_client(message)
+        else:  # nothing to give back: answer first, report after
+            await self._to_client(message)
+            await self.gate.report(verdict, outcome, duration, size, error_type)
 
     # ------------------------------------------------------------------ failures
 
-    async def _watch(self, rid: RequestId, watcher: anyio.CancelScope, timeout: float) -> None:
-        with watcher:
-            await anyio.sleep(timeout)
-        if watcher.cancel_called:
-            return
+    async def _sweep(self) -> None:
+        """Expire requests past their deadline. One task per session rather than one
+        timer per request: a timer task per call cost more CPU than the decision."""
+        interval = max(0.05, min(1.0, self.call_timeout / 4))
+        while True:
+            await anyio.sleep(interval)
+            now = anyio.current_time()
+            for rid in [r for r, e in self._inflight.items() if e.deadline <= now]:
+                await self._expire(rid)
+
+    async def _expire(self, rid: RequestId) -> None:
         entry = self._pop(rid)
         if entry is None:
             return
@@ -424,7 +447,7 @@ class Relay:
             rid,
             entry.method,
             entry.verdict,
-            f"upstream server did not answer {entry.method} within {timeout:g} s",
+            f"upstream server did not answer {entry.method} within {entry.timeout:g} s",
             "timeout",
             code=UPSTREAM_TIMEOUT,
         )
@@ -434,7 +457,6 @@ class Relay:
         self._inflight.clear()
         self._progress.clear()
         for rid, entry in pending:
-            entry.watcher.cancel()
             await self._fail_request(rid, entry.method, entry.verdict, why, "upstream_closed")
 
     async def _fail_request(
@@ -451,18 +473,15 @@ class Relay:
         duration = 0.0
         if verdict is not None:
             duration = self.gate.finish(verdict, "error", 0, error_type)
-        await self._error(rid, code, why)
-        if verdict is not None:
             await self.gate.report(verdict, "error", duration, 0, error_type)
+        await self._error(rid, code, why)
 
     # ------------------------------------------------------------------ plumbing
 
     def _pop(self, rid: RequestId) -> Inflight | None:
         entry = self._inflight.pop(rid, None)
-        if entry is not None:
-            entry.watcher.cancel()
-            if entry.progress_token is not None:
-                self._progress.pop(entry.progress_token, None)
+        if entry is not None and entry.progress_token is not None:
+            self._progress.pop(entry.progress_token, None)
         return entry
 
     def _count(self, kind: str) -> None:

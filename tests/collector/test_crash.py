@@ -3,8 +3,9 @@ while a client sends and retries, then prove every acknowledged span is stored e
 once and every Parquet file is readable.
 
 The kill loop starts ``python -m collector`` (the same command as ``callward collector``
-without importing the other components, so restarts are quick); one test runs the
-``callward collector`` entry point itself."""
+without importing the other components) with decoding in-process, so restarts are quick;
+acknowledgement and recovery do not depend on where decoding runs. Other tests run the
+``callward collector`` entry point itself, and SIGKILL a collector with decode workers."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class CollectorProcess:
     """The real CLI in a subprocess; ``address`` is where it currently listens."""
 
     def __init__(
-        self, data_dir: Path, entry: tuple[str, ...] = ("-m", "collector"), decode_workers: int = 1
+        self, data_dir: Path, entry: tuple[str, ...] = ("-m", "collector"), decode_workers: int = 0
     ):
         self.data_dir = data_dir
         self.entry = entry
@@ -170,3 +171,17 @@ def test_callward_collector_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert con.execute("select count(*) from tool_calls").fetchone() == (25,)
     con.close()
     assert list((tmp_path / "data" / "spool").glob("seg-*.log")) == []
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_leaves_no_orphaned_decode_worker(tmp_path: Path) -> None:
+    import psutil
+
+    collector = CollectorProcess(tmp_path / "data", decode_workers=2)
+    collector.start()
+    assert collector.proc is not None
+    children = psutil.Process(collector.proc.pid).children(recursive=True)
+    assert len(children) >= 2
+    collector.kill()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], f"orphaned worker(s): {[p.pid for p in alive]}"

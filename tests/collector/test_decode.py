@@ -367,3 +367,13 @@ def test_arbitrary_bytes_either_parse_or_are_refused_cleanly(data: bytes) -> Non
         return
     table = Decoder().decode(parsed, NOW).table
     assert isinstance(table, pa.Table) and table.schema == TOOL_CALL_SCHEMA
+
+
+def test_attribute_bags_that_compare_equal_keep_their_own_json() -> None:
+    decoder = Decoder()
+    rows = []
+    for value in (True, 1, 1.0):
+        spec = SpanSpec(attributes=callward_attributes(**{"flag": value}))
+        rows.append(only_row(decoder.decode(build_request([spec]), NOW)))
+    assert [json.loads(r["attributes"])["flag"] for r in rows] == [True, 1, 1.0]
+    assert [type(json.loads(r["attributes"])["flag"]) for r in rows] == [bool, int, float]

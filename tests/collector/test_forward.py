@@ -243,18 +243,23 @@ def test_torn_tail_and_foreign_files_are_ignored_on_recovery(
     assert set(backend.receiver.received) == set(range(15))
 
 
-def test_permanent_refusal_is_dropped_not_retried_forever(backend: Backend, tmp_path: Path) -> None:
+def test_permanent_refusal_is_dropped_not_retried_forever(
+    backend: Backend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     backend.receiver.refuse_with = grpc.StatusCode.INVALID_ARGUMENT
     fw = fast(backend.endpoint, tmp_path / "q")
     fw.start()
-    fw.submit(make_request(0))
-    wait_until(lambda: fw.stats.dropped == 3)
+    with caplog.at_level(logging.WARNING, logger="callward.forward"):
+        fw.submit(make_request(0))
+        wait_until(lambda: fw.stats.dropped == 3)
+    assert any("refused a batch for good" in r.getMessage() for r in caplog.records)
     backend.receiver.refuse_with = None
     fw.submit(make_request(3))
     wait_until(lambda: fw.stats.delivered == 3)
     fw.shutdown(2)
     assert "INVALID_ARGUMENT" in fw.stats.last_error
     assert backend.receiver.received == [3, 4, 5]
+    assert fw.stats.queued == 0 and fw.stats.queued_bytes == 0
 
 
 def test_partial_success_counts_rejected_spans(backend: Backend, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ partial success, malformed and oversize requests, backpressure, and what lands o
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,9 +132,10 @@ def test_requests_over_64_mib_are_resource_exhausted(collector: Collector) -> No
     )
     data = request.SerializeToString()
     assert len(data) > 64 * 1024 * 1024
-    with pytest.raises(grpc.RpcError) as info:
-        export(collector.port, data)
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for compression in (grpc.Compression.NoCompression, grpc.Compression.Gzip):
+        with pytest.raises(grpc.RpcError) as info:
+            export(collector.port, data, compression=compression)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # gzip: once inflated
     # Just under the limit is fine, and the big values are cut on the way in.
     small = build_request(
         [
@@ -215,6 +217,8 @@ def test_restart_recovers_an_unflushed_spool(tmp_path: Path) -> None:
         service._cond.notify_all()
     service._thread.join()
     service.spool.close()
+    assert service._lock_fd is not None
+    os.close(service._lock_fd)  # what the death of the process would do
     again = start(tmp_path)
     try:
         assert again.stats.recovered_rows == 7
@@ -228,7 +232,6 @@ def test_restart_recovers_an_unflushed_spool(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_decode_workers_give_the_same_rows_and_survive_a_dead_worker(tmp_path: Path) -> None:
-    import os
     import signal
     import time
 
@@ -321,3 +324,108 @@ def test_bad_config_is_refused(settings: dict, message: str) -> None:
 def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ValueError, match="CALLWARD_COLLECTOR_BATCH_SIZE"):
         load_config(environ={"CALLWARD_COLLECTOR_BATCH_SIZE": "many"}, data_dir=".")
+
+
+def test_a_second_collector_on_the_same_directory_is_refused(
+    collector: Collector, tmp_path: Path
+) -> None:
+    with pytest.raises(OSError, match="another collector"):
+        start(tmp_path)
+    assert not export(collector.port, tool_call_batch(1).SerializeToString()).HasField(
+        "partial_success"
+    )
+
+
+def test_a_full_disk_answers_unavailable_and_nothing_is_acked(
+    collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    assert collector.spool is not None
+
+    def disk_full(payload: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(collector.spool, "append_locked", disk_full)
+        with pytest.raises(grpc.RpcError) as info:
+            export(collector.port, tool_call_batch(3).SerializeToString())
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # the client keeps the spans
+    assert collector.pending_rows == 0
+    export(collector.port, tool_call_batch(3).SerializeToString())
+    assert collector.pending_rows == 3
+
+
+def test_a_failed_flush_keeps_rows_in_memory_and_spool_until_it_succeeds(
+    collector: Collector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert collector.writer is not None
+    export(collector.port, tool_call_batch(4).SerializeToString())
+    real_write = collector.writer.write
+
+    def failing(table):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(collector.writer, "write", failing)
+    assert collector.flush() == 0
+    assert collector.pending_rows == 4 and collector.stats.flush_failures == 1
+    assert [p for _, p in Spool(tmp_path / SPOOL_DIR).recover()]  # still spooled
+    monkeypatch.setattr(collector.writer, "write", real_write)
+    assert collector.flush() == 4
+    assert stored(tmp_path) == [(4,)]
+    assert Spool(tmp_path / SPOOL_DIR).segments() == []
+
+
+def test_the_enforcers_own_spans_round_trip(tmp_path: Path) -> None:
+    """The contract with enforcer/telemetry.py: its call span fills the columns and its
+    policy span passes the content-hash check and lands in D/policies."""
+    from enforcer.engine import Decision, Request
+    from enforcer.policy import compile_document
+    from enforcer.telemetry import CallRecorder
+
+    service = start(tmp_path)
+    policy = compile_document({"version": "1", "default": "deny"})
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{service.port}", insecure=True)
+    recorder = CallRecorder("enforcer-under-test", exporter, synchronous=True)
+    try:
+        recorder.publish_policy(policy.version, policy.canonical, "inline")
+        request = Request(
+            tool="send_mail",
+            arguments={"to": "a@example.com", "api_key": "sk-ant-api03-" + "A1b2" * 20},
+            server="mail",
+            grant="g1",
+            agent_id="agent-1",
+            session_id="s-1",
+            call_id="c-1",
+        )
+        decision = Decision("deny", "/default", "denied by default", policy.version)
+        span = recorder.begin(request, decision, mcp_session_id="m-1")
+        assert span is not None
+        span.end()
+    finally:
+        recorder.shutdown()
+        service.stop()
+    (row,) = stored(
+        tmp_path,
+        "select tool, decision, rule, message, policy_version, grant, server, agent_id,"
+        " session_id, call_id, outcome, service_name, arguments, attributes from tool_calls",
+    )
+    assert row[:12] == (
+        "send_mail", "deny", "/default", "denied by default", policy.version, "g1", "mail",
+        "agent-1", "s-1", "c-1", "", "enforcer-under-test",
+    )  # fmt: skip
+    assert "sk-ant-api03" not in row[12] and json.loads(row[12])["to"] == "a@example.com"
+    assert json.loads(row[13])["mcp.session.id"] == "m-1"
+    saved = tmp_path / "policies" / f"{policy.version}.json"
+    assert json.loads(saved.read_text()) == json.loads(policy.canonical)
+
+
+def test_a_failed_start_releases_everything(collector: Collector, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    config = load_config(
+        environ={}, data_dir=other, listen=f"127.0.0.1:{collector.port}", decode_workers=0
+    )
+    with pytest.raises(OSError):
+        Collector(config).start()  # the port is taken
+    again = start(other)  # the directory lock was released
+    again.stop()

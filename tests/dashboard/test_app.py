@@ -232,3 +232,29 @@ def test_a_valid_candidate_is_replayed_on_the_page(
     assert figures["Newly denied"] == f"{newly_denied:,}"
     transitions = next(d.value for d in at.dataframe if "name" in d.value.columns)
     assert "allow->deny" in set(transitions["name"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("first", "last", "found"),
+    [
+        ("2026-03-02", "2026-03-04", True),
+        ("not-a-date", "", True),  # a malformed hint is ignored, not an error
+        ("2026-03-02", "2026-03-02", False),  # the session's day is outside the hint
+    ],
+)
+def test_a_link_reads_only_the_days_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+    fixture_store: FixtureStore,
+    first: str,
+    last: str,
+    found: bool,
+) -> None:
+    at = start(monkeypatch, fixture_store.data_dir)
+    at.query_params.update({"session": EXFIL_SESSION, "from": first, "to": last})
+    at.switch_page("views/sessions.py").run()
+    assert not at.exception
+    if found:
+        assert metrics(at)["Calls"] == "3"
+    else:
+        assert at.warning and "No call recorded" in at.warning[0].value

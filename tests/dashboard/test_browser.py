@@ -98,6 +98,9 @@ def dashboard_url(fixture_store: FixtureStore, tmp_path: Path) -> Iterator[str]:
             proc.wait()
         log.close()
     assert proc.returncode in (0, -15), (tmp_path / "dashboard.log").read_text()
+    # Stopping `callward dashboard` stopped the Streamlit server it started.
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
 
 
 @pytest.mark.timeout(300)

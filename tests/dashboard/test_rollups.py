@@ -3,8 +3,10 @@ claim to cover, and pick up new files as they arrive."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pandas as pd
@@ -26,7 +28,7 @@ TOOLS = ["read_file", "fetch", "http_post", "write_file"]
 HOURS = s.integers(min_value=-3, max_value=51).map(lambda h: T0 + timedelta(hours=h))
 
 
-def both_ways(fn, *args):  # type: ignore[no-untyped-def]
+def both_ways(fn: Callable[..., Any], *args: Any) -> tuple[Any, Any]:
     """(answer from the rollups, answer from the raw calls) for one query."""
     st.cache_data.clear()
     fast = fn(*args)
@@ -37,7 +39,8 @@ def both_ways(fn, *args):  # type: ignore[no-untyped-def]
     return fast, slow
 
 
-def same(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> None:
+def same(pair: tuple[pd.DataFrame, pd.DataFrame], key: list[str]) -> None:
+    a, b = pair
     a = a.sort_values(key).reset_index(drop=True)
     b = b.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, check_dtype=False)
@@ -68,11 +71,11 @@ def test_rollups_and_raw_calls_agree(
     fast, slow = both_ways(queries.headline, data_dir, flt)
     assert fast == slow
     for column in queries.TOP_COLUMNS:
-        same(*both_ways(queries.top, data_dir, flt, column, 100), key=[column])
-    same(*both_ways(queries.policy_versions, data_dir, flt), key=["policy_version"])
-    same(*both_ways(queries.destinations, data_dir, flt), key=["destination"])
-    same(*both_ways(queries.redactions, data_dir, flt), key=["kind"])
-    same(*both_ways(queries.decisions_over_time, data_dir, flt), key=["bucket", "decision"])
+        same(both_ways(queries.top, data_dir, flt, column, 100), [column])
+    same(both_ways(queries.policy_versions, data_dir, flt), ["policy_version"])
+    same(both_ways(queries.destinations, data_dir, flt), ["destination"])
+    same(both_ways(queries.redactions, data_dir, flt), ["kind"])
+    same(both_ways(queries.decisions_over_time, data_dir, flt), ["bucket", "decision"])
 
 
 def test_an_unaligned_range_inside_the_store_is_not_covered(fixture_store: FixtureStore) -> None:

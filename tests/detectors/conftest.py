@@ -66,12 +66,26 @@ def make_store(tmp_path: Path) -> Callable[[list[dict[str, Any]]], Path]:
     return build
 
 
-def history(agent: str = "agent-a", hours: float = 30, dest_email: str = "team@acme.test") -> list[dict[str, Any]]:
+def history(
+    agent: str = "agent-a", hours: float = 30, dest_email: str = "team@acme.test"
+) -> list[dict[str, Any]]:
     """A quiet agent with a day of ordinary history and one usual destination."""
     rows = []
     for k in range(int(hours)):
         s = f"hist-{agent}-{k}"
-        rows.append(call("read_file", {"path": f"/w/src/m{k}.py"}, k * 3600.0, agent=agent, session=s))
-        rows.append(call("list_directory", {"path": f"/w/d{k}"}, k * 3600.0 + 5, agent=agent, session=s))
-        rows.append(call("send_email", {"to": [dest_email], "body": f"digest {k}"}, k * 3600.0 + 9, agent=agent, session=s))
+        rows.append(
+            call("read_file", {"path": f"/w/src/m{k}.py"}, k * 3600.0, agent=agent, session=s)
+        )
+        rows.append(
+            call("list_directory", {"path": f"/w/d{k}"}, k * 3600.0 + 5, agent=agent, session=s)
+        )
+        rows.append(
+            call(
+                "send_email",
+                {"to": [dest_email], "body": f"digest {k}"},
+                k * 3600.0 + 9,
+                agent=agent,
+                session=s,
+            )
+        )
     return rows

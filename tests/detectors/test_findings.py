@@ -44,10 +44,15 @@ def test_window_without_calls(make_store) -> None:
 def test_window_selects_findings_but_history_still_counts(make_store) -> None:
     rows = history() + loop_rows(at=40 * 3600.0)
     rows.append(call("read_file", {"path": "/w/.env"}, 45 * 3600.0, session="x"))
-    rows.append(call("http_post", {"url": "https://new.test/c", "json": {}}, 45 * 3600.0 + 5, session="x"))
+    rows.append(
+        call("http_post", {"url": "https://new.test/c", "json": {}}, 45 * 3600.0 + 5, session="x")
+    )
     d = make_store(rows)
     everything = detect(d)
-    assert {f.pattern for f in everything} == {"identical_call_loop", "private_data_to_new_destination"}
+    assert {f.pattern for f in everything} == {
+        "identical_call_loop",
+        "private_data_to_new_destination",
+    }
     late = detect(d, since=T0 + timedelta(hours=44))
     # the destination is judged new against the agent's whole history, not just the window
     assert [f.pattern for f in late] == ["private_data_to_new_destination"]
@@ -73,6 +78,7 @@ def test_missing_agent_and_session_ids_fall_back_to_trace_and_service(make_store
     assert {f.trace_id for f in detect(make_store(rows2))} == {"ab" * 16, "cd" * 16}
 
 
+@pytest.mark.timeout(120)
 def test_hostile_and_malformed_rows_do_not_break_detection(make_store) -> None:
     rows = history(hours=3)
     weird = [
@@ -86,7 +92,14 @@ def test_hostile_and_malformed_rows_do_not_break_detection(make_store) -> None:
     ]
     for i, (tool, args) in enumerate(weird):
         rows.append(call(tool, args, 20000.0 + i, session="w"))
-    rows.append(dict(call("read_file", {"p": 1}, 20100.0, session="w"), attributes="not json", outcome=None, decision=None))
+    rows.append(
+        dict(
+            call("read_file", {"p": 1}, 20100.0, session="w"),
+            attributes="not json",
+            outcome=None,
+            decision=None,
+        )
+    )
     rows += loop_rows(session="w", at=20200.0)
     d = make_store(rows)
     found = detect(d)
@@ -115,10 +128,28 @@ def test_findings_are_ordered_and_serialisable(make_store) -> None:
     rows.append(call("create_gist", {"public": True, "files": {}}, 45 * 3600.0 + 5, session="x"))
     found = detect(make_store(rows))
     order = ["critical", "high", "medium", "low"]
-    assert [order.index(f.severity) for f in found] == sorted(order.index(f.severity) for f in found)
+    assert [order.index(f.severity) for f in found] == sorted(
+        order.index(f.severity) for f in found
+    )
     for f in found:
         assert isinstance(f, Finding) and f.first_seen <= f.last_seen
         assert f.first_seen.tzinfo is not None
         data = json.loads(json.dumps(f.to_json()))
-        assert set(data) >= {"kind", "pattern", "severity", "agent_id", "session_id", "first_seen",
-                             "last_seen", "span_ids", "explanation"}
+        assert set(data) >= {
+            "kind",
+            "pattern",
+            "severity",
+            "agent_id",
+            "session_id",
+            "first_seen",
+            "last_seen",
+            "span_ids",
+            "explanation",
+        }
+
+
+def test_a_read_only_connection_to_the_store_file_works(make_store) -> None:
+    d = make_store(history(hours=3) + loop_rows())
+    con = duckdb.connect(str(d / "callward.duckdb"), read_only=True)
+    assert [f.pattern for f in detect(con)] == ["identical_call_loop"]
+    assert [f.pattern for f in detect(con)] == ["identical_call_loop"]  # and again

@@ -58,8 +58,27 @@ def test_ping_pong_needs_a_strict_alternation(n: int) -> None:
 
 
 def test_retry_storm_counts_failures_and_denials_of_one_tool() -> None:
-    rows = [call("http_post", {"url": "https://x.test", "attempt": i}, i * 0.5, session="r", outcome="error") for i in range(3)]
-    rows += [call("http_post", {"url": "https://x.test", "attempt": 9 + i}, 10 + i * 0.5, session="r", outcome="", decision="deny") for i in range(3)]
+    rows = [
+        call(
+            "http_post",
+            {"url": "https://x.test", "attempt": i},
+            i * 0.5,
+            session="r",
+            outcome="error",
+        )
+        for i in range(3)
+    ]
+    rows += [
+        call(
+            "http_post",
+            {"url": "https://x.test", "attempt": 9 + i},
+            10 + i * 0.5,
+            session="r",
+            outcome="",
+            decision="deny",
+        )
+        for i in range(3)
+    ]
     found = [f for f in detect(_con(rows)) if f.pattern == "retry_storm"]
     assert len(found) == 1 and found[0].calls == 6 and "3 denied" in found[0].explanation
     # a success in between resets the run
@@ -71,11 +90,20 @@ def test_rate_spike_is_relative_to_the_agent_own_minutes() -> None:
     # The busy batch agent does 100 calls a minute every hour: 100 in a minute is its habit.
     rows = []
     for h in range(30):
-        rows += [call("run_tests", {"f": f"t{i}"}, h * 3600 + i * 0.5, agent="ci", session=f"b{h}") for i in range(100)]
+        rows += [
+            call("run_tests", {"f": f"t{i}"}, h * 3600 + i * 0.5, agent="ci", session=f"b{h}")
+            for i in range(100)
+        ]
     # The quiet agent does 3 a minute; then one session does 150 in a minute.
     for h in range(30):
-        rows += [call("read_file", {"p": f"{h}-{i}"}, h * 3600 + i * 20, agent="quiet", session=f"q{h}") for i in range(3)]
-    rows += [call("read_file", {"p": f"spike-{i}"}, 40 * 3600 + i * 0.3, agent="quiet", session="spike") for i in range(150)]
+        rows += [
+            call("read_file", {"p": f"{h}-{i}"}, h * 3600 + i * 20, agent="quiet", session=f"q{h}")
+            for i in range(3)
+        ]
+    rows += [
+        call("read_file", {"p": f"spike-{i}"}, 40 * 3600 + i * 0.3, agent="quiet", session="spike")
+        for i in range(150)
+    ]
     found = [f for f in detect(_con(rows)) if f.pattern == "rate_spike"]
     assert [f.session_id for f in found] == ["spike"]
 
@@ -83,9 +111,22 @@ def test_rate_spike_is_relative_to_the_agent_own_minutes() -> None:
 def test_long_session_only_when_going_in_circles() -> None:
     rows = []
     for s in range(40):
-        rows += [call("read_file", {"p": f"{s}-{i}"}, s * 3600 + i * 10, session=f"n{s}") for i in range(10)]
-    circles = [call(["read_file", "list_directory", "query"][i % 3], {"same": i % 3}, 200000 + i * 7.0, session="circles") for i in range(300)]
-    healthy = [call("read_file", {"p": f"h-{i}"}, 300000 + i * 7.0, session="healthy") for i in range(300)]
+        rows += [
+            call("read_file", {"p": f"{s}-{i}"}, s * 3600 + i * 10, session=f"n{s}")
+            for i in range(10)
+        ]
+    circles = [
+        call(
+            ["read_file", "list_directory", "query"][i % 3],
+            {"same": i % 3},
+            200000 + i * 7.0,
+            session="circles",
+        )
+        for i in range(300)
+    ]
+    healthy = [
+        call("read_file", {"p": f"h-{i}"}, 300000 + i * 7.0, session="healthy") for i in range(300)
+    ]
     found = detect(_con(rows + circles + healthy))
     long = {f.session_id for f in found if f.pattern == "long_session"}
     assert long == {"circles"}
@@ -98,7 +139,15 @@ def test_repeated_side_effect_needs_identical_arguments() -> None:
     for i in range(3):
         rows.append(call("create_charge", charge, i * 30.0, session="dup"))
         rows.append(call("query", {"sql": f"select {i}"}, i * 30.0 + 5, session="dup"))
-    rows += [call("create_charge", {**charge, "customer": f"cus_{i + 10}"}, 500 + i * 30.0, session="distinct") for i in range(5)]
+    rows += [
+        call(
+            "create_charge",
+            {**charge, "customer": f"cus_{i + 10}"},
+            500 + i * 30.0,
+            session="distinct",
+        )
+        for i in range(5)
+    ]
     found = [f for f in detect(_con(rows)) if f.pattern == "repeated_side_effect"]
     assert [f.session_id for f in found] == ["dup"] and found[0].calls == 3
 

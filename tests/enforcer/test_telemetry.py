@@ -11,16 +11,21 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry import trace as trace_api
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from enforcer.engine import Decision, Request
 from enforcer.telemetry import (
     MAX_ARGUMENT_CHARS,
     POLICY_SPAN_NAME,
     CallRecorder,
+    _remote_parent,
     redact_arguments,
     service_resource,
 )
@@ -252,6 +257,40 @@ def test_span_ids_are_unique_and_valid(
     assert all(c is not None and c.is_valid for c in contexts)
     assert len({c.span_id for c in contexts if c is not None}) == 200
     assert len({c.trace_id for c in contexts if c is not None}) == 200
+
+
+_hex = st.text(alphabet="0123456789abcdef", min_size=0, max_size=34)
+
+
+@given(
+    st.one_of(
+        st.builds(
+            lambda v, t, s, f, rest: f"{v}-{t}-{s}-{f}{rest}",
+            st.sampled_from(["00", "01", "ff", "0g", "cc"]),
+            st.one_of(_hex, st.just("0" * 32), st.just(TRACE_ID)),
+            st.one_of(_hex, st.just("0" * 16), st.just(PARENT_ID)),
+            st.sampled_from(["00", "01", "03", "ff", "1"]),
+            st.sampled_from(["", "-", "-extra", " ", "\n"]),
+        ),
+        st.text(max_size=80),
+    )
+)
+def test_traceparent_parsing_agrees_with_the_sdk_propagator(traceparent: str) -> None:
+    """callward parses traceparent itself (for speed); it must decide exactly as the SDK."""
+    sdk = trace_api.get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    ).get_span_context()
+    ours = _remote_parent(traceparent)
+    if not sdk.is_valid:
+        assert ours is None
+    else:
+        assert ours is not None
+        assert (ours.trace_id, ours.span_id, ours.trace_flags, ours.is_remote) == (
+            sdk.trace_id,
+            sdk.span_id,
+            sdk.trace_flags,
+            sdk.is_remote,
+        )
 
 
 # --- drops ---------------------------------------------------------------------------------

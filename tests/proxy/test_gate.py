@@ -42,11 +42,6 @@ POLICY = compile_document(
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def call_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "calls.log"
     monkeypatch.setenv("CALL_LOG", str(path))

@@ -352,3 +352,46 @@ async def test_a_server_that_cannot_start_gets_a_clear_error(recorder: CallRecor
     for got in (first, second):
         assert got["error"]["code"] == UPSTREAM_UNAVAILABLE
         assert "could not be started" in got["error"]["message"]
+
+
+async def test_a_server_that_failed_to_start_is_started_by_the_next_request(
+    recorder: CallRecorder, call_log: Path
+) -> None:
+    attempts: list[int] = []
+    real = connector()
+
+    def flaky() -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("the first start fails")
+        return real()
+
+    async with raw_relay(make_gate(recorder), flaky) as (client, relay):
+        init = await client.handshake()
+        echoed = await client.request(
+            2, "tools/call", {"name": "echo", "arguments": {"text": "started"}}
+        )
+    assert init["result"]["serverInfo"]["name"] == "misbehaving"
+    assert echoed["result"]["content"][0]["text"] == "started"
+    assert len(attempts) == 2 and relay.stats.upstream_connects == 1
+
+
+async def test_hostile_meta_never_breaks_a_call(
+    recorder: CallRecorder, exporter: InMemorySpanExporter, call_log: Path
+) -> None:
+    async with raw_relay(make_gate(recorder), connector()) as (client, _):
+        await client.handshake()
+        answers = []
+        for i, meta in enumerate(
+            [
+                {"traceparent": "garbage"},
+                {"traceparent": 42},
+                "not an object",
+                {"progressToken": []},
+            ]
+        ):
+            params = {"name": "echo", "arguments": {"text": str(i)}, "_meta": meta}
+            answers.append(await client.request(10 + i, "tools/call", params))
+    assert [a["result"]["content"][0]["text"] for a in answers] == ["0", "1", "2", "3"]
+    spans = call_spans(exporter)
+    assert len(spans) == 4 and all(s.parent is None for s in spans)

@@ -149,11 +149,6 @@ async def test_callward_proxy_over_stdio_with_a_real_client(
     assert block.text.startswith("[POLICY DENIED]")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class LineReader:
     def __init__(self, stream: Any):
         self.stream = stream

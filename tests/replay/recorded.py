@@ -117,9 +117,7 @@ def simulate_online(
 
 def to_table(records: list[dict[str, Any]]) -> pa.Table:
     """Records as a table of the store's schema (times are epoch microseconds, kept exact)."""
-    arrays = [
-        pa.array([r.get(f.name, "") for r in records], type=f.type) for f in TOOL_CALL_SCHEMA
-    ]
+    arrays = [pa.array([r.get(f.name, "") for r in records], type=f.type) for f in TOOL_CALL_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=TOOL_CALL_SCHEMA)
 
 

@@ -46,7 +46,12 @@ def json_report(store: dict[str, Path], *extra: Any) -> tuple[int, dict[str, Any
 def test_known_answers_against_the_recorded_decisions(store: dict[str, Path]) -> None:
     code, report = json_report(store)
     assert code == 0
-    assert (report["total"], report["unknown"], report["changed"], report["unchanged"]) == (25, 2, 7, 16)
+    assert (report["total"], report["unknown"], report["changed"], report["unchanged"]) == (
+        25,
+        2,
+        7,
+        16,
+    )
     assert report["unknown_reasons"]["no_decision"] == 1
     assert report["unknown_reasons"]["human_approval"] == 1
     assert [(t["name"], t["count"]) for t in report["transitions"]] == [("allow->deny", 7)]
@@ -57,10 +62,14 @@ def test_known_answers_against_the_recorded_decisions(store: dict[str, Path]) ->
     assert examples[0]["from_rule"] == "/tools/pay"
     assert report["newly_denied"] == 7
     assert report["most_affected"]["agents"][0] == {
-        "name": "bo", "changed": 7, "newly_denied": 7, "newly_allowed": 0
+        "name": "bo",
+        "changed": 7,
+        "newly_denied": 7,
+        "newly_allowed": 0,
     }
     assert {r["name"]: r["changed"] for r in report["most_affected"]["rules"]} == {
-        "/tools/pay/deny_if/0": 4, "/tools/delete/action": 3
+        "/tools/pay/deny_if/0": 4,
+        "/tools/delete/action": 3,
     }
     assert sum(p["count"] for p in report["newly_denied_over_time"]["points"]) == 7
     fid = report["fidelity"]
@@ -82,7 +91,9 @@ def test_filters_choose_what_is_reported(store: dict[str, Path]) -> None:
     _, report = json_report(store, "--agent", "bo", "--tool", "delete")
     assert report["total"] == 3
     assert report["changed"] == 3
-    _, report = json_report(store, "--since", "2026-01-01T02:00:00Z", "--until", "2026-01-01T03:00Z")
+    _, report = json_report(
+        store, "--since", "2026-01-01T02:00:00Z", "--until", "2026-01-01T03:00Z"
+    )
     assert report["total"] == 3  # the deletes, minutes 120-122
     assert report["range"]["first_call"].startswith("2026-01-01T02:00")
 
@@ -120,8 +131,16 @@ def test_several_gates_fail_if_any_fails(store: dict[str, Path]) -> None:
 
 
 def test_a_fidelity_gate_fails_when_fidelity_cannot_be_measured(store: dict[str, Path]) -> None:
-    r = run("--data", store["data"], "--policy", store["candidate"], "--since", "2030-01-01",
-            "--fail-on", "fidelity<99%")
+    r = run(
+        "--data",
+        store["data"],
+        "--policy",
+        store["candidate"],
+        "--since",
+        "2030-01-01",
+        "--fail-on",
+        "fidelity<99%",
+    )
     assert r.exit_code == 1
 
 
@@ -135,7 +154,9 @@ def test_unreadable_gates_are_usage_errors(store: dict[str, Path], gate: str) ->
 
 def test_invalid_candidate_prints_its_validation_report(store: dict[str, Path]) -> None:
     bad = store["tmp"] / "bad.yaml"
-    bad.write_text('version: "1"\ntools:\n  pay:\n    limits:\n      - {counter: c, window: week, max: 1}\n')
+    bad.write_text(
+        'version: "1"\ntools:\n  pay:\n    limits:\n      - {counter: c, window: week, max: 1}\n'
+    )
     r = run("--data", store["data"], "--policy", bad)
     assert r.exit_code == 2
     assert f"{bad}:5:" in r.output
@@ -162,7 +183,11 @@ def test_missing_and_empty_data_directories(store: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--since", "yesterday"], ["--since", "2026-01-02", "--until", "2026-01-01"], ["--format", "pdf"]],
+    [
+        ["--since", "yesterday"],
+        ["--since", "2026-01-02", "--until", "2026-01-01"],
+        ["--format", "pdf"],
+    ],
 )
 def test_bad_options_are_usage_errors(store: dict[str, Path], args: list[str]) -> None:
     assert run("--data", store["data"], "--policy", store["candidate"], *args).exit_code == 2
@@ -178,7 +203,9 @@ def test_a_corrupt_parquet_file_is_named_and_can_be_skipped(store: dict[str, Pat
     code, report = json_report(store, "--skip-bad-files")
     assert code == 0
     assert report["total"] == 25
-    assert [Path(s["path"]).name for s in report["store"]["skipped_files"]] == ["part-corrupt.parquet"]
+    assert [Path(s["path"]).name for s in report["store"]["skipped_files"]] == [
+        "part-corrupt.parquet"
+    ]
 
 
 def test_decisions_out_has_one_row_per_call(store: dict[str, Path]) -> None:
@@ -187,8 +214,17 @@ def test_decisions_out_has_one_row_per_call(store: dict[str, Path]) -> None:
     assert r.exit_code == 0
     frame = pl.read_parquet(out)
     assert frame.height == 25
-    for col in ("span_id", "call_id", "start_time", "agent_id", "tool", "recorded_decision",
-                "recorded_rule", "replayed_decision", "replayed_rule"):
+    for col in (
+        "span_id",
+        "call_id",
+        "start_time",
+        "agent_id",
+        "tool",
+        "recorded_decision",
+        "recorded_rule",
+        "replayed_decision",
+        "replayed_rule",
+    ):
         assert col in frame.columns
     changed = frame.filter(pl.col("recorded_decision") != pl.col("replayed_decision"))
     assert changed.height == 7
@@ -233,7 +269,9 @@ def test_hostile_names_are_escaped_in_markdown_and_html(tmp_path: Path) -> None:
     from tests.replay.recorded import EPOCH_US, Call, simulate_online, write_store
 
     evil = "<script>alert(1)</script>|x"
-    calls = [Call(start_us=EPOCH_US, duration_us=1, tool=evil, agent_id=evil, span_id="0000000000000001")]
+    calls = [
+        Call(start_us=EPOCH_US, duration_us=1, tool=evil, agent_id=evil, span_id="0000000000000001")
+    ]
     recorded = compile_document({"version": "1", "default": "allow"})
     write_store(tmp_path / "d", simulate_online(calls, [(0, recorded)]), [recorded])
     cand = tmp_path / "c.json"
@@ -244,3 +282,30 @@ def test_hostile_names_are_escaped_in_markdown_and_html(tmp_path: Path) -> None:
     md = run(*base, "--format", "markdown").stdout
     assert "<script>" not in md
     assert run(*base).exit_code == 0
+
+
+class _ScriptText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = False
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.inside = tag == "script" and dict(attrs).get("id") == "report-data"
+
+    def handle_data(self, data: str) -> None:
+        if self.inside:
+            self.text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        self.inside = False
+
+
+def test_html_embeds_the_same_report_as_json(store: dict[str, Path]) -> None:
+    base = ["--data", store["data"], "--policy", store["candidate"]]
+    as_json = json.loads(run(*base, "--format", "json").stdout)
+    page = _ScriptText()
+    page.feed(run(*base, "--format", "html").stdout)
+    embedded = json.loads(page.text)
+    jsonschema.validate(embedded, SCHEMA)
+    assert embedded == as_json

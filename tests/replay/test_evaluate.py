@@ -30,13 +30,22 @@ def _calls(drawn: list[tuple[dict[str, Any], int, int, bool]]) -> list[Call]:
     ids = span_ids(len(drawn))
     # Many calls share a start time on purpose: ties are the hard case.
     return [
-        Call(start_us=EPOCH_US + (t // 7_000_000) * 7_000_000, duration_us=dur, failed=failed,
-             span_id=ids[i], **fields)
+        Call(
+            start_us=EPOCH_US + (t // 7_000_000) * 7_000_000,
+            duration_us=dur,
+            failed=failed,
+            span_id=ids[i],
+            **fields,
+        )
         for i, (fields, t, dur, failed) in enumerate(drawn)
     ]
 
 
-def _replay_same(doc: dict[str, Any], calls: list[Call], schedule_docs: list[tuple[int, dict[str, Any]]] | None = None):
+def _replay_same(
+    doc: dict[str, Any],
+    calls: list[Call],
+    schedule_docs: list[tuple[int, dict[str, Any]]] | None = None,
+):
     policy = compile_document(doc)
     schedule = [(0, policy)] + [(t, compile_document(d)) for t, d in (schedule_docs or [])]
     records = simulate_online(calls, schedule)
@@ -63,8 +72,12 @@ def test_replaying_the_policy_in_force_reproduces_every_decision(
 
 @pytest.mark.timeout(600)
 @settings(max_examples=30)
-@given(policy_documents(), policy_documents(), st.lists(call_st, min_size=1, max_size=40),
-       st.integers(0, 2 * 3600 * 1_000_000))
+@given(
+    policy_documents(),
+    policy_documents(),
+    st.lists(call_st, min_size=1, max_size=40),
+    st.integers(0, 2 * 3600 * 1_000_000),
+)
 def test_fidelity_is_exact_across_a_policy_reload(
     doc_a: dict[str, Any], doc_b: dict[str, Any], drawn: list[Any], switch: int
 ) -> None:
@@ -88,10 +101,24 @@ LIMITED = {
 }
 
 
-def _one(t_s: float, tool: str, agent: str = "a", failed: bool = False, dur_s: float = 1,
-         amount: int = 1, sid: int = 0) -> Call:
-    return Call(start_us=EPOCH_US + int(t_s * 1e6), duration_us=int(dur_s * 1e6), tool=tool,
-                agent_id=agent, failed=failed, arguments={"amount": amount}, span_id=f"{sid:016x}")
+def _one(
+    t_s: float,
+    tool: str,
+    agent: str = "a",
+    failed: bool = False,
+    dur_s: float = 1,
+    amount: int = 1,
+    sid: int = 0,
+) -> Call:
+    return Call(
+        start_us=EPOCH_US + int(t_s * 1e6),
+        duration_us=int(dur_s * 1e6),
+        tool=tool,
+        agent_id=agent,
+        failed=failed,
+        arguments={"amount": amount},
+        span_id=f"{sid:016x}",
+    )
 
 
 def _decisions(doc: dict[str, Any], calls: list[Call]) -> list[tuple[str, str]]:
@@ -107,37 +134,60 @@ def _decisions(doc: dict[str, Any], calls: list[Call]) -> list[tuple[str, str]]:
 
 
 def test_third_call_in_a_minute_is_denied_and_a_new_minute_has_room() -> None:
-    calls = [_one(0, "pay", sid=1), _one(10, "pay", sid=2), _one(20, "pay", sid=3),
-             _one(61, "pay", sid=4)]
+    calls = [
+        _one(0, "pay", sid=1),
+        _one(10, "pay", sid=2),
+        _one(20, "pay", sid=3),
+        _one(61, "pay", sid=4),
+    ]
     assert _decisions(LIMITED, calls) == [
-        ("allow", "/tools/pay"), ("allow", "/tools/pay"),
-        ("deny", "/tools/pay/limits/0"), ("allow", "/tools/pay"),
+        ("allow", "/tools/pay"),
+        ("allow", "/tools/pay"),
+        ("deny", "/tools/pay/limits/0"),
+        ("allow", "/tools/pay"),
     ]
 
 
 def test_a_failed_call_gives_its_quota_back_at_its_end_time() -> None:
     # The second call fails and ends at 15 s: the call at 20 s gets its slot; the one at
     # 12 s (before the release) does not.
-    calls = [_one(0, "pay", sid=1), _one(10, "pay", failed=True, dur_s=5, sid=2),
-             _one(12, "pay", sid=3), _one(20, "pay", sid=4), _one(30, "pay", sid=5)]
+    calls = [
+        _one(0, "pay", sid=1),
+        _one(10, "pay", failed=True, dur_s=5, sid=2),
+        _one(12, "pay", sid=3),
+        _one(20, "pay", sid=4),
+        _one(30, "pay", sid=5),
+    ]
     assert [d for d, _ in _decisions(LIMITED, calls)] == ["allow", "allow", "deny", "allow", "deny"]
 
 
 def test_denied_calls_consume_nothing_and_limits_of_two_scopes_interact() -> None:
     # Big payments are denied by deny_if and take no quota; the all_tools hour limit (4)
     # then stops the fifth allowed call even though the minute limit has room.
-    calls = [_one(0, "pay", amount=500, sid=1), _one(1, "pay", sid=2), _one(2, "read", sid=3),
-             _one(70, "read", sid=4), _one(80, "pay", sid=5), _one(140, "read", sid=6),
-             _one(150, "read", agent="b", sid=7)]
+    calls = [
+        _one(0, "pay", amount=500, sid=1),
+        _one(1, "pay", sid=2),
+        _one(2, "read", sid=3),
+        _one(70, "read", sid=4),
+        _one(80, "pay", sid=5),
+        _one(140, "read", sid=6),
+        _one(150, "read", agent="b", sid=7),
+    ]
     assert _decisions(LIMITED, calls) == [
-        ("deny", "/tools/pay/deny_if/0"), ("allow", "/tools/pay"), ("allow", "/tools/read"),
-        ("allow", "/tools/read"), ("allow", "/tools/pay"), ("deny", "/all_tools/limits/0"),
+        ("deny", "/tools/pay/deny_if/0"),
+        ("allow", "/tools/pay"),
+        ("allow", "/tools/read"),
+        ("allow", "/tools/read"),
+        ("allow", "/tools/pay"),
+        ("deny", "/all_tools/limits/0"),
         ("allow", "/tools/read"),
     ]
 
 
 busy_call_st = st.tuples(
-    call_fields, st.integers(0, 150 * 1_000_000), st.sampled_from([0, 1, 2_000_000, 20_000_000]),
+    call_fields,
+    st.integers(0, 150 * 1_000_000),
+    st.sampled_from([0, 1, 2_000_000, 20_000_000]),
     st.booleans(),
 )
 

@@ -1,0 +1,88 @@
+"""Detection time over a big store, as a ratio to a plain DuckDB scan of the same store.
+
+    .venv/bin/python benchmarks/bench_detect.py [--data var/bench/gen-10000000] [--calls N]
+
+Without --data it reuses var/bench/gen-<calls> (left by bench_generate.py) or generates it.
+It also scores the findings against the store's labels (session-level precision/recall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import duckdb
+
+from datasets.generator import GenerateConfig, generate
+from datasets.labels import read_labels
+from datasets.scoring import markdown, score
+from detectors import detect_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quality(seeds: int) -> None:
+    """Session-level precision/recall over several small stores (7 agents, 3 days, 30k calls)."""
+    import tempfile
+
+    from datasets.scoring import Scorecard
+
+    total = Scorecard()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(1, seeds + 1):
+            d = Path(tmp) / str(seed)
+            generate(GenerateConfig(out=d, agents=7, days=3, seed=seed, calls=30_000))
+            total.merge(score(detect_report(d).findings, read_labels(d)))
+    print(markdown(total))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--calls", type=int, default=10_000_000)
+    ap.add_argument(
+        "--quality-seeds",
+        type=int,
+        default=0,
+        help="instead: score detection on this many small generated stores (seeds 1..N)",
+    )
+    args = ap.parse_args()
+    if args.quality_seeds:
+        quality(args.quality_seeds)
+        return
+    data = args.data or ROOT / "var" / "bench" / f"gen-{args.calls}"
+    if not (data / "tool_calls").exists():
+        print(f"generating {args.calls} calls into {data} ...")
+        generate(GenerateConfig(out=data, agents=21, days=30, seed=42, calls=args.calls))
+
+    glob = str(data / "tool_calls" / "*" / "*.parquet")
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    t = time.perf_counter()
+    n, sessions, arg_bytes = con.execute(
+        "SELECT count(*), count(DISTINCT coalesce(nullif(session_id, ''), trace_id)), "
+        f"sum(strlen(arguments)) FROM read_parquet('{glob}')"
+    ).fetchone()
+    scan_s = time.perf_counter() - t
+    print(
+        f"baseline scan: {n} calls, {sessions} sessions, {arg_bytes / 1e9:.2f} GB of arguments "
+        f"in {scan_s:.2f} s"
+    )
+
+    t = time.perf_counter()
+    report = detect_report(data)
+    detect_s = time.perf_counter() - t
+    print(
+        f"detect: {len(report.findings)} findings in {detect_s:.1f} s "
+        f"({n / detect_s:,.0f} calls/s); {report.message}"
+    )
+    print(f"ratio: detection takes {detect_s / scan_s:.1f}x the baseline scan")
+
+    labels = read_labels(data)
+    if labels:
+        print(markdown(score(report.findings, labels)))
+
+
+if __name__ == "__main__":
+    main()
