@@ -1,38 +1,71 @@
-"""The ``callward`` command. Each component registers its own subcommands."""
+"""The ``callward`` command. Each component registers its own subcommands.
+
+Components are imported only when their command runs: `callward enforcer` must not pay
+for Streamlit, Polars or the MCP SDK at start-up (and a smaller process is a smaller
+attack surface for a gateway).
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+# command -> module exposing register(app: typer.Typer)
+COMMANDS: dict[str, str] = {
+    "policy": "enforcer.cli",
+    "enforcer": "enforcer.cli",
+    "proxy": "enforcer.proxy.cli",
+    "collector": "collector.cli",
+    "replay": "replay.cli",
+    "datasets": "datasets.cli",
+    "detect": "detectors.cli",
+    "dashboard": "dashboard.cli",
+}
+
+
+def _load(name: str) -> Any:
+    module = COMMANDS.get(name)
+    if module is None:
+        return None
+    sub = typer.Typer()
+    importlib.import_module(module).register(sub)
+    command = typer.main.get_command(sub)
+    commands = getattr(command, "commands", None)
+    if isinstance(commands, dict):
+        return commands.get(name)
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """A Typer group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return _load(cmd_name)
+
 
 app = typer.Typer(
     name="callward",
+    cls=LazyGroup,
     help="Policy gateway, audit trail and replay for AI-agent tool calls (MCP).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-# Each module exposes register(app). Listed once here so `callward --help` shows them all.
-COMPONENTS = (
-    "enforcer.cli",
-    "enforcer.proxy.cli",
-    "collector.cli",
-    "replay.cli",
-    "datasets.cli",
-    "detectors.cli",
-    "dashboard.cli",
-)
 
-for _name in COMPONENTS:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as e:  # a component not built yet; any other import error is real
-        if e.name is None or not _name.startswith(e.name):
-            raise
-        continue
-    _mod.register(app)
+@app.callback()
+def main() -> None:
+    """Policy gateway, audit trail and replay for AI-agent tool calls (MCP)."""
+
+
+def run(*args: Any) -> None:
+    app(*args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Every SQL statement the dashboard runs, and the one connection they run on.
+"""The SQL behind every page, and the one connection it runs on (the hourly pre-aggregations
+it reads when it can are defined in :mod:`dashboard.rollups`).
 
 The dashboard only reads. It opens one in-memory DuckDB database per data directory (cached
 for the life of the app) whose view ``tool_calls`` reads the store's Hive-partitioned Parquet
@@ -11,8 +12,9 @@ Every query is bounded: a row cap (``LIMIT``), a time limit (a timer interrupts 
 and a cache with a TTL so a page re-run does not re-scan the store. A failed query raises
 :class:`QueryError`, which keeps the SQL and its parameters for the page to show.
 
-Pages never pull raw calls in bulk: each query aggregates in SQL and returns at most a few
-thousand rows.
+Pages never pull raw calls in bulk: each query aggregates in SQL, over the hourly rollups
+when they answer the filter exactly and over the raw calls otherwise, and returns at most a
+few thousand rows.
 """
 
 from __future__ import annotations

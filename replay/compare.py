@@ -107,7 +107,9 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
         (pl.col("decision") != "").alias("replayable"),
     )
 
-    replayable = calls.filter(pl.col("replayable"))
+    everything = bool(calls.get_column("replayable").all())
+    # Filtering copies every column; most stores need none, so skip it when it is a no-op.
+    replayable = calls if everything else calls.filter(pl.col("replayable"))
     candidate, stats = replay(
         replayable, {"candidate": req.candidate}, "candidate", progress=report
     )
@@ -128,7 +130,10 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
     fidelity, fidelity_stats = _fidelity(replayable, recorded.by_version, report)
     replayed = replayed.hstack(fidelity)
 
-    calls = calls.join(replayed, on="__call", how="left").drop("__call")
+    if everything:
+        calls = calls.hstack(replayed.drop("__call")).drop("__call")
+    else:
+        calls = calls.join(replayed, on="__call", how="left").drop("__call")
     approval_unknown = pl.col("approval") if req.baseline is None else pl.lit(False)
     calls = calls.with_columns(
         pl.when(pl.col("decision") == "")
@@ -173,22 +178,25 @@ def _fidelity(
     """Each call replayed under its own recorded policy version (null when unknown)."""
     known = pl.col("policy_version").is_in(list(policies))
     mask = replayable.select(known.alias("k")).get_column("k")
-    subset = replayable.filter(mask)
-    empty = pl.DataFrame(
-        {"f_decision": [None] * replayable.height, "f_rule": [None] * replayable.height},
-        schema={"f_decision": pl.String, "f_rule": pl.String},
-    )
-    if subset.height == 0:
+    if not bool(mask.any()):
+        empty = pl.DataFrame(
+            {
+                "f_decision": pl.repeat(None, replayable.height, dtype=pl.String, eager=True),
+                "f_rule": pl.repeat(None, replayable.height, dtype=pl.String, eager=True),
+            }
+        )
         return empty, ReplayStats(0, 0, 0, 0)
+    subset = replayable if bool(mask.all()) else replayable.filter(mask)
     result, stats = replay(subset, policies, subset.get_column("policy_version"), progress=progress)
+    result = result.select(
+        pl.col("r_decision").alias("f_decision"), pl.col("r_rule").alias("f_rule")
+    )
+    if subset.height == replayable.height:
+        return result, stats
     placed = (
         replayable.select(pl.arange(0, replayable.height, dtype=pl.UInt32).alias("__i"))
         .filter(mask)
-        .hstack(
-            result.select(
-                pl.col("r_decision").alias("f_decision"), pl.col("r_rule").alias("f_rule")
-            )
-        )
+        .hstack(result)
     )
     full = (
         pl.DataFrame({"__i": pl.arange(0, replayable.height, dtype=pl.UInt32, eager=True)})

@@ -262,31 +262,33 @@ def _contended_rows(
                 )
     if not pieces:
         return np.zeros(0, dtype=np.int64), 0, 0
-    reservations = pl.DataFrame(
-        {
-            "row": np.concatenate([p[0] for p in pieces]),
-            "counter": np.concatenate([p[1] for p in pieces]),
-            "value": np.concatenate([p[2] for p in pieces]),
-            "window": np.concatenate([p[3] for p in pieces]),
-            "max": np.concatenate([p[4] for p in pieces]),
-        }
-    )
-    key = ["counter", "value", "window"]
+    rows = np.concatenate([p[0] for p in pieces])
+    # One 64-bit key per (counter, scope value, window start), mixed like a hash. Two keys
+    # that collide are merged, which can only make a key look contended: exact still.
+    with np.errstate(over="ignore"):
+        key = (
+            np.concatenate([p[2] for p in pieces]).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            + np.concatenate([p[3] for p in pieces]).view(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+            + np.concatenate([p[1] for p in pieces]).view(np.uint64) * np.uint64(0x165667B19E3779F9)
+        )
+    reservations = pl.DataFrame({"key": key, "max": np.concatenate([p[4] for p in pieces])})
+    del pieces
     # Versions may give one counter different maxima: the smallest one decides contention.
     contended = (
-        reservations.group_by(key)
+        reservations.group_by("key")
         .agg(pl.len().alias("attempts"), pl.col("max").min().alias("max"))
         .filter(pl.col("attempts") > pl.col("max"))
-        .select(key)
+        .get_column("key")
     )
     # Boolean masks rather than np.unique: linear, no sort of millions of rows.
     mask = np.zeros(calls.height, dtype=bool)
-    mask[reservations.get_column("row").to_numpy()] = True
+    mask[rows] = True
     pending = int(mask.sum())
     mask[:] = False
-    if contended.height:
-        mask[reservations.join(contended, on=key, how="semi").get_column("row").to_numpy()] = True
-    return np.flatnonzero(mask), pending, contended.height
+    if contended.len():
+        hit = reservations.select(pl.col("key").is_in(contended.implode())).to_series()
+        mask[rows[hit.to_numpy()]] = True
+    return np.flatnonzero(mask), pending, contended.len()
 
 
 # --------------------------------------------------------------------------- stage 3

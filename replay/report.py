@@ -35,12 +35,20 @@ def build_report(c: Comparison) -> dict[str, Any]:
     """The report document; ``gates`` is filled in later by the CLI."""
     calls = c.calls
     total = calls.height
-    known = calls.filter(pl.col("unknown_reason").is_null())
-    unknown = total - known.height
-    changed_rows = known.filter(
-        (pl.col("b_decision") != pl.col("r_decision")) | (pl.col("b_rule") != pl.col("r_rule"))
-    )
-    decision_changed = known.filter(pl.col("b_decision") != pl.col("r_decision"))
+    # Counts are taken with expressions; only the (few) changed calls are materialised.
+    is_known = pl.col("unknown_reason").is_null()
+    known_count, rule_only = calls.select(
+        is_known.sum().alias("known"),
+        (
+            is_known
+            & (pl.col("b_decision") == pl.col("r_decision"))
+            & (pl.col("b_rule") != pl.col("r_rule"))
+        )
+        .sum()
+        .alias("rule_only"),
+    ).row(0)
+    unknown = total - int(known_count)
+    decision_changed = calls.filter(is_known & (pl.col("b_decision") != pl.col("r_decision")))
     newly_denied = decision_changed.filter(pl.col("r_decision") == "deny").height
     newly_allowed = decision_changed.filter(pl.col("r_decision") == "allow").height
     req = c.request
@@ -50,9 +58,9 @@ def build_report(c: Comparison) -> dict[str, Any]:
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "total": total,
-        "unchanged": known.height - decision_changed.height,
+        "unchanged": int(known_count) - decision_changed.height,
         "changed": decision_changed.height,
-        "rule_changed": changed_rows.height - decision_changed.height,
+        "rule_changed": int(rule_only),
         "unknown": unknown,
         "unknown_reasons": _reasons(calls, "unknown_reason"),
         "newly_denied": newly_denied,
@@ -157,23 +165,21 @@ def _transitions(c: Comparison, changed: pl.DataFrame, total: int) -> list[dict[
 
 
 def _fidelity(calls: pl.DataFrame) -> dict[str, Any]:
-    judged = calls.filter(pl.col("fidelity_unknown_reason").is_null())
-    reproduced = judged.filter(
-        (pl.col("f_decision") == pl.col("decision")) & (pl.col("f_rule") == pl.col("rule"))
-    )
-    mismatched = judged.filter(
-        (pl.col("f_decision") != pl.col("decision")) | (pl.col("f_rule") != pl.col("rule"))
-    )
+    is_judged = pl.col("fidelity_unknown_reason").is_null()
+    same = (pl.col("f_decision") == pl.col("decision")) & (pl.col("f_rule") == pl.col("rule"))
+    judged_count, reproduced_count = calls.select(
+        is_judged.sum().alias("judged"), (is_judged & same).sum().alias("reproduced")
+    ).row(0)
+    judged_count, reproduced_count = int(judged_count or 0), int(reproduced_count or 0)
+    mismatched = calls.filter(is_judged & ~same)
     by_version = []
     for version, n, ok in (
-        judged.group_by("policy_version")
-        .agg(
-            pl.len(),
-            ((pl.col("f_decision") == pl.col("decision")) & (pl.col("f_rule") == pl.col("rule")))
-            .sum()
-            .alias("ok"),
-        )
+        calls.lazy()
+        .filter(is_judged)
+        .group_by("policy_version")
+        .agg(pl.len(), same.sum().alias("ok"))
         .sort("policy_version")
+        .collect()
         .iter_rows()
     ):
         by_version.append({"version": version, "calls": int(n), "reproduced": int(ok)})
@@ -191,10 +197,10 @@ def _fidelity(calls: pl.DataFrame) -> dict[str, Any]:
         for row in mismatched.sort("start_us").head(EXAMPLES_PER_TRANSITION).iter_rows(named=True)
     ]
     return {
-        "share": round(reproduced.height / judged.height, 6) if judged.height else None,
-        "replayed": judged.height,
-        "reproduced": reproduced.height,
-        "unknown": calls.height - judged.height,
+        "share": round(reproduced_count / judged_count, 6) if judged_count else None,
+        "replayed": judged_count,
+        "reproduced": reproduced_count,
+        "unknown": calls.height - judged_count,
         "unknown_reasons": _reasons(calls, "fidelity_unknown_reason"),
         "by_version": by_version,
         "mismatches": examples,

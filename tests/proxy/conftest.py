@@ -7,9 +7,7 @@ after). ``mcp-run-python-code`` only starts with ``mcp<2``, so its venv pins it.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import venv
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +22,7 @@ from mcp.types import Implementation, JSONRPCMessage
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from demo import servers as demo_servers
 from enforcer.proxy.gate import Gate
 from enforcer.proxy.http import ProxyHTTP, bound_socket, uvicorn_server
 from enforcer.proxy.relay import Relay
@@ -36,34 +35,13 @@ VENVS = REPO / ".test-venvs"
 SERVERS_DIR = Path(__file__).resolve().parent / "servers"
 MISBEHAVING = SERVERS_DIR / "misbehaving.py"
 
-# name -> (pip requirements, console script)
-REAL_SERVERS: dict[str, tuple[tuple[str, ...], str]] = {
-    "mcp-server-time": (("mcp-server-time",), "mcp-server-time"),
-    "mcp-run-python-code": (("mcp-run-python-code", "mcp<2"), "mcp-run-python-code"),
-    "mcp-proxy": (("mcp-proxy",), "mcp-proxy"),
-}
-
 
 def ensure_server(name: str) -> Path:
     """The console script of a real server, installing its venv on first use."""
-    requirements, script = REAL_SERVERS[name]
-    home = VENVS / name
-    exe = home / "bin" / script
-    if exe.exists():
-        return exe
     try:
-        venv.EnvBuilder(with_pip=True, clear=True).create(home)
-        subprocess.run(
-            [str(home / "bin" / "python"), "-m", "pip", "install", "-q", *requirements],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    except (subprocess.SubprocessError, OSError) as e:
-        pytest.skip(f"cannot install {name} from PyPI into {home}: {e}")
-    if not exe.exists():
-        pytest.skip(f"{name} installed but {exe} is missing")
-    return exe
+        return demo_servers.ensure_server(name)
+    except demo_servers.ServerInstallFailed as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")

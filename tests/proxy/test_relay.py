@@ -392,6 +392,11 @@ async def test_hostile_meta_never_breaks_a_call(
         ):
             params = {"name": "echo", "arguments": {"text": str(i)}, "_meta": meta}
             answers.append(await client.request(10 + i, "tools/call", params))
-    assert [a["result"]["content"][0]["text"] for a in answers] == ["0", "1", "2", "3"]
+    # A bad trace parent is ignored (the span starts a new trace); a _meta the server's
+    # own validation refuses gets the server's error, passed through.
+    assert [a["result"]["content"][0]["text"] for a in answers[:2]] == ["0", "1"]
+    assert all("error" in a for a in answers[2:])
     spans = call_spans(exporter)
     assert len(spans) == 4 and all(s.parent is None for s in spans)
+    outcomes = [attrs(s)["callward.outcome"] for s in spans]
+    assert outcomes == ["ok", "ok", "error", "error"]
