@@ -65,7 +65,14 @@ def grpc_session(port: int) -> None:
     with EnforcerClient(f"127.0.0.1:{port}", timeout=2.0) as client:
         for i, (tool, args) in enumerate(calls, 1):
             call_id = f"grpc-{uuid.uuid4().hex[:12]}"
-            req = Request(tool, args, grant="batch", agent_id="grpc-client", session_id="grpc-demo", call_id=call_id)
+            req = Request(
+                tool,
+                args,
+                grant="batch",
+                agent_id="grpc-client",
+                session_id="grpc-demo",
+                call_id=call_id,
+            )
             d = client.check(req)
             if d.allowed:
                 client.report(call_id, "ok", duration_ms=3.0, result_bytes=64)
@@ -89,7 +96,20 @@ def main() -> int:
     sup = Supervisor(data / "logs")
     try:
         step(1, "Generating a labeled multi-agent dataset into the store")
-        gen = run(callward("datasets", "generate", "--out", str(store), "--agents", "8", "--days", "3", "--seed", "7"))
+        gen = run(
+            callward(
+                "datasets",
+                "generate",
+                "--out",
+                str(store),
+                "--agents",
+                "8",
+                "--days",
+                "3",
+                "--seed",
+                "7",
+            )
+        )
         console.print(gen.stdout.strip()[-1500:] or gen.stderr.strip()[-1500:])
         if gen.returncode:
             raise SystemExit(f"dataset generation failed:\n{gen.stderr}")
@@ -98,7 +118,15 @@ def main() -> int:
         cport = free_port()
         collector = sup.start(
             "collector",
-            callward("collector", "--data-dir", str(store), "--listen", f"127.0.0.1:{cport}", "--flush-interval", "1"),
+            callward(
+                "collector",
+                "--data-dir",
+                str(store),
+                "--listen",
+                f"127.0.0.1:{cport}",
+                "--flush-interval",
+                "1",
+            ),
         )
         wait_for_port(cport, collector)
         otlp = f"http://127.0.0.1:{cport}"
@@ -108,7 +136,15 @@ def main() -> int:
         eport = free_port()
         enforcer = sup.start(
             "enforcer",
-            callward("enforcer", "--policy", str(POLICY), "--listen", f"127.0.0.1:{eport}", "--otlp-endpoint", otlp),
+            callward(
+                "enforcer",
+                "--policy",
+                str(POLICY),
+                "--listen",
+                f"127.0.0.1:{eport}",
+                "--otlp-endpoint",
+                otlp,
+            ),
         )
         wait_for_port(eport, enforcer)
         grpc_session(eport)
@@ -119,7 +155,9 @@ def main() -> int:
             "python": [str(ensure_server("mcp-run-python-code"))],
             "time": [str(ensure_server("mcp-server-time")), "--local-timezone", "UTC"],
         }
-        table = Table("agent", "server", "tool", "verdict", "detail", title="tools/call through the proxy")
+        table = Table(
+            "agent", "server", "tool", "verdict", "detail", title="tools/call through the proxy"
+        )
 
         def show(o: Outcome) -> None:
             color = COLORS.get(o.verdict, "white")
@@ -155,8 +193,22 @@ def main() -> int:
         report = data / "replay.html"
         rep = run(callward("replay", "--data", str(store), "--policy", str(CANDIDATE)))
         console.print(rep.stdout.strip()[-4000:] or rep.stderr.strip())
-        run(callward("replay", "--data", str(store), "--policy", str(CANDIDATE), "--format", "html", "--out", str(report)))
-        js = run(callward("replay", "--data", str(store), "--policy", str(CANDIDATE), "--format", "json"))
+        run(
+            callward(
+                "replay",
+                "--data",
+                str(store),
+                "--policy",
+                str(CANDIDATE),
+                "--format",
+                "html",
+                "--out",
+                str(report),
+            )
+        )
+        js = run(
+            callward("replay", "--data", str(store), "--policy", str(CANDIDATE), "--format", "json")
+        )
         if js.returncode == 0:
             summary = json.loads(js.stdout)
             console.print(
@@ -168,7 +220,9 @@ def main() -> int:
         if opts.no_dashboard:
             return 0
         step(6, "Dashboard")
-        dash = sup.start("dashboard", callward("dashboard", "--data", str(store), "--port", str(opts.port)))
+        dash = sup.start(
+            "dashboard", callward("dashboard", "--data", str(store), "--port", str(opts.port))
+        )
         wait_for_port(opts.port, dash, timeout=90)
         console.print(f"[bold green]dashboard: http://127.0.0.1:{opts.port}[/]  (Ctrl-C to stop)")
         while dash.poll() is None:

@@ -58,7 +58,10 @@ SCRIPTS: dict[str, tuple[str, dict[str, list[Call]]]] = {
         {
             "time": [
                 Call("get_current_time", {"timezone": "Europe/Paris"}),
-                Call("convert_time", {"source_timezone": "UTC", "time": "09:30", "target_timezone": "Asia/Tokyo"}),
+                Call(
+                    "convert_time",
+                    {"source_timezone": "UTC", "time": "09:30", "target_timezone": "Asia/Tokyo"},
+                ),
             ],
             "python": [
                 Call("save_to_file_and_run", {"file_name": "report.py", "code": REPORT_CODE}),
@@ -80,7 +83,9 @@ SCRIPTS: dict[str, tuple[str, dict[str, list[Call]]]] = {
             "python": [
                 Call("run_python_code", {"code": "print(open('/root/.ssh/id_rsa').read())"}),
                 Call("pip_install_package", {"package_name": "requests"}),
-                Call("save_to_file_and_run", {"file_name": "../../tmp/notes.py", "code": "print(1)"}),
+                Call(
+                    "save_to_file_and_run", {"file_name": "../../tmp/notes.py", "code": "print(1)"}
+                ),
                 Call("save_to_file_and_run", {"file_name": "upload.py", "code": EXFIL_CODE}),
             ],
         },
@@ -132,7 +137,9 @@ async def run_agent(
     )
     async with (
         stdio_client(params, errlog=errlog) as (read, write),
-        ClientSession(read, write, client_info=Implementation(name=agent, version="1.0")) as session,
+        ClientSession(
+            read, write, client_info=Implementation(name=agent, version="1.0")
+        ) as session,
     ):
         await session.initialize()
         listed = await session.list_tools()

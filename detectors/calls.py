@@ -208,7 +208,7 @@ def open_calls(
         if owned:
             con.close()
         else:
-            for name in ("calls", "cw_roles", "egress", "seq", "runs"):
+            for name in ("calls", "cw_roles", "egress", "seq", "runs", "stuck_sessions"):
                 con.execute(f"DROP TABLE IF EXISTS {name}")
             con.execute("DROP VIEW IF EXISTS cw_source")
 

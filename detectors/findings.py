@@ -121,7 +121,7 @@ def _utc(t: datetime | None) -> datetime | None:
 def _run(window: CallsWindow, cfg: DetectorConfig) -> list[Finding]:
     con = window.con
     out: list[Finding] = []
-    for statement in runaway_setup_sql():
+    for statement in runaway_setup_sql(cfg):
         con.execute(statement)
     for sql in (*runaway_sql(cfg), *exfiltration_sql(cfg)):
         rows = con.execute(sql).fetchall()

@@ -24,15 +24,42 @@ _WHO = (
 _OUT = "agent_id, session_id, trace_id, service"
 
 
-def setup_sql() -> tuple[str, ...]:
+def setup_sql(cfg: DetectorConfig) -> tuple[str, ...]:
     """The session-ordered ``runs`` table the three consecutive-call patterns share.
 
-    Two window passes over narrow rows, whatever the number of patterns: the first orders
-    each session and looks back up to three calls; the second numbers the runs (a new run
-    starts wherever the previous call does not continue it). Sorting 10 million wide rows
-    once per pattern was the cost this avoids.
+    One window pass over all calls looks back just far enough to see whether a loop, an
+    alternation or a failure run reaches its threshold somewhere in a session; only those
+    (few) sessions are then ordered again and their runs numbered exactly. Sorting every
+    call once per pattern was the cost this avoids.
     """
+    depth = max(cfg.loop_repeats, cfg.pingpong_calls, cfg.retry_failures)
+    lags = ", ".join(
+        f"lag(sig, {k}) OVER w AS sig{k}, lag(tool, {k}) OVER w AS tool{k}, "
+        f"lag(failed, {k}) OVER w AS failed{k}"
+        for k in range(1, depth)
+    )
+
+    def sig(k: int) -> str:
+        return "sig" if k == 0 else f"sig{k}"
+
+    loop = " AND ".join(f"sig = sig{k}" for k in range(1, cfg.loop_repeats)) or "TRUE"
+    alternation = " AND ".join(
+        f"{sig(k)} = {sig(k + 2)} AND {sig(k)} <> {sig(k + 1)}"
+        for k in range(max(cfg.pingpong_calls - 2, 1))
+    )
+    failures = " AND ".join(
+        ["failed"] + [f"failed{k} AND tool{k} = tool" for k in range(1, cfg.retry_failures)]
+    )
     return (
+        f"""
+        CREATE OR REPLACE TEMP TABLE stuck_sessions AS
+        SELECT DISTINCT skey FROM (
+          SELECT skey, sig, tool, failed, {lags}
+          FROM calls WINDOW w AS (PARTITION BY skey ORDER BY ts, span_id)
+        )
+        WHERE coalesce({loop}, FALSE) OR coalesce({alternation}, FALSE)
+           OR coalesce({failures}, FALSE)
+        """,
         """
         CREATE OR REPLACE TEMP TABLE seq AS
         SELECT skey, ts, span_id, sig, tool, failed, decision = 'deny' AS denied, in_window,
@@ -41,7 +68,8 @@ def setup_sql() -> tuple[str, ...]:
                lag(sig, 1) OVER w AS p1, lag(sig, 2) OVER w AS p2, lag(sig, 3) OVER w AS p3,
                lag(tool, 1) OVER w AS prev_tool, lag(failed, 1) OVER w AS prev_failed,
                lag(span_id, 1) OVER w AS s1, lag(span_id, 2) OVER w AS s2
-        FROM calls WINDOW w AS (PARTITION BY skey ORDER BY ts, span_id)
+        FROM calls SEMI JOIN stuck_sessions USING (skey)
+        WINDOW w AS (PARTITION BY skey ORDER BY ts, span_id)
         """,
         """
         CREATE OR REPLACE TEMP TABLE runs AS

@@ -324,17 +324,18 @@ def _extract_arguments(
     if not pointers and not reads_whole:
         return part, {}, None
     columns = {p: _ArgColumns(f"__r{i}", f"__s{i}", f"__n{i}") for i, p in enumerate(pointers)}
-    # The first pointer is the root: it tells an object from other JSON values.
-    selects = ["coalesce(starts_with(v[1], '{'), false) AS __readable"]
+    # try() turns an invalid text into NULL; a valid JSON text whose first non-blank
+    # character is "{" is an object (checked below, without re-serializing anything).
+    selects = ["v IS NOT NULL AS __readable"]
     for i, p in enumerate(pointers):
-        v = f"v[{i + 2}]"
+        v = f"v[{i + 1}]"
         col = columns[p]
         selects.append(f"{v} AS {col.raw}")
         selects.append(
             f"CASE WHEN starts_with({v}, '\"') THEN json_extract_string({v}, '$') END AS {col.text}"
         )
         selects.append(f"TRY_CAST({v} AS DOUBLE) AS {col.number}")
-    literal = "['', " + ", ".join("'" + p.replace("'", "''") + "'" for p in pointers) + "]"
+    literal = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in pointers or ["/"]) + "]"
     con = _duckdb()
     try:
         con.register("part", part.select("arguments").to_arrow())
@@ -346,7 +347,10 @@ def _extract_arguments(
         ).pl()
     finally:
         con.close()
-    readable = extracted.get_column("__readable").to_numpy()
+    is_object = part.select(
+        pl.col("arguments").str.strip_chars_start(" \t\n\r").str.starts_with("{")
+    ).to_series()
+    readable = (extracted.get_column("__readable") & is_object).to_numpy()
     return part.hstack(extracted.drop("__readable")), columns, readable
 
 

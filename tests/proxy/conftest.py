@@ -31,7 +31,6 @@ from enforcer.proxy.upstream import Connector
 from enforcer.telemetry import CallRecorder
 
 REPO = Path(__file__).resolve().parents[2]
-VENVS = REPO / ".test-venvs"
 SERVERS_DIR = Path(__file__).resolve().parent / "servers"
 MISBEHAVING = SERVERS_DIR / "misbehaving.py"
 
