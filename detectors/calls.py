@@ -159,9 +159,12 @@ def open_calls(
             SELECT ts, span_id,
                    CASE WHEN session_id = '' THEN trace_id ELSE '' END AS trace_id,
                    agent_id, session_id, service,
-                   CASE WHEN session_id <> '' THEN session_id ELSE 'trace:' || trace_id END AS skey,
-                   CASE WHEN agent_id <> '' THEN agent_id
-                        WHEN service <> '' THEN 'service:' || service ELSE 'unknown' END AS akey,
+                   -- integer keys: every pattern groups or sorts by them, and 64-bit hashes
+                   -- of a few million distinct ids do not collide in practice
+                   hash(CASE WHEN session_id <> '' THEN session_id ELSE 'trace:' || trace_id END)
+                     AS skey,
+                   hash(CASE WHEN agent_id <> '' THEN agent_id
+                        WHEN service <> '' THEN 'service:' || service ELSE 'unknown' END) AS akey,
                    tool, hash(tool, arguments) AS sig, strlen(arguments) AS alen,
                    (outcome = 'error' OR decision = 'deny') AS failed, decision,
                    r.is_read, r.is_egress, r.is_untrusted, r.is_destructive, r.is_side_effect,

@@ -224,6 +224,17 @@ def _is_number(v: Any) -> bool:
 
 def parse_text(text: str, file: str = "<policy>") -> tuple[dict[str, Any], _Locator]:
     """Parse JSON or YAML text into a document; raises :class:`PolicyInvalid` on syntax errors."""
+    try:
+        return _parse_text(text, file)
+    except RecursionError:
+        raise PolicyInvalid([_too_deep(file)]) from None
+
+
+def _too_deep(file: str) -> PolicyError:
+    return PolicyError(Location(file, 1, 1), "too_deep", "policy is nested too deeply to load")
+
+
+def _parse_text(text: str, file: str) -> tuple[dict[str, Any], _Locator]:
     loc = _Locator(text, file)
     stripped = text.lstrip()
     doc: Any
@@ -289,7 +300,10 @@ def compile_document(
     if loc is None:
         loc = _Locator("", file)
     v = _Validator(loc)
-    compiled = v.run(doc)
+    try:
+        compiled = v.run(doc)
+    except RecursionError:
+        raise PolicyInvalid([_too_deep(file)]) from None
     if v.errors or compiled is None:
         raise PolicyInvalid(v.errors)
     return compiled

@@ -112,6 +112,20 @@ def test_hostile_or_malformed_text_is_rejected_whole(text: str) -> None:
         assert str(err).startswith("p:")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"version": "1", "description": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        'version: "1"\ndescription: ' + "[" * 5_000 + "]" * 5_000,
+    ],
+    ids=["json", "yaml"],
+)
+def test_deeply_nested_policy_is_refused_cleanly(text: str) -> None:
+    with pytest.raises(PolicyInvalid) as e:
+        compile_text(text, "deep")
+    assert [err.code for err in e.value.errors] == ["too_deep"]
+
+
 def test_version_ignores_formatting_and_key_order() -> None:
     doc = {"version": "1", "default": "deny", "tools": {"a": {}, "b": {"action": "deny"}}}
     a = compile_text(json.dumps(doc, indent=4))
