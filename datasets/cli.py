@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from datasets.generator import DEMO_POLICY, GenerateConfig, generate
+from datasets.generator import DEFAULT_START, DEMO_POLICY, GenerateConfig, generate
 from enforcer.errors import PolicyInvalid
 
 _STAGES = (
@@ -35,10 +36,24 @@ def generate_command(
         None, "--calls", min=1, max=200_000_000, help="Approximate number of ordinary calls."
     ),
     policy: Path = typer.Option(DEMO_POLICY, "--policy", help="Policy that decides the calls."),
+    start: str | None = typer.Option(
+        None,
+        "--start",
+        help=f"First day, UTC (YYYY-MM-DD) [default: {DEFAULT_START.date().isoformat()}].",
+    ),
 ) -> None:
     """Generate multi-agent MCP traffic with labeled runaway and exfiltration incidents."""
     console = Console(stderr=True)
-    cfg = GenerateConfig(out=out, agents=agents, days=days, seed=seed, calls=calls, policy=policy)
+    try:
+        first_day = (
+            datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC) if start else DEFAULT_START
+        )
+    except ValueError:
+        console.print(f"[red]--start must be a date like 2026-01-05, got {start!r}[/]")
+        raise typer.Exit(2) from None
+    cfg = GenerateConfig(
+        out=out, agents=agents, days=days, seed=seed, calls=calls, policy=policy, start=first_day
+    )
     with Progress(
         TextColumn("[bold]{task.description:<18}"),
         BarColumn(),

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from collector.redact import redact_json_text
 from collector.schema import TOOL_CALL_SCHEMA
-from collector.store import StoreWriter
+from collector.store import StoreWriter, save_policy
 from datasets.catalog import (
     ARCHETYPES,
     DEFAULT_POOL,
@@ -435,6 +435,9 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
         writer.write(pa.table({name: columns[name] for name in TOOL_CALL_SCHEMA.names}))
         report("writing store", min(1.0, (i + cfg.chunk_rows) / total))
     writer.close()
+    # Keep the deciding policy where replay looks for it, as the collector does for a
+    # live enforcer, so replay can measure its fidelity on generated stores too.
+    save_policy(Path(cfg.out), policy.version, policy.canonical)
 
     # ---- labels beside the store
     labels = _labels(

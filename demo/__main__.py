@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -89,6 +90,9 @@ def main() -> int:
     opts = ap.parse_args()
 
     data: Path = opts.data
+    # The generated history covers the three days before today; the live traffic is today's.
+    today = datetime.now(UTC).date()
+    live = f"{today.isoformat()}T00:00:00Z"
     store = data / "store"
     if data.exists():
         shutil.rmtree(data)
@@ -108,6 +112,8 @@ def main() -> int:
                 "3",
                 "--seed",
                 "7",
+                "--start",
+                (today - timedelta(days=3)).isoformat(),
             )
         )
         console.print(gen.stdout.strip()[-1500:] or gen.stderr.strip()[-1500:])
@@ -187,33 +193,36 @@ def main() -> int:
         time.sleep(3)
         sup.stop_all()  # the collector flushes its spool into Parquet on SIGTERM
 
-        step(5, "Detectors and a replay of a stricter candidate policy")
+        step(5, "Detectors, and a replay of today's traffic under a stricter candidate policy")
         det = run(callward("detect", "--data", str(store)))
         console.print(det.stdout.strip()[-4000:] or det.stderr.strip())
         report = data / "replay.html"
-        rep = run(callward("replay", "--data", str(store), "--policy", str(CANDIDATE)))
-        console.print(rep.stdout.strip()[-4000:] or rep.stderr.strip())
-        run(
-            callward(
-                "replay",
-                "--data",
-                str(store),
-                "--policy",
-                str(CANDIDATE),
-                "--format",
-                "html",
-                "--out",
-                str(report),
+
+        def replay(*extra: str) -> subprocess.CompletedProcess[str]:
+            return run(
+                callward(
+                    "replay",
+                    "--data",
+                    str(store),
+                    "--policy",
+                    str(CANDIDATE),
+                    "--since",
+                    live,
+                    *extra,
+                )
             )
-        )
-        js = run(
-            callward("replay", "--data", str(store), "--policy", str(CANDIDATE), "--format", "json")
-        )
+
+        rep = replay()
+        console.print(rep.stdout.strip()[-4000:] or rep.stderr.strip())
+        replay("--format", "html", "--out", str(report))
+        js = replay("--format", "json")
         if js.returncode == 0:
             summary = json.loads(js.stdout)
+            fidelity = summary["fidelity"]
+            share = fidelity.get("share") if isinstance(fidelity, dict) else fidelity
             console.print(
-                f"replay: {summary['total']} calls, {summary['unchanged']} unchanged, "
-                f"{summary['unknown']} unknown, fidelity {summary['fidelity']}"
+                f"replay: {summary['total']} calls today, {summary['unchanged']} unchanged, "
+                f"{summary['unknown']} unknown, fidelity {share}"
             )
         console.print(f"replay report: {report}")
 
