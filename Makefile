@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-TYPED  := enforcer collector replay detectors datasets dashboard callward_cli.py
+TYPED  := enforcer collector replay detectors datasets dashboard demo callward_cli.py
 
 .PHONY: demo test lint typecheck pytest install system-deps proto bench clean
 

@@ -146,8 +146,27 @@ def request_of(row: dict[str, Any]) -> Request:
     )
 
 
-def stateless_verdicts(policy: CompiledPolicy, calls: pl.DataFrame) -> Verdicts:
-    """The verdict of every row of ``calls`` apart from rate limits, as codes."""
+def argument_codes(calls: pl.DataFrame) -> np.ndarray:
+    """One integer per row naming its ``arguments`` text: equal texts, equal codes.
+
+    Recorded arguments repeat a lot (an agent retries, many calls take the same
+    parameters), so arguments are parsed once per distinct text, not once per call.
+    Computing the codes costs one dictionary encoding of the column; callers that judge
+    the same calls under several policies compute them once and pass them in.
+    """
+    physical = calls.get_column("arguments").cast(pl.Categorical).to_physical()
+    if physical.null_count():
+        physical = physical.fill_null((physical.max() or 0) + 1)  # type: ignore[operator]
+    return physical.to_numpy().astype(np.int64, copy=False)
+
+
+def stateless_verdicts(
+    policy: CompiledPolicy, calls: pl.DataFrame, *, codes: np.ndarray | None = None
+) -> Verdicts:
+    """The verdict of every row of ``calls`` apart from rate limits, as codes.
+
+    ``codes`` is :func:`argument_codes` of ``calls`` when the caller already has it.
+    """
     missing = [c for c in INPUT_COLUMNS if c not in calls.columns]
     if missing:
         raise ValueError(f"calls lack column(s): {', '.join(missing)}")
@@ -181,10 +200,12 @@ def stateless_verdicts(policy: CompiledPolicy, calls: pl.DataFrame) -> Verdicts:
     by_entry: dict[int, list[np.ndarray]] = {}
     for p in np.flatnonzero(p_dynamic):
         by_entry.setdefault(int(p_entry[p]), []).append(all_rows[bounds[p] : bounds[p + 1]])
+    if by_entry and codes is None and any(_reads_arguments(policy.tools[i]) for i in by_entry):
+        codes = argument_codes(calls)
     for index, chunks in by_entry.items():
         rows = np.concatenate(chunks)
-        codes, rule_codes = _entry_verdicts(policy.tools[index], calls, rows, rules)
-        decision[rows] = codes
+        verdict, rule_codes = _entry_verdicts(policy.tools[index], calls, rows, rules, codes)
+        decision[rows] = verdict
         rule[rows] = rule_codes
     message = _messages(policy, calls, decision, rule, pair, rules, messages)
     return Verdicts(decision, rule, message, entry, pair, pairs, rules, messages)
@@ -260,14 +281,37 @@ class EngineDisagreement(RuntimeError):
 # --------------------------------------------------------------------------- one tool entry
 
 
+def _reads_arguments(entry: ToolRule) -> bool:
+    return any(c.path[0] == "args" for r in (*entry.require, *entry.deny_if) for c in r.conditions)
+
+
 def _entry_verdicts(
-    entry: ToolRule, calls: pl.DataFrame, rows: np.ndarray, rules: Interner
+    entry: ToolRule,
+    calls: pl.DataFrame,
+    rows: np.ndarray,
+    rules: Interner,
+    codes: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The engine's steps 4-6 for the calls governed by one ``tools`` entry, as codes."""
+    """The engine's steps 4-6 for the calls governed by one ``tools`` entry, as codes.
+
+    Arguments are read once per distinct text; when no condition looks at the other call
+    fields, the conditions themselves are evaluated once per distinct text too, and the
+    answers are spread back to the rows.
+    """
     conditions = [c for r in (*entry.require, *entry.deny_if) for c in r.conditions]
     fields = sorted({c.path[0] for c in conditions if c.path[0] in FIELD_ROOTS})
-    part = calls.select("arguments", *fields)[pl.Series(rows)]
-    part, columns, readable = _extract_arguments(part, conditions)
+    inverse: np.ndarray | None = None
+    if codes is not None and _reads_arguments(entry):
+        _, first, inverse = np.unique(codes[rows], return_index=True, return_inverse=True)
+        distinct = calls.select("arguments")[pl.Series(rows[first])]
+        part, columns, readable = _extract_arguments(distinct, conditions)
+        if fields:
+            part = part[pl.Series(inverse)].hstack(calls.select(fields)[pl.Series(rows)])
+            readable = None if readable is None else readable[inverse]
+            inverse = None
+    else:
+        part = calls.select("arguments", *fields)[pl.Series(rows)]
+        part, columns, readable = _extract_arguments(part, conditions)
     compiled: dict[int, pl.Expr] = {}
 
     def rule_expr(conds: Iterable[Condition]) -> pl.Expr:
@@ -298,10 +342,12 @@ def _entry_verdicts(
     picked = part.select(chosen.alias("b")).get_column("b").to_numpy()
     b_decision = np.array([_CODE[d] for _, d, _ in branches], dtype=np.int8)
     b_rule = np.array([rules(r) for _, _, r in branches], dtype=np.int32)
-    codes = b_decision[picked]
+    verdict = b_decision[picked]
     if readable is not None:
-        codes = np.where(readable, codes, UNREADABLE).astype(np.int8)
-    return codes, b_rule[picked]
+        verdict = np.where(readable, verdict, UNREADABLE).astype(np.int8)
+    if inverse is not None:  # evaluated once per distinct arguments text
+        return verdict[inverse], b_rule[picked][inverse]
+    return verdict, b_rule[picked]
 
 
 def _extract_arguments(
@@ -535,6 +581,7 @@ __all__ = [
     "EngineDisagreement",
     "Interner",
     "Verdicts",
+    "argument_codes",
     "json_pointer",
     "request_of",
     "stateless_verdicts",

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from enforcer.policy import CompiledPolicy
+from enforcer.vectorize import argument_codes
 from replay.evaluate import Progress, ReplayStats, replay
 from replay.load import (
     LoadedCalls,
@@ -110,12 +112,16 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
     everything = bool(calls.get_column("replayable").all())
     # Filtering copies every column; most stores need none, so skip it when it is a no-op.
     replayable = calls if everything else calls.filter(pl.col("replayable"))
+    # Arguments are parsed once per distinct text, for every replay of these calls.
+    codes = argument_codes(replayable)
     candidate, stats = replay(
-        replayable, {"candidate": req.candidate}, "candidate", progress=report
+        replayable, {"candidate": req.candidate}, "candidate", progress=report, codes=codes
     )
     replayed = replayable.select("__call").hstack(candidate)
     if req.baseline is not None:
-        base, _ = replay(replayable, {"baseline": req.baseline}, "baseline", progress=report)
+        base, _ = replay(
+            replayable, {"baseline": req.baseline}, "baseline", progress=report, codes=codes
+        )
         base = base.rename(
             {"r_decision": "b_decision", "r_rule": "b_rule", "r_message": "b_message"}
         )
@@ -127,7 +133,7 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
         )
     replayed = replayed.hstack(base)
 
-    fidelity, fidelity_stats = _fidelity(replayable, recorded.by_version, report)
+    fidelity, fidelity_stats = _fidelity(replayable, recorded.by_version, report, codes)
     replayed = replayed.hstack(fidelity)
 
     if everything:
@@ -155,7 +161,9 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
         .otherwise(pl.lit(None, dtype=pl.String))
         .alias("fidelity_unknown_reason"),
     )
-    reported = calls.filter(pl.col("in_report"))
+    # Filtering copies every column: skip it when every call is reported.
+    filtered = since_us is not None or req.agent is not None or req.tool is not None
+    reported = calls.filter(pl.col("in_report")) if filtered else calls
     first = reported.get_column("start_us").min() if reported.height else None
     last = reported.get_column("start_us").max() if reported.height else None
     return Comparison(
@@ -173,7 +181,10 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
 
 
 def _fidelity(
-    replayable: pl.DataFrame, policies: dict[str, CompiledPolicy], progress: Progress
+    replayable: pl.DataFrame,
+    policies: dict[str, CompiledPolicy],
+    progress: Progress,
+    codes: np.ndarray,
 ) -> tuple[pl.DataFrame, ReplayStats]:
     """Each call replayed under its own recorded policy version (null when unknown)."""
     known = pl.col("policy_version").is_in(list(policies))
@@ -186,8 +197,15 @@ def _fidelity(
             }
         )
         return empty, ReplayStats(0, 0, 0, 0)
-    subset = replayable if bool(mask.all()) else replayable.filter(mask)
-    result, stats = replay(subset, policies, subset.get_column("policy_version"), progress=progress)
+    everything = bool(mask.all())
+    subset = replayable if everything else replayable.filter(mask)
+    result, stats = replay(
+        subset,
+        policies,
+        subset.get_column("policy_version"),
+        progress=progress,
+        codes=codes if everything else codes[mask.to_numpy()],
+    )
     result = result.select(
         pl.col("r_decision").alias("f_decision"), pl.col("r_rule").alias("f_rule")
     )
