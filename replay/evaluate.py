@@ -428,7 +428,6 @@ def _settle(
         pl.col("row", "piece").first(),
     )
     if distinct.height and int(distinct.get_column("n").max()) > 1:  # type: ignore[arg-type]
-        open("/tmp/rp/hits", "a").write("collision\n")
         return None
     # A switch of version anywhere in the timeline may reset a counter (a reload).
     one_version = bool((codes.version == codes.version[0]).all())
@@ -494,12 +493,10 @@ def _refused_alone(frame: pl.DataFrame) -> pl.DataFrame:
             heapq.heappop(releases)
             held -= 1
         if held >= maxima[i]:
-            open("/tmp/rp/hits", "a").write("refused_alone\n")
             refused[i] = True
             continue
         held += 1
         if gives[i]:
-            open("/tmp/rp/hits", "a").write("alone_release\n")
             heapq.heappush(releases, ends[i])
     return frame.filter(pl.Series(refused))
 
@@ -603,7 +600,6 @@ def _sequential(
             next_switch += 1
         keys = certain.get(index)
         if keys is not None:  # allowed whatever came before: its stateless verdict stands
-            open("/tmp/rp/hits", "a").write("certain %s\n" % len(switches))
             state.add(keys)
             if outcome == "error" and recorded != "deny":
                 heapq.heappush(releases, (end, seq, seq, keys))
