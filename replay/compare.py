@@ -140,26 +140,33 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
         calls = calls.hstack(replayed.drop("__call")).drop("__call")
     else:
         calls = calls.join(replayed, on="__call", how="left").drop("__call")
-    approval_unknown = pl.col("approval") if req.baseline is None else pl.lit(False)
-    calls = calls.with_columns(
-        pl.when(pl.col("decision") == "")
-        .then(pl.lit("no_decision"))
-        .when(pl.col("r_decision").is_null())
-        .then(pl.lit("unreadable_arguments"))
-        .when(approval_unknown)
-        .then(pl.lit("human_approval"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-        .alias("unknown_reason"),
-        pl.when(pl.col("decision") == "")
-        .then(pl.lit("no_decision"))
-        .when(pl.col("r_decision").is_null())
-        .then(pl.lit("unreadable_arguments"))
-        .when(pl.col("approval") | (pl.col("decision") == "require_approval"))
-        .then(pl.lit("human_approval"))
-        .when(pl.col("f_decision").is_null())
-        .then(pl.lit("unknown_policy_version"))
-        .otherwise(pl.lit(None, dtype=pl.String))
-        .alias("fidelity_unknown_reason"),
+    no_decision = (calls.get_column("decision") == "").to_numpy()
+    unreadable = calls.get_column("r_decision").is_null().to_numpy()
+    approval = calls.get_column("approval").to_numpy()
+    recorded_approval = (calls.get_column("decision") == "require_approval").to_numpy()
+    calls = calls.hstack(
+        [
+            _first_reason(
+                "unknown_reason",
+                [
+                    ("no_decision", no_decision),
+                    ("unreadable_arguments", unreadable),
+                    ("human_approval", approval if req.baseline is None else None),
+                ],
+            ),
+            _first_reason(
+                "fidelity_unknown_reason",
+                [
+                    ("no_decision", no_decision),
+                    ("unreadable_arguments", unreadable),
+                    ("human_approval", approval | recorded_approval),
+                    (
+                        "unknown_policy_version",
+                        calls.get_column("f_decision").is_null().to_numpy(),
+                    ),
+                ],
+            ),
+        ]
     )
     # Filtering copies every column: skip it when every call is reported.
     filtered = since_us is not None or req.agent is not None or req.tool is not None
@@ -178,6 +185,20 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
         first_call_us=int(first) if isinstance(first, int) else None,
         last_call_us=int(last) if isinstance(last, int) else None,
     )
+
+
+def _first_reason(name: str, reasons: list[tuple[str, np.ndarray | None]]) -> pl.Series:
+    """Per call, the first reason whose mask holds (None: never), else null. Built from
+    boolean arrays and named at the end: a Polars expression over the whole frame, or a
+    chain of string literals, copies gigabytes on tens of millions of calls."""
+    size = len(next(m for _, m in reasons if m is not None))
+    code = np.zeros(size, dtype=np.uint32)
+    for i in range(len(reasons), 0, -1):
+        mask = reasons[i - 1][1]
+        if mask is not None:
+            code[mask] = i
+    labels = pl.Series(name, [None, *(n for n, _ in reasons)], dtype=pl.String)
+    return labels.gather(code)
 
 
 def _fidelity(

@@ -1,7 +1,7 @@
 """Replay: the decision each recorded call would get under a policy, exactly as the online
 enforcer would have made it, computed over the whole table at once.
 
-Three stages, one engine:
+Four stages, one engine:
 
 1. **Stateless verdict** for every call, vectorized (:mod:`enforcer.vectorize`, which is
    property-tested against :func:`enforcer.engine.decide`). Messages of denied calls come
@@ -10,9 +10,13 @@ Three stages, one engine:
    limit, keyed by (counter, scope key, window start), as ``decide`` keys them. A key whose
    attempts never exceed its ``max`` can never refuse a call, whatever the order, so calls
    touching only such keys are allowed without further work.
-3. **Sequential pass** over every call that touches at least one contended key, in time
-   order, with the real ``decide`` and an ``InMemoryLimitState``. Keys that are not
-   contended may be under-counted in that pass, which is harmless: they never fill up.
+3. **Settling without the engine loop** (``_settle``): a contended call whose rank among
+   the attempts on each of its contended keys is below ``max`` is allowed whatever came
+   before; a key whose calls touch no other contended key is settled by counting alone.
+4. **Sequential pass** over the remaining contended calls, in time order, with the real
+   ``decide`` and an ``InMemoryLimitState`` (certainly allowed calls only add their
+   reservations). Keys that are not contended may be under-counted in that pass, which is
+   harmless: they never fill up.
 
 Limit state follows the online enforcer: a denied call reserves nothing; an allowed call
 keeps its quota unless it was executed and failed (``outcome = "error"`` and a recorded
@@ -375,12 +379,13 @@ def _settle(
       call touches. A key's count when a call is decided is at most the number of attempts
       before it (a denied attempt reserves nothing; releases and reloads only lower it), so
       nothing decided before can refuse it. The sequential pass only adds its reservations.
-    * **Alone on a key**: a key whose calls touch no other contended key, none of which can
-      give quota back (executed and failed), replayed under one policy version (no reload
-      resets). Its count is exactly the number of calls allowed before, so the first
-      ``max`` calls are allowed and every later one is refused by that key's limit. Those
-      calls leave the sequential pass entirely; the refusal (rule, message) is the engine's,
-      from ``decide`` run on one representative per limit with that counter full.
+    * **Alone on a key**: a key whose calls touch no other contended key, replayed under
+      one policy version throughout (no reload resets). Nothing outside the key can change
+      its count or refuse its calls (their other keys never fill up), so the count is
+      simulated on integers per key (``_refused_alone``: allowed while below ``max``, a
+      failed call gives its unit back at its end time, releases first). Those calls leave
+      the sequential pass; a refusal's rule and message are the engine's, from ``decide``
+      run on one representative per limit with that counter full.
 
     Returns (row -> engine keys of its contended counters, for the certainly allowed;
     row -> decision, for the refused; rows that leave the sequential pass), or None when
@@ -598,11 +603,11 @@ def _sequential(
                 state.retain_counters(kept)
             current = new
             next_switch += 1
-        keys = certain.get(index)
-        if keys is not None:  # allowed whatever came before: its stateless verdict stands
-            state.add(keys)
+        certain_keys = certain.get(index)
+        if certain_keys is not None:  # allowed whatever came before: its verdict stands
+            state.add(certain_keys)
             if outcome == "error" and recorded != "deny":
-                heapq.heappush(releases, (end, seq, seq, keys))
+                heapq.heappush(releases, (end, seq, seq, certain_keys))
             continue
         arguments: Any = {}
         if reads_args.get((vi, entry), False):

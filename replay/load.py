@@ -192,7 +192,13 @@ def load_calls(
         if not files:
             return LoadedCalls(_empty(), 0, tuple(skipped))
         frame = _scan(files, since, until).collect()
-    return LoadedCalls(frame.select(CALL_COLUMNS), len(files), tuple(skipped))
+    # One chunk per column, now while little else is in memory: replay adds its result
+    # columns as single chunks, and Polars would otherwise copy every column of the frame
+    # to align chunks at the first query over the combined frame.
+    # Column by column, so that only one column is ever held twice.
+    frame = frame.select(CALL_COLUMNS)
+    single = pl.DataFrame([frame.drop_in_place(c).rechunk() for c in CALL_COLUMNS])
+    return LoadedCalls(single, len(files), tuple(skipped))
 
 
 def _empty() -> pl.DataFrame:
