@@ -11,6 +11,7 @@ from types import FrameType
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from collector.config import ENV_VARS, load_config
 
@@ -66,7 +67,7 @@ def collector(
             decode_workers=decode_workers,
         )
     except ValueError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
 
     service = Collector(config)
@@ -79,8 +80,12 @@ def collector(
     signal.signal(signal.SIGINT, on_signal)
     try:
         port = service.start()
+    except ValueError as e:  # a setting only the component behind it can judge (--forward)
+        service.stop()
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from None
     except OSError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
     host = config.listen.rpartition(":")[0]
     # One plain line on stdout that scripts (and tests) can read the bound port from.
