@@ -130,12 +130,12 @@ def _day(rng: np.random.Generator, day: int, n: int, agents: int) -> pa.Table:
         .when(pl.col("secret"))
         .then(
             pl.concat_str(
-                pl.lit('{"path": "/work/.env", "note": "[REDACTED:aws_access_key] '),
+                pl.lit('{"path": "/srv/app/.env", "note": "[REDACTED:aws_access_key] '),
                 num,
                 pl.lit('"}'),
             )
         )
-        .otherwise(pl.concat_str(pl.lit('{"path": "/work/src/module_'), num, pl.lit('.py"}')))
+        .otherwise(pl.concat_str(pl.lit('{"path": "/srv/app/src/module_'), num, pl.lit('.py"}')))
     )
     denied = pl.col("decision") == "deny"
     frame = frame.with_columns(

@@ -114,7 +114,7 @@ def build_rows() -> list[dict[str, object]]:
                 f"sess-planner-{hour // 12}",
                 "filesystem",
                 "read_file",
-                {"path": f"/work/notes/{i}.md"},
+                {"path": f"/srv/app/notes/{i}.md"},
             )
         for i in range(8):
             tool = "write_file" if i % 4 == 0 else "search_code"
@@ -126,7 +126,7 @@ def build_rows() -> list[dict[str, object]]:
                 f"sess-coder-{hour // 8}",
                 server,
                 tool,
-                {"path": "/home/u/.ssh/authorized_keys" if denied else f"/work/src/m{i}.py"},
+                {"path": "/home/u/.ssh/authorized_keys" if denied else f"/srv/app/src/m{i}.py"},
                 decision="deny" if denied else "allow",
                 rule="/tools/write_file/deny_if/0" if denied else "",
                 message="writes under .ssh are not allowed" if denied else "",
@@ -172,7 +172,7 @@ def build_rows() -> list[dict[str, object]]:
         EXFIL_SESSION,
         "filesystem",
         "read_file",
-        {"path": "/work/.env", "note": "AWS key [REDACTED:aws_access_key] found"},
+        {"path": "/srv/app/.env", "note": "AWS key [REDACTED:aws_access_key] found"},
         trace=trace,
     )
     call(
