@@ -361,15 +361,7 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
 
 
 def _hide_pointer(policy: CompiledPolicy, req: Request) -> str:
-    import fnmatch
-
-    hides = policy.document.get("hide", [])
-    for i, h in enumerate(hides):
-        if h == "*" or fnmatch.fnmatchcase(req.tool, h):
-            return f"/hide/{i}"
-        if req.server and fnmatch.fnmatchcase(f"{req.server}/{req.tool}", h):
-            return f"/hide/{i}"
-    return "/hide"
+    return policy.hide_rule(req.server, req.tool) or "/hide"
 
 
 def visible_tools(policy: CompiledPolicy, server: str, tools: Iterable[str]) -> list[str]:

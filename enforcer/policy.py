@@ -97,8 +97,6 @@ class CompiledPolicy:
 
     version: str
     default: str
-    hide: tuple[str, ...]
-    hide_all: bool
     all_tools_limits: tuple[Limit, ...]
     tools: tuple[ToolRule, ...]
     source: str
@@ -139,15 +137,20 @@ class CompiledPolicy:
                 if fnmatch.fnmatchcase(tool, g.name_pattern):
                     entry = g
                     break
-        hidden = self.hide_all or any(
-            fnmatch.fnmatchcase(tool, h)
-            or (bool(server) and fnmatch.fnmatchcase(f"{server}/{tool}", h))
-            for h in self.hide
-        )
+        hidden = self.hide_rule(server, tool) is not None
         result = (entry, hidden)
         if len(self._resolve_cache) < 65536:
             self._resolve_cache[key] = result
         return result
+
+    def hide_rule(self, server: str, tool: str) -> str | None:
+        """The pointer of the first ``hide`` entry matching the tool or ``server/tool``, if any."""
+        for i, h in enumerate(self.document.get("hide", ())):
+            if h == "*" or fnmatch.fnmatchcase(tool, h):
+                return f"/hide/{i}"
+            if server and fnmatch.fnmatchcase(f"{server}/{tool}", h):
+                return f"/hide/{i}"
+        return None
 
     def all_limits(self) -> list[Limit]:
         out = list(self.all_tools_limits)
@@ -355,15 +358,12 @@ class _Validator:
                 ("default",), "invalid_value", f'default must be "allow" or "deny", got {default!r}'
             )
         hide_raw = doc.get("hide", [])
-        hide: list[str] = []
         if not isinstance(hide_raw, list):
             self.err(("hide",), "type", "hide must be a list of tool names")
         else:
             for i, h in enumerate(hide_raw):
                 if not isinstance(h, str) or not h:
                     self.err(("hide", i), "type", "hide entries must be non-empty strings")
-                else:
-                    hide.append(h)
         all_limits: list[Limit] = []
         at = doc.get("all_tools", {})
         if not isinstance(at, dict):
@@ -386,8 +386,6 @@ class _Validator:
         return CompiledPolicy(
             version=policy_version(doc),
             default=str(default),
-            hide=tuple(h for h in hide if h != "*"),
-            hide_all="*" in hide,
             all_tools_limits=tuple(all_limits),
             tools=tuple(tools),
             source=self.loc.file,
