@@ -51,7 +51,10 @@ def collector(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
     """Receive OTLP trace spans and keep every tool call in Parquet + DuckDB."""
+    from collector.lean import keep_pandas_out
     from collector.service import Collector
+
+    keep_pandas_out()  # this process is the collector's alone
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

@@ -26,17 +26,26 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from collector.otlp_parse import (
+    MalformedRequestError,
+    parse_raw_attributes,
+    repaired_raw_attributes,
+)
 from collector.redact import default_redactor
-from collector.schema import DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
+from collector.schema import COLUMNS, DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
 
 TOOL_OPERATION = "execute_tool"
 POLICY_SPAN_NAME = "callward.policy"
@@ -78,14 +87,6 @@ _KIND: dict[str, str | int] = {
     _DURATION: _K_DURATION,
     _RESULT_BYTES: _K_RESULT_BYTES,
     _OPERATION: _K_OPERATION,
-}
-_EMPTY_ROW: dict[str, Any] = {
-    **{column: "" for column in _TEXT_COLUMNS.values()},
-    "arguments": "",
-    "decision": "",
-    "outcome": "",
-    "duration_ms": None,
-    "result_bytes": None,
 }
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -149,7 +150,7 @@ class _Redaction:
 
     def __init__(self, limits: DecodeLimits):
         self.limit = limits.max_value_bytes
-        redactor = default_redactor()
+        self.redactor = redactor = default_redactor()
         self._redact_value = redactor.redact_value
         self._redact_text = redactor.redact_text
         self._redact_json = redactor.redact_json_text
@@ -293,34 +294,40 @@ def _as_int(value: Any) -> int | None:
 
 def is_tool_call(span: Span) -> bool:
     """True for an ``execute_tool`` span of the OTel GenAI conventions."""
-    if span.name.startswith(TOOL_OPERATION):
+    return _is_tool_call(span.name, ((kv.key, kv.value) for kv in span.attributes))
+
+
+def _is_tool_call(name: str, attributes: Iterable[tuple[str, AnyValue]]) -> bool:
+    if name.startswith(TOOL_OPERATION):
         return True
-    for kv in span.attributes:
-        if kv.key == _OPERATION:
-            return kv.value.string_value == TOOL_OPERATION
+    for key, value in attributes:
+        if key == _OPERATION:  # the first one decides
+            return value.string_value == TOOL_OPERATION
     return False
 
 
-def _check_span(span: Span, now_ns: int, limits: DecodeLimits) -> str:
-    """Why ``span`` cannot be stored, or ``""`` when it can."""
-    if len(span.trace_id) != 16 or span.trace_id == _ZERO_TRACE:
+def _problem(
+    trace_id: bytes, span_id: bytes, start: int, end: int, horizon: int, limits: DecodeLimits
+) -> str:
+    """Why a span with these fields cannot be stored, or ``""`` when it can (``horizon``:
+    the latest start time accepted)."""
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
         return "invalid trace_id (must be 16 bytes, not all zero)"
-    if len(span.span_id) != 8 or span.span_id == _ZERO_SPAN:
+    if len(span_id) != 8 or span_id == _ZERO_SPAN:
         return "invalid span_id (must be 8 bytes, not all zero)"
-    start, end = span.start_time_unix_nano, span.end_time_unix_nano
     if start == 0:
         return "missing start_time"
     if end == 0:
         return "missing end_time"
     if end < start:
         return "end_time before start_time"
-    if start > now_ns + int(limits.max_future_skew_s * 1e9):
+    if start > horizon:
         return f"start_time more than {limits.max_future_skew_s:g}s in the future"
     return ""
 
 
-def _policy(span: Span) -> PolicyDocument | str:
-    attrs = {kv.key: kv.value.string_value for kv in span.attributes}
+def _policy(attributes: Iterable[KeyValue]) -> PolicyDocument | str:
+    attrs = {kv.key: kv.value.string_value for kv in attributes}
     version, document = attrs.get(_POLICY_VERSION, ""), attrs.get(_POLICY_DOCUMENT, "")
     if not _VERSION_RE.fullmatch(version):
         return "policy span without a valid callward.policy.version"
@@ -336,20 +343,57 @@ def _policy(span: Span) -> PolicyDocument | str:
     return PolicyDocument(version, canonical)
 
 
-_ROW_TYPE = pa.struct(list(TOOL_CALL_SCHEMA))
+_COLUMN = {name: i for i, name in enumerate(COLUMNS)}
+_I_TOOL = _COLUMN["tool"]
+_I_ARGUMENTS = _COLUMN["arguments"]
+_I_DECISION = _COLUMN["decision"]
+_I_OUTCOME = _COLUMN["outcome"]
+_I_ERROR_TYPE = _COLUMN["error_type"]
+_I_DURATION = _COLUMN["duration_ms"]
+_I_RESULT_BYTES = _COLUMN["result_bytes"]
+_I_SERVICE = _COLUMN["service_name"]
+_I_ATTRIBUTES = _COLUMN["attributes"]
+_TIMESTAMP = TOOL_CALL_SCHEMA.field("start_time").type
+_NO_COLUMN = -1
+# One attribute, decoded: (column index or _NO_COLUMN, column value, key in the attributes
+# bag or None, value there, operation flag). The flag is None unless the key is
+# gen_ai.operation.name; then it says whether the value is execute_tool.
+_Entry = tuple[int, Any, str | None, Any, bool | None]
+# Attributes this small are remembered by their serialized bytes: most of a span's
+# attributes (agent, tool, decision, rule, policy version, ...) repeat across spans.
+_CACHEABLE_ATTRIBUTE_BYTES = 320
+_CACHEABLE_BAG_TEXT = 256
 
 
-class _Columns:
-    """Rows of one request as dicts, converted to Arrow in one call (in C++, not per value)."""
+@cache
+def _empty_table() -> pa.Table:
+    """Tables are immutable, and building an empty one costs milliseconds (timezone
+    lookups), so the one empty result is built once."""
+    return TOOL_CALL_SCHEMA.empty_table()
 
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
 
-    def table(self) -> pa.Table:
-        if not self.rows:
-            return TOOL_CALL_SCHEMA.empty_table()
-        rows = pa.array(self.rows, type=_ROW_TYPE)
-        return pa.Table.from_struct_array(rows).cast(TOOL_CALL_SCHEMA)
+class _BadAttribute(Exception):
+    """An attribute's bytes are not a valid KeyValue (say, invalid UTF-8): the request is
+    parsed again strictly, with repair."""
+
+
+def _last_per_span(
+    values: list[Any],
+    type_: pa.DataType,
+    at: np.ndarray,
+    codes: np.ndarray,
+    owner: np.ndarray,
+    n: int,
+) -> pa.Array:
+    """A column of ``n`` spans from the attributes at positions ``at``: each span takes
+    the value of its last such attribute (a repeated key: the last one wins, as in a
+    dict), null when it has none. ``values`` maps each distinct attribute to its value."""
+    who = owner[at]
+    last = np.ones(len(at), dtype=bool)
+    last[:-1] = who[1:] != who[:-1]
+    index = np.full(n, -1, dtype=np.int64)
+    index[who[last]] = codes[at[last]]
+    return pa.array(values, type=type_).take(pa.array(index, mask=index < 0))
 
 
 def _bounded_attributes(others: dict[str, Any], budget: int) -> str:
@@ -368,26 +412,73 @@ def _bounded_attributes(others: dict[str, Any], budget: int) -> str:
     return _json_text(kept)
 
 
+class _Spans:
+    """The tool-call spans of one scope, a list per field, filled in one pass."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.trace_ids: list[bytes] = []
+        self.span_ids: list[bytes] = []
+        self.parents: list[bytes] = []
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.codes: list[int] = []
+        self.messages: list[str] = []
+        self.counts: list[int] = []  # attributes per span
+        self.blobs: list[bytes] = []  # every span's attributes, serialized, in order
+
+
 class Decoder:
-    """Turns ExportTraceServiceRequests into tool-call rows. One per collector; reusable."""
+    """Turns OTLP Export requests into tool-call rows. One per collector; reusable.
+
+    Decoding is columnar. A span's attributes are read as their serialized KeyValue
+    bytes (:func:`collector.otlp_parse.parse_raw_attributes`); the attributes of all the
+    spans of a scope are dictionary-encoded in one Arrow call, each distinct attribute is
+    decoded and redacted once (:meth:`_entry`, and remembered across requests when it is
+    small: the bytes hold key, value and type, so the cached result is exactly what
+    decoding would give again), and the columns are put together with array operations.
+    Python work per span is reading its fixed fields; per attribute there is none, except
+    for values seen for the first time (call ids, most arguments).
+    """
 
     def __init__(self, limits: DecodeLimits | None = None):
         self.limits = limits or DecodeLimits()
         self._redaction = _Redaction(self.limits)
         self._json_cache: dict[Any, str] = {}
+        self._entries: dict[bytes, _Entry] = {}
 
     def decode(self, request: ExportTraceServiceRequest, now_ns: int) -> DecodeResult:
-        cols = _Columns()
-        result = DecodeResult(table=pa.table({}))
+        """Decode a parsed request (the collector itself uses :meth:`decode_bytes`)."""
+        return self.decode_bytes(request.SerializeToString(), now_ns)[0]
+
+    def decode_bytes(self, data: bytes, now_ns: int) -> tuple[DecodeResult, bool]:
+        """Decode one serialized Export; returns the result and whether invalid UTF-8 had
+        to be repaired. Raises MalformedRequestError for bytes that are not a request."""
+        request, repaired = parse_raw_attributes(data)
+        try:
+            return self._decode(request, now_ns), repaired
+        except _BadAttribute:
+            pass
+        request, repaired = repaired_raw_attributes(data)
+        try:
+            return self._decode(request, now_ns), repaired
+        except _BadAttribute:  # pragma: no cover - the strict parse checked every attribute
+            raise MalformedRequestError("an attribute is not a valid KeyValue") from None
+
+    def _decode(self, request: Any, now_ns: int) -> DecodeResult:
+        result = DecodeResult(table=_empty_table())
+        tables: list[pa.Table] = []
         for rs in request.resource_spans:
             resource = self._resource(rs.resource.attributes)
             service = self._redaction.plain(_as_text(resource.pop(_SERVICE_NAME, "")))
+            resource_key = _json_text(resource) if resource else ""
             for ss in rs.scope_spans:
                 scope = self._redaction.text("otel.scope.name", ss.scope.name)
-                for span in ss.spans:
-                    result.spans_seen += 1
-                    self._span(span, service, resource, scope, now_ns, cols, result)
-        result.table = cols.table()
+                spans = self._collect(ss.spans, now_ns, result)
+                if spans.names:
+                    tables.append(self._table(spans, service, resource, (scope, resource_key)))
+        if tables:
+            result.table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         return result
 
     def _resource(self, attributes: Iterable[KeyValue]) -> dict[str, Any]:
@@ -398,121 +489,279 @@ class Decoder:
             out[kv.key if kv.key == _SERVICE_NAME else f"resource.{kv.key}"] = value
         return out
 
-    def _reject(self, result: DecodeResult, span: Span, reason: str) -> None:
+    def _reject(self, result: DecodeResult, span: Any, reason: str) -> None:
         result.rejected += 1
         if len(result.reasons) < MAX_REASONS:
             sid = span.span_id.hex() or "?"
             result.reasons.append(f"span {sid[:16]} ({clip(span.name, 64)!r}): {reason}")
 
-    def _span(
+    @staticmethod
+    def _key_values(blobs: Iterable[bytes]) -> Iterator[KeyValue]:
+        for blob in blobs:
+            try:
+                yield KeyValue.FromString(blob)
+            except DecodeError:
+                raise _BadAttribute from None
+
+    def _collect(self, spans: Iterable[Any], now_ns: int, result: DecodeResult) -> _Spans:
+        """The fields of the tool-call spans among ``spans``; policy spans and spans that
+        cannot be records are handled here."""
+        out = _Spans()
+        horizon = now_ns + int(self.limits.max_future_skew_s * 1e9)
+        for span in spans:
+            result.spans_seen += 1
+            name = span.name
+            blobs = span.attributes
+            if not name.startswith(TOOL_OPERATION):
+                if name == POLICY_SPAN_NAME:
+                    found = _policy(self._key_values(blobs))
+                    if isinstance(found, str):
+                        self._reject(result, span, found)
+                    else:
+                        result.policies.append(found)
+                    continue
+                if not _is_tool_call(name, ((kv.key, kv.value) for kv in self._key_values(blobs))):
+                    continue
+            trace_id, span_id = span.trace_id, span.span_id
+            start, end = span.start_time_unix_nano, span.end_time_unix_nano
+            problem = _problem(trace_id, span_id, start, end, horizon, self.limits)
+            if problem:
+                self._reject(result, span, problem)
+                continue
+            status = span.status
+            code = status.code
+            out.names.append(name)
+            out.trace_ids.append(trace_id)
+            out.span_ids.append(span_id)
+            out.parents.append(span.parent_span_id)
+            out.starts.append(start)
+            out.ends.append(end)
+            out.codes.append(code)
+            out.messages.append(status.message if code else "")
+            out.counts.append(len(blobs))
+            out.blobs.extend(blobs)
+        return out
+
+    def _table(
+        self, spans: _Spans, service: str, resource: dict[str, Any], context: tuple[str, str]
+    ) -> pa.Table:
+        """The rows of ``spans`` as an Arrow table in TOOL_CALL_SCHEMA."""
+        n = len(spans.names)
+        columns: dict[int, pa.Array] = {}
+        entries: list[_Entry] = []
+        uniques: list[bytes] = []
+        codes = np.zeros(0, dtype=np.int64)
+        owner = np.zeros(0, dtype=np.int64)
+        if spans.blobs:
+            encoded = pa.array(spans.blobs, type=pa.binary()).dictionary_encode()
+            codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            cached = self._entries.get
+            uniques = encoded.dictionary.to_pylist()
+            entries = [cached(blob) or self._entry(blob) for blob in uniques]
+            owner = np.repeat(np.arange(n), np.asarray(spans.counts, dtype=np.int64))
+            entry_column = np.fromiter((e[0] for e in entries), np.int64, len(entries))
+            at_column = entry_column[codes]
+            values: dict[int, list[Any]] = {}
+            for k, entry in enumerate(entries):
+                if entry[0] >= 0:
+                    if entry[0] not in values:
+                        values[entry[0]] = [None] * len(entries)
+                    values[entry[0]][k] = entry[1]
+            for column, by_entry in values.items():
+                columns[column] = _last_per_span(
+                    by_entry,
+                    TOOL_CALL_SCHEMA.field(column).type,
+                    np.flatnonzero(at_column == column),
+                    codes,
+                    owner,
+                    n,
+                )
+        for column, spec in enumerate(TOOL_CALL_SCHEMA):
+            if column in columns and pa.types.is_string(spec.type):
+                columns[column] = columns[column].fill_null("")
+        empty = pa.array([""] * n, type=pa.string())
+        tools = columns[_I_TOOL].to_pylist() if _I_TOOL in columns else [""] * n
+        attributes = self._bags(spans, entries, uniques, codes, owner, tools, context, resource)
+        columns[_I_TOOL] = pa.array(tools, type=pa.string())
+        starts = np.asarray(spans.starts, dtype=np.uint64)
+        ends = np.asarray(spans.ends, dtype=np.uint64)
+        status_error = np.asarray(spans.codes, dtype=np.int64) == Status.STATUS_CODE_ERROR
+        decision = columns.get(_I_DECISION, empty)
+        outcome = columns.get(_I_OUTCOME, empty)
+        # A span from another agent records a call that ran; its status says how it went.
+        failed = pc.or_(pc.not_equal(columns.get(_I_ERROR_TYPE, empty), ""), pa.array(status_error))
+        derived = pc.if_else(failed, "error", "ok")
+        undecided = pc.and_(pc.equal(outcome, ""), pc.equal(decision, ""))
+        columns[_I_OUTCOME] = pc.if_else(undecided, derived, outcome)
+        elapsed_ms = pa.array((ends - starts) / 1e6)
+        columns[_I_DURATION] = columns.get(_I_DURATION, elapsed_ms).fill_null(elapsed_ms)
+        columns[0] = pa.array((starts // _NS_PER_US).astype(np.int64), type=_TIMESTAMP)
+        columns[1] = pa.array((ends // _NS_PER_US).astype(np.int64), type=_TIMESTAMP)
+        columns[2] = pa.array([t.hex() for t in spans.trace_ids], type=pa.string())
+        columns[3] = pa.array([s.hex() for s in spans.span_ids], type=pa.string())
+        columns[4] = pa.array(
+            [p.hex() if len(p) == 8 else "" for p in spans.parents], type=pa.string()
+        )
+        columns[_I_SERVICE] = pa.array([service] * n, type=pa.string())
+        columns[_I_ATTRIBUTES] = pa.array(attributes, type=pa.string())
+        arrays = [
+            columns.get(i, empty if pa.types.is_string(f.type) else pa.nulls(n, f.type))
+            for i, f in enumerate(TOOL_CALL_SCHEMA)
+        ]
+        return pa.Table.from_arrays(arrays, schema=TOOL_CALL_SCHEMA)
+
+    def _bags(
         self,
-        span: Span,
-        service: str,
+        spans: _Spans,
+        entries: list[_Entry],
+        uniques: list[bytes],
+        codes: np.ndarray,
+        owner: np.ndarray,
+        tools: list[str],
+        context: tuple[str, str],
         resource: dict[str, Any],
-        scope: str,
-        now_ns: int,
-        cols: _Columns,
-        result: DecodeResult,
-    ) -> None:
-        name = span.name
-        if name == POLICY_SPAN_NAME:
-            found = _policy(span)
-            if isinstance(found, str):
-                self._reject(result, span, found)
-            else:
-                result.policies.append(found)
-            return
-        if not is_tool_call(span):
-            return
-        problem = _check_span(span, now_ns, self.limits)
-        if problem:
-            self._reject(result, span, problem)
-            return
+    ) -> list[str]:
+        """Each span's attributes bag as JSON (fills in ``tools`` from span names where the
+        tool attribute is missing). Bags repeat: one is built per distinct combination of
+        bag attributes, span name and status in the scope."""
+        n = len(spans.names)
+        in_bag = np.fromiter((e[2] is not None for e in entries), bool, len(entries))
+        bag_at = np.flatnonzero(in_bag[codes]) if len(entries) else np.zeros(0, np.int64)
+        bag_codes = codes[bag_at]
+        bounds = np.searchsorted(owner[bag_at], np.arange(n + 1)).tolist()
+        keys = bag_codes.astype(np.int32).tobytes()
+        prefix = TOOL_OPERATION + " "
+        plain = self._redaction.plain
+        names, status_codes, messages = spans.names, spans.codes, spans.messages
+        built: dict[tuple[bytes, str | None, int, str], str] = {}
+        out: list[str] = []
+        for i in range(n):
+            name = names[i]
+            tool = tools[i]
+            if not tool and name.startswith(prefix):
+                tool = tools[i] = plain(name[len(prefix) :])
+            odd_name = None if name == prefix + tool else name
+            lo, hi = bounds[i], bounds[i + 1]
+            key = (keys[4 * lo : 4 * hi], odd_name, status_codes[i], messages[i])
+            text = built.get(key)
+            if text is None:
+                members = bag_codes[lo:hi].tolist()
+                text = built[key] = self._attributes(
+                    [entries[c] for c in members],
+                    [uniques[c] for c in members],
+                    odd_name,
+                    status_codes[i],
+                    messages[i],
+                    context,
+                    resource,
+                )
+            out.append(text)
+        return out
+
+    def _entry(self, blob: bytes) -> _Entry:
+        """Decode one serialized attribute (and remember it when it is small)."""
+        try:
+            kv = KeyValue.FromString(blob)
+        except DecodeError:
+            raise _BadAttribute from None
+        value = kv.value
+        entry = None
+        if value.WhichOneof("value") == "string_value":
+            entry = self._clean_text_entry(kv.key, value.string_value)
+        if entry is None:
+            entry = self._map(kv.key, value)
+        if len(blob) <= _CACHEABLE_ATTRIBUTE_BYTES:
+            if len(self._entries) >= _CACHE_SIZE:
+                self._entries.clear()  # cheaper than an LRU; repeated values come back
+            self._entries[blob] = entry
+        return entry
+
+    def _clean_text_entry(self, key: str, text: str) -> _Entry | None:
+        """The entry of a text column or of the arguments when the value needs neither
+        redaction nor clipping (most values seen once: call ids, arguments); the result
+        is what :meth:`_map` gives, without its layers. None: ask :meth:`_map`."""
+        if len(text) * 4 > self.limits.max_value_bytes:
+            return None
+        kind = _KIND.get(key)
+        redactor = self._redaction.redactor
+        if kind.__class__ is str:
+            if redactor.is_clean_text(text):
+                return (_COLUMN[kind], text, None, None, None)  # type: ignore[index]
+        elif kind == _K_ARGUMENTS and redactor.is_clean_json_text(text):
+            return (_I_ARGUMENTS, text, None, None, None)
+        return None
+
+    def _map(self, key: str, v: AnyValue) -> _Entry:
+        """Where one attribute goes: a column, the attributes bag, or both (a mapped
+        column given a value of the wrong type keeps the original in the bag)."""
         red = self._redaction
-        row: dict[str, Any] = dict(_EMPTY_ROW)
-        others: dict[str, Any] = {}
-        plain, plain_get = red.plain, red.plain_cache.get
-        for kv in span.attributes:
-            key = kv.key
-            v = kv.value
-            raw: Any = v.string_value  # "" for other kinds; checked below only then
-            is_text = bool(raw) or v.WhichOneof("value") == "string_value"
-            if not is_text:
-                raw = any_value(v)
-            kind = _KIND.get(key)
-            if kind is None:  # not a column: into the attributes bag
-                others[key] = red.text(key, raw) if is_text else red.value(key, raw)
-            elif kind.__class__ is str:  # a mapped text column (the hot path)
-                if is_text:
-                    out = plain_get(raw)
-                    row[kind] = out if out is not None else plain(raw)
-                else:
-                    row[kind] = plain(_as_text(raw))
-                    others[key] = red.value(key, raw)
-            elif kind == _K_ARGUMENTS:
-                row["arguments"] = red.arguments(raw)
-            elif kind in (_K_DECISION, _K_OUTCOME):
-                column = "decision" if kind == _K_DECISION else "outcome"
-                allowed = DECISIONS if kind == _K_DECISION else OUTCOMES
-                if raw in allowed:
-                    row[column] = raw
-                else:
-                    others[key] = red.value(key, raw)
-            elif kind == _K_DURATION:
-                row["duration_ms"] = _as_float(raw)
-                if row["duration_ms"] is None:
-                    others[key] = red.value(key, raw)
-            elif kind == _K_RESULT_BYTES:
-                row["result_bytes"] = _as_int(raw)
-                if row["result_bytes"] is None:
-                    others[key] = red.value(key, raw)
-            elif raw != TOOL_OPERATION:  # _K_OPERATION: implied by the row, unless odd
-                others[key] = red.value(key, raw)
-        tool = row["tool"]
-        if not tool and name.startswith(TOOL_OPERATION + " "):
-            tool = row["tool"] = plain(name[len(TOOL_OPERATION) + 1 :])
-        if name != TOOL_OPERATION + " " + tool:
-            others["otel.span.name"] = red.text("otel.span.name", name)
-        status = span.status
-        code = status.code
+        raw: Any = v.string_value  # "" for other kinds; checked below only then
+        is_text = bool(raw) or v.WhichOneof("value") == "string_value"
+        if not is_text:
+            raw = any_value(v)
+        kind = _KIND.get(key)
+        if kind is None:  # not a column: into the attributes bag
+            return (_NO_COLUMN, None, key, red.value(key, raw), None)
+        if isinstance(kind, str):  # a mapped text column
+            if is_text:
+                return (_COLUMN[kind], red.plain(raw), None, None, None)
+            return (_COLUMN[kind], red.plain(_as_text(raw)), key, red.value(key, raw), None)
+        if kind == _K_ARGUMENTS:
+            return (_I_ARGUMENTS, red.arguments(raw), None, None, None)
+        if kind in (_K_DECISION, _K_OUTCOME):
+            allowed = DECISIONS if kind == _K_DECISION else OUTCOMES
+            if raw in allowed:
+                return (_I_DECISION if kind == _K_DECISION else _I_OUTCOME, raw, None, None, None)
+            return (_NO_COLUMN, None, key, red.value(key, raw), None)
+        if kind in (_K_DURATION, _K_RESULT_BYTES):
+            if kind == _K_DURATION:
+                column, number = _I_DURATION, _as_float(raw)
+            else:
+                column, number = _I_RESULT_BYTES, _as_int(raw)
+            if number is None:  # the column stays null; the odd value is kept in the bag
+                return (column, None, key, red.value(key, raw), None)
+            return (column, number, None, None, None)
+        # gen_ai.operation.name: implied by the row, unless it is something else
+        operation = is_text and raw == TOOL_OPERATION
+        if operation:
+            return (_NO_COLUMN, None, None, None, True)
+        return (_NO_COLUMN, None, key, red.value(key, raw), False)
+
+    def _attributes(
+        self,
+        bag: list[_Entry],
+        bag_blobs: list[bytes],
+        odd_name: str | None,
+        code: int,
+        message: str,
+        context: tuple[str, str],
+        resource: dict[str, Any],
+    ) -> str:
+        """The attributes bag as JSON. Bags repeat across spans (same scope, resource and
+        MCP method), so a bag is cached by the attribute bytes and context it comes from."""
+        small = len(odd_name or "") + len(message) <= _CACHEABLE_BAG_TEXT and all(
+            len(b) <= _CACHEABLE_ATTRIBUTE_BYTES for b in bag_blobs
+        )
+        ck = (tuple(bag_blobs), odd_name, code, message, context) if small else None
+        if ck is not None:
+            out = self._json_cache.get(ck)
+            if out is not None:
+                return out
+        red = self._redaction
+        others: dict[str, Any] = {entry[2]: entry[3] for entry in bag}  # type: ignore[misc]
+        if odd_name is not None:
+            others["otel.span.name"] = red.text("otel.span.name", odd_name)
         if code:
             others["otel.status_code"] = "ERROR" if code == Status.STATUS_CODE_ERROR else "OK"
-            if status.message:
-                others["otel.status_description"] = red.text(
-                    "otel.status_description", status.message
-                )
-        if not row["outcome"] and not row["decision"]:
-            # A span from another agent records a call that ran; its status says how it went.
-            failed = bool(row["error_type"]) or code == Status.STATUS_CODE_ERROR
-            row["outcome"] = "error" if failed else "ok"
+            if message:
+                others["otel.status_description"] = red.text("otel.status_description", message)
+        scope = context[0]
         if scope:
             others["otel.scope.name"] = scope
         if resource:
             others.update(resource)
-        start, end = span.start_time_unix_nano, span.end_time_unix_nano
-        if row["duration_ms"] is None:
-            row["duration_ms"] = (end - start) / 1e6
-        parent = span.parent_span_id
-        row["start_time"] = start // _NS_PER_US
-        row["end_time"] = end // _NS_PER_US
-        row["trace_id"] = span.trace_id.hex()
-        row["span_id"] = span.span_id.hex()
-        row["parent_span_id"] = parent.hex() if len(parent) == 8 else ""
-        row["service_name"] = service
-        row["attributes"] = self._attributes_json(others)
-        cols.rows.append(row)
-
-    def _attributes_json(self, others: dict[str, Any]) -> str:
-        """The attributes bag as JSON. Bags repeat across spans (same scope, resource and
-        MCP method), so bags of plain scalars are cached by their items."""
-        try:
-            # Types are part of the key: True == 1 == 1.0, but their JSON differs.
-            ck: Any = (tuple(others.items()), tuple(map(type, others.values())))
-            out = self._json_cache.get(ck)
-        except TypeError:  # a list or map value: not hashable, not cached
-            return _bounded_attributes(others, self.limits.max_attributes_bytes)
-        if out is None:
-            out = _bounded_attributes(others, self.limits.max_attributes_bytes)
+        out = _bounded_attributes(others, self.limits.max_attributes_bytes)
+        if ck is not None:
             if len(self._json_cache) >= _CACHE_SIZE // 8:
                 self._json_cache.clear()
             self._json_cache[ck] = out

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from collector.decode import DecodeLimits, Decoder, PolicyDocument
+from collector.lean import keep_pandas_out
 from collector.otlp_parse import parse_request
 from collector.spool import encode_rows
 
@@ -66,10 +67,12 @@ def decode_export(data: bytes, now_ns: int, limits: DecodeLimits, forward: bool)
     decoder = _decoders.get(limits)
     if decoder is None:
         decoder = _decoders[limits] = Decoder(limits)
-    request, repaired = parse_request(data)
-    if forward:
+    result, repaired = decoder.decode_bytes(data, now_ns)
+    forwarded = b""
+    if forward:  # the whole request, typed, redacted, for the backend
+        request, _ = parse_request(data)
         decoder.redact_in_place(request)
-    result = decoder.decode(request, now_ns)
+        forwarded = request.SerializeToString()
     rows = result.table.num_rows
     return DecodedExport(
         rows=encode_rows(result.table) if rows else b"",
@@ -79,13 +82,16 @@ def decode_export(data: bytes, now_ns: int, limits: DecodeLimits, forward: bool)
         rejected=result.rejected,
         error_message=result.error_message(),
         repaired=repaired,
-        forward=request.SerializeToString() if forward else b"",
+        forward=forwarded,
     )
 
 
-def _warm_up(limits: DecodeLimits) -> int:
+def _warm_up(limits: DecodeLimits, linger_s: float) -> int:
+    """Import and build what decoding needs; returns the worker's pid. Lingers a moment
+    so that the other warm-up tasks go to the other workers."""
     decode_export(ExportTraceServiceRequest().SerializeToString(), 0, limits, True)
-    return 0
+    time.sleep(linger_s)
+    return os.getpid()
 
 
 @contextlib.contextmanager
@@ -112,6 +118,7 @@ def _main_module_hidden() -> Iterator[None]:
 
 
 def _init_worker() -> None:
+    keep_pandas_out()
     # Ctrl-C reaches the whole process group; only the main process decides to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -146,17 +153,22 @@ class DecodePool:
     def start(self) -> None:
         """Start the workers and wait until each has imported everything it needs."""
         if self.workers <= 0:
-            _warm_up(self.limits)
+            _warm_up(self.limits, 0.0)
             return
         self._executor = self._started_executor()
 
     def _started_executor(self) -> ProcessPoolExecutor:
         executor = self._new_executor()
-        # Workers are spawned on submit; spawn them all now, with the main module hidden.
-        with _main_module_hidden():
-            warm = [executor.submit(_warm_up, self.limits) for _ in range(self.workers)]
-        for f in warm:
-            f.result()
+        # Workers are spawned on submit; spawn them all now, with the main module hidden,
+        # and wait until each has run a task: a worker still starting when the collector
+        # is killed would never learn that its parent is gone (_exit_with_parent).
+        ready: set[int] = set()
+        linger = 0.05
+        while len(ready) < self.workers:
+            with _main_module_hidden():
+                warm = [executor.submit(_warm_up, self.limits, linger) for _ in range(self.workers)]
+            ready.update(f.result() for f in warm)
+            linger = min(2 * linger, 1.0)
         return executor
 
     def decode(self, data: bytes, now_ns: int, forward: bool) -> DecodedExport:

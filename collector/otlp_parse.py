@@ -6,6 +6,11 @@ span of its batch, so a request that fails the strict parse is parsed again with
 twin schema whose strings are ``bytes``; invalid sequences become U+FFFD and the
 repaired request is re-parsed strictly. Only bytes that are not a protobuf at all
 are refused.
+
+The collector's hot path parses with a second twin (:func:`parse_raw_attributes`) in
+which a span's ``attributes`` stay serialized ``KeyValue`` bytes: the decoder maps each
+distinct attribute once and recognises it again by its bytes, instead of building Python
+objects for every attribute of every span.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 _TWIN_PREFIX = "callward_lenient"
+_RAW_PREFIX = "callward_raw_attributes"
 
 
 class MalformedRequestError(ValueError):
@@ -44,35 +50,62 @@ def _files_in_dependency_order() -> list[Any]:
     return ordered
 
 
-def _retype(msg: descriptor_pb2.DescriptorProto) -> None:
+def _rename(msg: descriptor_pb2.DescriptorProto, prefix: str) -> None:
+    msg.ClearField("options")
+    for field in msg.field:
+        if field.type_name.startswith("."):
+            field.type_name = f".{prefix}{field.type_name}"
+    for nested in msg.nested_type:
+        _rename(nested, prefix)
+
+
+def _strings_as_bytes(msg: descriptor_pb2.DescriptorProto) -> None:
     for field in msg.field:
         if field.type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
             field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-        if field.type_name.startswith("."):
-            field.type_name = f".{_TWIN_PREFIX}{field.type_name}"
     for nested in msg.nested_type:
-        _retype(nested)
+        _strings_as_bytes(nested)
 
 
-@lru_cache(maxsize=1)
-def _lenient_request_class() -> type[Message]:
+def _span_attributes_as_bytes(msg: descriptor_pb2.DescriptorProto) -> None:
+    # KeyValue messages and bytes share the wire encoding (length-delimited), so a span's
+    # attributes parse as the serialized KeyValue of each attribute.
+    if msg.name == "Span":
+        for field in msg.field:
+            if field.name == "attributes":
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+                field.ClearField("type_name")
+
+
+def _twin_request_class(prefix: str, retype: Any) -> type[Message]:
+    """ExportTraceServiceRequest re-declared under ``prefix`` with ``retype`` applied to
+    every message type; parses the same wire bytes into differently typed fields."""
     pool = descriptor_pool.DescriptorPool()
     for f in _files_in_dependency_order():
         proto = descriptor_pb2.FileDescriptorProto()
         f.CopyToProto(proto)
-        proto.name = f"{_TWIN_PREFIX}/{proto.name}"
-        proto.package = f"{_TWIN_PREFIX}.{proto.package}"
-        proto.dependency[:] = [f"{_TWIN_PREFIX}/{d}" for d in proto.dependency]
+        proto.name = f"{prefix}/{proto.name}"
+        proto.package = f"{prefix}.{proto.package}"
+        proto.dependency[:] = [f"{prefix}/{d}" for d in proto.dependency]
         del proto.service[:]
         proto.ClearField("options")
         for msg in proto.message_type:
-            msg.ClearField("options")
-            _retype(msg)
+            _rename(msg, prefix)
+            retype(msg)
         pool.Add(proto)
-    desc = pool.FindMessageTypeByName(
-        f"{_TWIN_PREFIX}.{ExportTraceServiceRequest.DESCRIPTOR.full_name}"
-    )
+    desc = pool.FindMessageTypeByName(f"{prefix}.{ExportTraceServiceRequest.DESCRIPTOR.full_name}")
     return message_factory.GetMessageClass(desc)
+
+
+@lru_cache(maxsize=1)
+def _lenient_request_class() -> type[Message]:
+    return _twin_request_class(_TWIN_PREFIX, _strings_as_bytes)
+
+
+@lru_cache(maxsize=1)
+def raw_attributes_request_class() -> type[Message]:
+    """The request type whose spans hold their attributes as serialized KeyValue bytes."""
+    return _twin_request_class(_RAW_PREFIX, _span_attributes_as_bytes)
 
 
 @cache
@@ -112,3 +145,25 @@ def parse_request(data: bytes) -> tuple[ExportTraceServiceRequest, bool]:
         return ExportTraceServiceRequest.FromString(lenient.SerializeToString()), True
     except DecodeError as e:  # pragma: no cover - the repair makes every string valid
         raise MalformedRequestError(f"request could not be repaired: {e}") from None
+
+
+def parse_raw_attributes(data: bytes) -> tuple[Message, bool]:
+    """Parse ``data`` into :func:`raw_attributes_request_class`; returns the request and
+    whether invalid UTF-8 had to be repaired. Anything the strict parse would refuse (or
+    repair) outside the attributes goes through :func:`parse_request` first; attribute
+    bytes are checked by whoever parses them (``KeyValue.FromString``), and on failure
+    the caller re-parses with ``repair=True``."""
+    raw_class = raw_attributes_request_class()
+    try:
+        return raw_class.FromString(data), False
+    except DecodeError:
+        pass
+    request, repaired = parse_request(data)
+    return raw_class.FromString(request.SerializeToString()), repaired
+
+
+def repaired_raw_attributes(data: bytes) -> tuple[Message, bool]:
+    """:func:`parse_raw_attributes` after a full strict parse (with UTF-8 repair): every
+    attribute of the result is a valid KeyValue."""
+    request, repaired = parse_request(data)
+    return raw_attributes_request_class().FromString(request.SerializeToString()), repaired

@@ -244,6 +244,16 @@ class Redactor:
             return m.group("head") + marker(_HIGH_ENTROPY)
         return m.group(0)
 
+    def is_clean_text(self, text: str) -> bool:
+        """True when :meth:`redact_text` would return ``text`` unchanged because nothing
+        in it can start a secret (no trigger substring, no extra patterns configured).
+        A cheap screen for callers that decode many distinct values."""
+        return not self.extra and not _has_trigger(text.lower())
+
+    def is_clean_json_text(self, text: str) -> bool:
+        """The same screen for :meth:`redact_json_text`."""
+        return not self.extra and "\\u" not in text and not _has_trigger(text.lower())
+
     def redact_text(self, text: str) -> str:
         """``text`` with every known secret format and credential-like value replaced."""
         lower = text.lower()
@@ -303,7 +313,7 @@ class Redactor:
         """Parse ``text`` as JSON, redact every string (and credential-like values under
         key-like names) and serialise it again; text that is not JSON is redacted as text.
         Unchanged input is returned as is, so its formatting survives."""
-        if not self.extra and "\\u" not in text and not _has_trigger(text.lower()):
+        if self.is_clean_json_text(text):
             return text  # nothing that could be a secret, even after JSON unescaping
         try:
             obj = json.loads(text)

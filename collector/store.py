@@ -51,6 +51,7 @@ from collector.schema import (
 log = logging.getLogger("callward.collector.store")
 
 _REQUIRED = ("start_time", "end_time", "trace_id", "span_id")
+_KEY_BYTES = 24  # 16-byte trace id + 8-byte span id
 _DUCKDB_TYPES = {
     "start_time": "TIMESTAMPTZ",
     "end_time": "TIMESTAMPTZ",
@@ -108,10 +109,14 @@ def conform(table: pa.Table) -> pa.Table:
 
 
 def _keys(table: pa.Table) -> list[bytes]:
-    """The dedupe key of each row: trace id and span id as 24 raw bytes (compact in memory)."""
-    tids = table.column("trace_id").to_pylist()
-    sids = table.column("span_id").to_pylist()
-    return [bytes.fromhex(t + s) for t, s in zip(tids, sids, strict=True)]
+    """The dedupe key of each row: trace id and span id as 24 raw bytes (compact in memory).
+    Ids are validated hex of fixed width (:func:`conform`), so the joined text of all rows
+    converts in one call and splits at every 24 bytes."""
+    if table.num_rows == 0:
+        return []
+    joined = pc.binary_join_element_wise(table.column("trace_id"), table.column("span_id"), "")
+    raw = bytes.fromhex("".join(joined.to_pylist()))
+    return [raw[i : i + _KEY_BYTES] for i in range(0, len(raw), _KEY_BYTES)]
 
 
 def parquet_files(data_dir: Path) -> list[Path]:
@@ -279,17 +284,21 @@ class StoreWriter:
         had_files = self.files_written > 0 or bool(parquet_files(self.root))
         dates = pc.strftime(table.column("start_time"), format="%Y-%m-%d")
         written: list[Path] = []
-        for date in sorted(pc.unique(dates).to_pylist()):
-            part = table.filter(pc.equal(dates, date))
+        days = sorted(pc.unique(dates).to_pylist())
+        for date in days:
+            part = table if len(days) == 1 else table.filter(pc.equal(dates, date))
             seen = self._partition_keys(date)
             keys = _keys(part)
+            fresh_keys = set(keys)
             keep: list[bool] = []
-            fresh_keys: set[bytes] = set()
-            for key in keys:
-                fresh = key not in seen and key not in fresh_keys
-                keep.append(fresh)
-                if fresh:
-                    fresh_keys.add(key)
+            if len(fresh_keys) < len(keys) or not seen.isdisjoint(fresh_keys):
+                # Retries or replays among them: keep the first copy of each new key.
+                fresh_keys = set()
+                for key in keys:
+                    fresh = key not in seen and key not in fresh_keys
+                    keep.append(fresh)
+                    if fresh:
+                        fresh_keys.add(key)
             self.duplicates_dropped += len(keys) - len(fresh_keys)
             if not fresh_keys:
                 continue

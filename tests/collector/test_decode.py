@@ -377,3 +377,46 @@ def test_attribute_bags_that_compare_equal_keep_their_own_json() -> None:
         rows.append(only_row(decoder.decode(build_request([spec]), NOW)))
     assert [json.loads(r["attributes"])["flag"] for r in rows] == [True, 1, 1.0]
     assert [type(json.loads(r["attributes"])["flag"]) for r in rows] == [bool, int, float]
+
+
+span_specs = st.builds(
+    lambda attrs, name, status: SpanSpec(
+        name=name, attributes=attrs, status_code=status, status_message="m" if status else ""
+    ),
+    attrs=attribute_maps,
+    name=st.sampled_from(["execute_tool", "execute_tool read_file", "execute_tool x", "other"]),
+    status=st.sampled_from([0, 1, 2]),
+)
+
+
+@given(specs=st.lists(span_specs, min_size=1, max_size=8), repeat=st.integers(1, 3))
+def test_a_batch_decodes_like_each_span_alone(specs: list[SpanSpec], repeat: int) -> None:
+    """Columnar decoding and its caches (attributes by bytes, bags by content) give every
+    span the row it gets when decoded alone by a fresh decoder, whatever came before."""
+    warm = Decoder(DecodeLimits(max_value_bytes=256))
+    batch = specs * repeat  # the same attributes again: served from the caches
+    for _ in range(2):
+        together = warm.decode(build_request(batch), NOW)
+    alone: list[dict[str, Any]] = []
+    for spec in batch:
+        alone += (
+            Decoder(DecodeLimits(max_value_bytes=256))
+            .decode(build_request([spec]), NOW)
+            .table.to_pylist()
+        )
+    assert together.table.to_pylist() == alone
+
+
+def test_a_repeated_attribute_key_keeps_its_last_value() -> None:
+    request = build_request([SpanSpec(attributes={})])
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    for key, value in [
+        ("gen_ai.tool.name", "first"),
+        ("extra", 1),
+        ("gen_ai.tool.name", "second"),
+        ("extra", 2),
+    ]:
+        set_any_value(span.attributes.add(key=key).value, value)
+    row = only_row(Decoder().decode(request, NOW))
+    assert row["tool"] == "second"
+    assert json.loads(row["attributes"])["extra"] == 2
