@@ -139,6 +139,8 @@ class _CountingExporter(SpanExporter):
 
 
 MAX_ARGUMENT_CHARS = 64 * 1024
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ARGUMENTS_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 DEFAULT_MAX_QUEUE_SIZE = 8192  # spans buffered while the backend is slow; OTEL_BSP_MAX_QUEUE_SIZE
 
 
@@ -147,7 +149,7 @@ def redact_arguments(arguments: Mapping[str, Any], max_chars: int = MAX_ARGUMENT
 
     Redaction happens before truncation, so a cut can never expose half a secret. Oversize
     arguments become a JSON object that says so (the column stays valid JSON)."""
-    text = redact_json_text(json.dumps(arguments, ensure_ascii=False, default=str))
+    text = redact_json_text(_ARGUMENTS_ENCODER.encode(arguments))
     if len(text) <= max_chars:
         return text
     return json.dumps(
