@@ -379,6 +379,7 @@ class _BadAttribute(Exception):
 
 def _last_per_span(
     values: list[Any],
+    local: np.ndarray,
     type_: pa.DataType,
     at: np.ndarray,
     codes: np.ndarray,
@@ -387,12 +388,13 @@ def _last_per_span(
 ) -> pa.Array:
     """A column of ``n`` spans from the attributes at positions ``at``: each span takes
     the value of its last such attribute (a repeated key: the last one wins, as in a
-    dict), null when it has none. ``values`` maps each distinct attribute to its value."""
+    dict), null when it has none. ``values`` are the column's distinct values and
+    ``local`` maps a distinct attribute (its code) to its place in ``values``."""
     who = owner[at]
     last = np.ones(len(at), dtype=bool)
     last[:-1] = who[1:] != who[:-1]
     index = np.full(n, -1, dtype=np.int64)
-    index[who[last]] = codes[at[last]]
+    index[who[last]] = local[codes[at[last]]]
     return pa.array(values, type=type_).take(pa.array(index, mask=index < 0))
 
 
@@ -561,15 +563,16 @@ class Decoder:
             owner = np.repeat(np.arange(n), np.asarray(spans.counts, dtype=np.int64))
             entry_column = np.fromiter((e[0] for e in entries), np.int64, len(entries))
             at_column = entry_column[codes]
-            values: dict[int, list[Any]] = {}
+            members: dict[int, list[int]] = {}  # column -> codes of its distinct values
             for k, entry in enumerate(entries):
                 if entry[0] >= 0:
-                    if entry[0] not in values:
-                        values[entry[0]] = [None] * len(entries)
-                    values[entry[0]][k] = entry[1]
-            for column, by_entry in values.items():
+                    members.setdefault(entry[0], []).append(k)
+            local = np.empty(len(entries), dtype=np.int64)
+            for column, ks in members.items():
+                local[ks] = np.arange(len(ks))
                 columns[column] = _last_per_span(
-                    by_entry,
+                    [entries[k][1] for k in ks],
+                    local,
                     TOOL_CALL_SCHEMA.field(column).type,
                     np.flatnonzero(at_column == column),
                     codes,
