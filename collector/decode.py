@@ -559,7 +559,8 @@ class Decoder:
             codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
             cached = self._entries.get
             uniques = encoded.dictionary.to_pylist()
-            entries = [cached(blob) or self._entry(blob) for blob in uniques]
+            found = [cached(blob) for blob in uniques]
+            entries = self._complete(found, uniques) if None in found else found  # type: ignore[assignment]
             owner = np.repeat(np.arange(n), np.asarray(spans.counts, dtype=np.int64))
             entry_column = np.fromiter((e[0] for e in entries), np.int64, len(entries))
             at_column = entry_column[codes]
@@ -661,38 +662,45 @@ class Decoder:
             out.append(text)
         return out
 
-    def _entry(self, blob: bytes) -> _Entry:
-        """Decode one serialized attribute (and remember it when it is small)."""
-        try:
-            kv = KeyValue.FromString(blob)
-        except DecodeError:
-            raise _BadAttribute from None
-        value = kv.value
-        entry = None
-        if value.WhichOneof("value") == "string_value":
-            entry = self._clean_text_entry(kv.key, value.string_value)
-        if entry is None:
-            entry = self._map(kv.key, value)
-        if len(blob) <= _CACHEABLE_ATTRIBUTE_BYTES:
-            if len(self._entries) >= _CACHE_SIZE:
-                self._entries.clear()  # cheaper than an LRU; repeated values come back
-            self._entries[blob] = entry
-        return entry
-
-    def _clean_text_entry(self, key: str, text: str) -> _Entry | None:
-        """The entry of a text column or of the arguments when the value needs neither
-        redaction nor clipping (most values seen once: call ids, arguments); the result
-        is what :meth:`_map` gives, without its layers. None: ask :meth:`_map`."""
-        if len(text) * 4 > self.limits.max_value_bytes:
-            return None
-        kind = _KIND.get(key)
-        redactor = self._redaction.redactor
-        if kind.__class__ is str:
-            if redactor.is_clean_text(text):
-                return (_COLUMN[kind], text, None, None, None)  # type: ignore[index]
-        elif kind == _K_ARGUMENTS and redactor.is_clean_json_text(text):
-            return (_I_ARGUMENTS, text, None, None, None)
-        return None
+    def _complete(self, found: list[_Entry | None], uniques: list[bytes]) -> list[_Entry]:
+        """``found`` with the attributes not in the cache decoded (and remembered when
+        small). Text values of columns seen for the first time (call ids, arguments) are
+        screened for anything that could start a secret in one call for all of them
+        (``Redactor.clean_texts``); a clean one is its own redacted value, the rest go
+        through :meth:`_map` like every other attribute."""
+        limit = self.limits.max_value_bytes
+        missing: list[tuple[int, KeyValue, int]] = []  # (code, attribute, column or -1)
+        texts: list[str] = []
+        for k, known in enumerate(found):
+            if known is not None:
+                continue
+            try:
+                kv = KeyValue.FromString(uniques[k])
+            except DecodeError:
+                raise _BadAttribute from None
+            kind = _KIND.get(kv.key)
+            column = _NO_COLUMN
+            if kind.__class__ is str or kind == _K_ARGUMENTS:
+                value = kv.value
+                text = value.string_value
+                if len(text) * 4 <= limit and value.WhichOneof("value") == "string_value":
+                    column = _I_ARGUMENTS if kind == _K_ARGUMENTS else _COLUMN[kind]  # type: ignore[index]
+                    texts.append(text)
+            missing.append((k, kv, column))
+        clean = iter(self._redaction.redactor.clean_texts(texts))
+        entries = self._entries
+        for k, kv, column in missing:
+            if column != _NO_COLUMN and next(clean):
+                decoded: _Entry = (column, kv.value.string_value, None, None, None)
+            else:
+                decoded = self._map(kv.key, kv.value)
+            found[k] = decoded
+            blob = uniques[k]
+            if len(blob) <= _CACHEABLE_ATTRIBUTE_BYTES:
+                if len(entries) >= _CACHE_SIZE:
+                    entries.clear()  # cheaper than an LRU; repeated values come back
+                entries[blob] = decoded
+        return found  # type: ignore[return-value]
 
     def _map(self, key: str, v: AnyValue) -> _Entry:
         """Where one attribute goes: a column, the attributes bag, or both (a mapped

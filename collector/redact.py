@@ -19,12 +19,14 @@ pattern with a named group ``secret`` replaces only that group, keeping its cont
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -122,6 +124,9 @@ _NAME_TRIGGERS = (
 _ALL_TRIGGERS = tuple(
     sorted({t.lower() for k in BUILTIN_KINDS for t in k.triggers} | set(_NAME_TRIGGERS))
 )
+
+
+_SEPARATOR = "\x00"  # lowercasing never makes it, and no trigger contains it
 
 
 def _has_trigger(lower: str) -> bool:
@@ -244,15 +249,35 @@ class Redactor:
             return m.group("head") + marker(_HIGH_ENTROPY)
         return m.group(0)
 
-    def is_clean_text(self, text: str) -> bool:
-        """True when :meth:`redact_text` would return ``text`` unchanged because nothing
-        in it can start a secret (no trigger substring, no extra patterns configured).
-        A cheap screen for callers that decode many distinct values."""
-        return not self.extra and not _has_trigger(text.lower())
-
     def is_clean_json_text(self, text: str) -> bool:
-        """The same screen for :meth:`redact_json_text`."""
+        """True when :meth:`redact_json_text` (and so :meth:`redact_text`) would return
+        ``text`` unchanged because nothing in it can start a secret: no trigger substring,
+        no JSON escape, no extra patterns configured."""
         return not self.extra and "\\u" not in text and not _has_trigger(text.lower())
+
+    def clean_texts(self, texts: Sequence[str]) -> list[bool]:
+        """For each of ``texts``, :meth:`is_clean_json_text` (also ruling out ``\\U``),
+        computed for the whole list in one lowercase pass and one substring search per
+        trigger (C speed) instead of per text: the screen for many values seen once."""
+        if self.extra:
+            return [False] * len(texts)
+        lower = _SEPARATOR.join(texts).lower()
+        if lower.count(_SEPARATOR) != len(texts) - 1:  # a text holds the separator
+            return [self.is_clean_json_text(t) and "\\u" not in t.lower() for t in texts]
+        found: list[int] = []
+        for trigger in (*_ALL_TRIGGERS, "\\u"):
+            at = lower.find(trigger)
+            while at >= 0:
+                found.append(at)
+                at = lower.find(trigger, at + 1)
+        clean = [True] * len(texts)
+        if found:
+            starts = list(
+                itertools.accumulate((len(t) + 1 for t in lower.split(_SEPARATOR)), initial=0)
+            )
+            for at in found:
+                clean[bisect.bisect_right(starts, at) - 1] = False
+        return clean
 
     def redact_text(self, text: str) -> str:
         """``text`` with every known secret format and credential-like value replaced."""

@@ -380,3 +380,47 @@ def test_no_planted_secret_survives_in_json(others: dict[str, str], kind: str, k
 
 def test_marker_format() -> None:
     assert re.fullmatch(r"\[REDACTED:[a-z0-9_]+\]", redact_text("AKIAIOSFODNN7EXAMPLE"))
+
+
+_SCREEN_PIECES = st.lists(
+    st.sampled_from(
+        [
+            "a",
+            "K",
+            "EY",
+            "key",
+            "Pass",
+            "sk-",
+            "ghp_",
+            "://",
+            "\\u",
+            "\\U",
+            "\x00",
+            "İ",
+            "Σ",
+            " ",
+            "1",
+        ]
+    )
+    | st.text(max_size=4),
+    max_size=8,
+).map("".join)
+
+
+@given(st.lists(_SCREEN_PIECES, max_size=12))
+def test_clean_texts_screens_each_text_as_alone_and_never_hides_a_change(texts: list[str]) -> None:
+    """The batch screen is the per-text screen, whatever the neighbours (separators inside
+    a text, case mappings that change lengths), and a text it calls clean is one that
+    redaction leaves unchanged."""
+    redactor = Redactor()
+    clean = redactor.clean_texts(texts)
+    assert clean == [redactor.is_clean_json_text(t) and "\\u" not in t.lower() for t in texts]
+    for text, ok in zip(texts, clean, strict=True):
+        if ok:
+            assert redactor.redact_text(text) == text
+            assert redactor.redact_json_text(text) == text
+
+
+def test_clean_texts_with_extra_patterns_screens_nothing_out() -> None:
+    redactor = Redactor({"ticket": r"TICKET-\d+"})
+    assert redactor.clean_texts(["TICKET-1", "plain"]) == [False, False]
