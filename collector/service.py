@@ -40,6 +40,7 @@ log = logging.getLogger("callward.collector")
 SPOOL_DIR = "spool"
 LOCK_FILE = "collector.lock"
 FORWARD_QUEUE_DIR = "forward-queue"
+IDLE_FLUSH_S = 0.25  # pending rows are flushed once Exports pause this long
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Collector:
         self.port = 0
         self._pending: list[bytes] = []  # spooled rows (Arrow IPC) not yet in Parquet
         self._pending_rows = 0
+        self._last_ingest = 0.0
         self._cond: threading.Condition | None = None
         self._flush_lock = threading.Lock()
         self._stopping = False
@@ -199,19 +201,26 @@ class Collector:
             self.spool.append_locked(payload)
             self._pending.append(payload)
             self._pending_rows += rows
+            self._last_ingest = time.monotonic()
             if self._pending_rows >= self.config.batch_size:
                 self._cond.notify_all()
 
     def _write_loop(self) -> None:
+        """Flush every ``batch_size`` spans, every ``flush_interval_s`` at the latest, and
+        as soon as Exports pause for ``IDLE_FLUSH_S``: batches stay large under load, and
+        rows reach Parquet (and readers) promptly when the traffic stops."""
         assert self._cond is not None
         while True:
             with self._cond:
                 deadline = time.monotonic() + self.config.flush_interval_s
                 while not self._stopping and self._pending_rows < self.config.batch_size:
-                    remaining = deadline - time.monotonic()
+                    now = time.monotonic()
+                    if self._pending_rows and now - self._last_ingest >= IDLE_FLUSH_S:
+                        break
+                    remaining = deadline - now
                     if remaining <= 0:
                         break
-                    self._cond.wait(remaining)
+                    self._cond.wait(min(remaining, IDLE_FLUSH_S))
                 stopping = self._stopping
             self.flush()
             if stopping:
