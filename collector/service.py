@@ -93,7 +93,7 @@ class Collector:
             raise
 
     def _start_locked(self) -> int:
-        self.writer = StoreWriter(self.data_dir)
+        self.writer = StoreWriter(self.data_dir, view_in_child=True)
         self.spool = Spool(self.data_dir / SPOOL_DIR, fsync=self.config.fsync)
         self._recover()
         self.decoders.start()

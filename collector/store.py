@@ -52,6 +52,7 @@ log = logging.getLogger("callward.collector.store")
 
 _REQUIRED = ("start_time", "end_time", "trace_id", "span_id")
 _KEY_BYTES = 24  # 16-byte trace id + 8-byte span id
+_LOCKED_EXIT = 3  # exit status of ``python -m collector.store D`` when the file is locked
 _DUCKDB_TYPES = {
     "start_time": "TIMESTAMPTZ",
     "end_time": "TIMESTAMPTZ",
@@ -183,7 +184,26 @@ def refresh_view(data_dir: Path, *, attempts: int = 5, wait_s: float = 0.1) -> N
     raise StoreLockedError(f"could not open {path} read-write: {last}")
 
 
-def ensure_store(data_dir: Path) -> Path:
+def refresh_view_in_child(data_dir: Path) -> None:
+    """:func:`refresh_view` in a short-lived child process. A long-running writer (the
+    collector) needs DuckDB only for the moment it (re)creates the view, a few times in
+    its life; importing DuckDB would keep about 45 MB in its memory for good."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "collector.store", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode == _LOCKED_EXIT:
+        raise StoreLockedError(out.stderr.strip())
+    if out.returncode != 0:
+        raise RuntimeError(f"refreshing the tool_calls view failed: {out.stderr.strip()[-2000:]}")
+
+
+def ensure_store(data_dir: Path, *, view_in_child: bool = False) -> Path:
     """Create the store layout under ``data_dir`` (idempotent), remove stale temp files from
     an interrupted write, and (re)create the view. Returns the resolved data directory."""
     root = Path(data_dir).resolve()
@@ -194,7 +214,7 @@ def ensure_store(data_dir: Path) -> Path:
     for stale in (root / POLICIES_DIR).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
     try:
-        refresh_view(root)
+        (refresh_view_in_child if view_in_child else refresh_view)(root)
     except StoreLockedError as e:
         log.warning("tool_calls view not refreshed (%s); will retry after the next write", e)
     return root
@@ -246,8 +266,11 @@ class StoreWriter:
     Not thread-safe: one writer per store (the collector's writer thread, or the generator).
     """
 
-    def __init__(self, data_dir: Path, *, partitions_in_memory: int = 3):
-        self.root = ensure_store(data_dir)
+    def __init__(
+        self, data_dir: Path, *, partitions_in_memory: int = 3, view_in_child: bool = False
+    ):
+        self._view_in_child = view_in_child
+        self.root = ensure_store(data_dir, view_in_child=view_in_child)
         self.partitions_in_memory = max(1, partitions_in_memory)
         self._seen: OrderedDict[str, set[bytes]] = OrderedDict()
         self._view_stale = False
@@ -315,7 +338,7 @@ class StoreWriter:
 
     def _try_refresh_view(self) -> None:
         try:
-            refresh_view(self.root)
+            (refresh_view_in_child if self._view_in_child else refresh_view)(self.root)
             self._view_stale = False
         except StoreLockedError as e:
             self._view_stale = True
@@ -338,3 +361,15 @@ def write_tool_calls(data_dir: Path, table: pa.Table | Iterable[pa.RecordBatch])
     writer = StoreWriter(data_dir)
     writer.write(table)
     writer.close()
+
+
+if (
+    __name__ == "__main__"
+):  # python -m collector.store D: refresh D's view (see refresh_view_in_child)
+    import sys
+
+    try:
+        refresh_view(Path(sys.argv[1]))
+    except StoreLockedError as e:
+        print(e, file=sys.stderr)
+        sys.exit(_LOCKED_EXIT)

@@ -420,3 +420,25 @@ def test_a_repeated_attribute_key_keeps_its_last_value() -> None:
     row = only_row(Decoder().decode(request, NOW))
     assert row["tool"] == "second"
     assert json.loads(row["attributes"])["extra"] == 2
+
+
+@given(specs=st.lists(span_specs, min_size=1, max_size=6), odd=st.sampled_from(["bad", "policy"]))
+def test_the_clean_batch_path_and_the_span_by_span_path_agree(
+    specs: list[SpanSpec], odd: str
+) -> None:
+    """A batch of storable tool-call spans is read field by field in bulk; one span that
+    must be rejected (or a policy span) sends the batch span by span. Both give the good
+    spans the same rows."""
+    tool_specs = [s for s in specs if s.name.startswith("execute_tool")]
+    if odd == "bad":
+        extra = SpanSpec(start_ns=NOW + 10**15, end_ns=NOW + 10**15 + 1)  # far future
+    else:
+        extra = SpanSpec(
+            name="callward.policy",
+            attributes={"callward.policy.version": "v1", "callward.policy.document": "{}"},
+        )
+    clean = Decoder().decode(build_request(tool_specs), NOW)
+    mixed = Decoder().decode(build_request([*tool_specs, extra]), NOW)
+    assert mixed.table.to_pylist() == clean.table.to_pylist()
+    assert mixed.spans_seen == clean.spans_seen + 1
+    assert mixed.rejected == (1 if odd == "bad" else 0)

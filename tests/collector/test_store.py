@@ -22,6 +22,7 @@ from collector.store import (
     ensure_store,
     parquet_files,
     refresh_view,
+    refresh_view_in_child,
     save_policy,
     write_tool_calls,
 )
@@ -188,6 +189,8 @@ def test_a_reader_holding_the_file_does_not_break_writes(tmp_path: Path) -> None
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(StoreLockedError):
             refresh_view(tmp_path, attempts=2, wait_s=0.01)
+        with pytest.raises(StoreLockedError):
+            refresh_view_in_child(tmp_path)  # the collector's way: the lock is reported too
         write_tool_calls(tmp_path, rows(3, start=100))  # Parquet written; view retried later
     finally:
         assert holder.stdin is not None
@@ -220,3 +223,36 @@ def test_dedupe_memory_holds_few_partitions_and_stays_exact(tmp_path: Path) -> N
     assert query(
         tmp_path, "select count(*), count(distinct (trace_id, span_id)) from tool_calls"
     ) == [(40, 40)]
+
+
+def test_a_writer_can_keep_duckdb_out_of_its_process(tmp_path: Path) -> None:
+    """The collector's writer (view_in_child) makes the same store and view without
+    importing DuckDB itself."""
+    probe = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        import pyarrow as pa
+        from collector.store import StoreWriter
+        writer = StoreWriter(Path(sys.argv[1]), view_in_child=True)
+        writer.write(pa.table({
+            "start_time": pa.array([1_770_000_000_000_000 + i for i in range(4)], pa.timestamp("us", tz="UTC")),
+            "end_time": pa.array([1_770_000_000_000_001 + i for i in range(4)], pa.timestamp("us", tz="UTC")),
+            "trace_id": [f"{i + 1:032x}" for i in range(4)],
+            "span_id": [f"{i + 1:016x}" for i in range(4)],
+        }))
+        writer.close()
+        print("duckdb" in sys.modules)
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    assert query(tmp_path, "select count(*) from tool_calls") == [(4,)]
