@@ -52,7 +52,7 @@ log = logging.getLogger("callward.collector.store")
 
 _REQUIRED = ("start_time", "end_time", "trace_id", "span_id")
 _KEY_BYTES = 24  # 16-byte trace id + 8-byte span id
-_LOCKED_EXIT = 3  # exit status of ``python -m collector.store D`` when the file is locked
+_LOCKED_EXIT = 3  # exit status of the view-refresh child when the file is locked
 _DUCKDB_TYPES = {
     "start_time": "TIMESTAMPTZ",
     "end_time": "TIMESTAMPTZ",
@@ -184,21 +184,44 @@ def refresh_view(data_dir: Path, *, attempts: int = 5, wait_s: float = 0.1) -> N
     raise StoreLockedError(f"could not open {path} read-write: {last}")
 
 
+_VIEW_CHILD = """
+import sys, time
+import duckdb
+for attempt in range(5):
+    try:
+        con = duckdb.connect(sys.argv[1])
+    except duckdb.IOException as e:
+        last = e
+        time.sleep(0.1 * (attempt + 1))
+        continue
+    try:
+        con.execute(sys.argv[2])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    sys.exit(0)
+print(last, file=sys.stderr)
+sys.exit(3)
+"""
+
+
 def refresh_view_in_child(data_dir: Path) -> None:
-    """:func:`refresh_view` in a short-lived child process. A long-running writer (the
-    collector) needs DuckDB only for the moment it (re)creates the view, a few times in
-    its life; importing DuckDB would keep about 45 MB in its memory for good."""
+    """:func:`refresh_view` in a short-lived child process that loads DuckDB and nothing
+    else. A long-running writer (the collector) needs DuckDB only for the moment it
+    (re)creates the view, a few times in its life; importing DuckDB itself would keep
+    about 45 MB in its memory for good."""
     import subprocess
     import sys
 
+    path = Path(data_dir) / DUCKDB_FILE
     out = subprocess.run(
-        [sys.executable, "-m", "collector.store", str(data_dir)],
+        [sys.executable, "-c", _VIEW_CHILD, str(path), view_sql(data_dir)],
         capture_output=True,
         text=True,
         check=False,
     )
     if out.returncode == _LOCKED_EXIT:
-        raise StoreLockedError(out.stderr.strip())
+        raise StoreLockedError(f"could not open {path} read-write: {out.stderr.strip()}")
     if out.returncode != 0:
         raise RuntimeError(f"refreshing the tool_calls view failed: {out.stderr.strip()[-2000:]}")
 
@@ -361,15 +384,3 @@ def write_tool_calls(data_dir: Path, table: pa.Table | Iterable[pa.RecordBatch])
     writer = StoreWriter(data_dir)
     writer.write(table)
     writer.close()
-
-
-if (
-    __name__ == "__main__"
-):  # python -m collector.store D: refresh D's view (see refresh_view_in_child)
-    import sys
-
-    try:
-        refresh_view(Path(sys.argv[1]))
-    except StoreLockedError as e:
-        print(e, file=sys.stderr)
-        sys.exit(_LOCKED_EXIT)
