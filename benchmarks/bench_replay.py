@@ -214,6 +214,7 @@ def build_store(data: Path, calls: int, seed: int = 7) -> None:
         pl.when(pl.col("failed")).then(pl.lit("error")).otherwise(pl.lit("ok")).alias("outcome"),
     )
     decided, _ = replay(rec, {recorded.version: recorded}, recorded.version)
+    decided = decided.cast(pl.String)
     frame = frame.hstack(decided).with_columns(
         pl.when(pl.col("r_decision") == "allow")
         .then(pl.when(pl.col("failed")).then(pl.lit("error")).otherwise(pl.lit("ok")))

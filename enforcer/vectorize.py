@@ -61,7 +61,6 @@ UNREADABLE = -1
 # exactly, so comparing them as floats gives Python's answer.
 _SAFE_INT = 2**53
 _SAFE_NUMBER_CHARS = 15
-_ROW = "__row"
 _CODE = {d: i for i, d in enumerate(DECISION_CODES)}
 
 
@@ -146,51 +145,207 @@ def request_of(row: dict[str, Any]) -> Request:
     )
 
 
-def argument_codes(calls: pl.DataFrame) -> np.ndarray:
-    """One integer per row naming its ``arguments`` text: equal texts, equal codes.
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 
-    Recorded arguments repeat a lot (an agent retries, many calls take the same
-    parameters), so arguments are parsed once per distinct text, not once per call.
-    Computing the codes costs one dictionary encoding of the column; callers that judge
-    the same calls under several policies compute them once and pass them in.
+
+def positions(rows: np.ndarray) -> pl.Series:
+    """Row numbers as a Series Polars gathers with fast (``UInt32`` when they fit; an
+    ``Int64`` Series is converted and checked first, several times slower)."""
+    if rows.size == 0 or int(rows.max()) < 2**32 - 1:
+        return pl.Series(rows.astype(np.uint32, copy=False), dtype=pl.UInt32)
+    return pl.Series(rows)
+
+
+def dense_codes(*columns: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, a number naming its values of ``columns`` (equal values, equal numbers,
+    numbered from 0) and the first row of each number.
+
+    Hashing strings is cheap and linear where Polars' dictionary encoding is not (seconds
+    on ten million texts), but a 64-bit hash names a value only if no two values collide:
+    every row is therefore compared with the first row of its number, and on a collision
+    the values are numbered by an exact ranking instead. Never a guess.
     """
-    physical = calls.get_column("arguments").cast(pl.Categorical).to_physical()
-    if physical.null_count():
-        physical = physical.fill_null((physical.max() or 0) + 1)  # type: ignore[operator]
-    return physical.to_numpy().astype(np.int64, copy=False)
+    mixed: np.ndarray | None = None
+    for column in columns:
+        h = _hash(column)
+        if mixed is None:
+            mixed = h
+        else:
+            with np.errstate(over="ignore"):
+                mixed = mixed * _MIX  # a new array: ``to_numpy`` may be read-only
+            mixed ^= h
+    assert mixed is not None
+    first = pl.Series(mixed).arg_unique().to_numpy().astype(np.int64, copy=False)
+    code = _lookup(mixed, mixed[first])
+    del mixed
+    rep = positions(first[code])
+    if all(bool(_same(c, c.gather(rep))) for c in columns):
+        return code, first
+    ranked = pl.DataFrame(list(columns)).select(pl.struct(pl.all()).rank("dense") - 1)
+    code = ranked.to_series().to_numpy().astype(np.int32)
+    first = pl.Series(code).arg_unique().to_numpy().astype(np.int64, copy=False)
+    order = np.argsort(code[first])
+    return code, first[order]
+
+
+def _hash(column: pl.Series) -> np.ndarray:
+    """A 64-bit hash per value (tests replace it with one that collides)."""
+    return column.hash(seed=0).to_numpy()
+
+
+def _same(a: pl.Series, b: pl.Series) -> bool:
+    """Whether two Series are equal element by element (nulls equal nulls)."""
+    if a.null_count() or b.null_count():
+        return bool(a.eq_missing(b).all())
+    return bool((a == b).all())
+
+
+def _lookup(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The index in ``keys`` (distinct) of each of ``values`` (each one of ``keys``).
+
+    A table indexed by the top bits of a multiplicative hash, sparse enough that most keys
+    have a slot of their own: a value whose slot holds one key can only be that key, so it
+    is found with one gather; values of shared slots are looked up by binary search.
+    """
+    bits = max((keys.size * 64).bit_length(), 8)
+    shift = np.uint64(64 - bits)
+    with np.errstate(over="ignore"):
+        home = ((keys * _MIX) >> shift).astype(np.int64)
+    table = np.full(1 << bits, -1, dtype=np.int32)
+    table[home] = np.arange(keys.size, dtype=np.int32)
+    shared = np.bincount(home, minlength=1 << bits) > 1
+    table[shared] = -1
+    with np.errstate(over="ignore"):
+        slots = values * _MIX
+    slots >>= shift
+    code = table[slots.view(np.int64)]
+    del slots
+    rest = np.flatnonzero(code < 0)
+    if rest.size:
+        order = np.argsort(keys)
+        code[rest] = order[np.searchsorted(keys, values[rest], sorter=order)]
+    return code
+
+
+class CallCodes:
+    """One number per call naming its (server, tool, arguments text): everything a
+    stateless verdict reads unless a condition looks at another call field. Computed once
+    per frame and shared by every policy replayed over it; ``take`` gives the codes of a
+    subset of rows."""
+
+    def __init__(self, calls: pl.DataFrame | None = None) -> None:
+        self.call = np.zeros(0, dtype=np.int32)
+        if calls is not None and calls.height:
+            self.call, _ = dense_codes(*(calls.get_column(c) for c in _SIGNATURE))
+
+    def take(self, rows: np.ndarray) -> CallCodes:
+        codes = CallCodes()
+        codes.call = self.call[rows]
+        return codes
+
+
+_SIGNATURE = ("server", "tool", "arguments")
 
 
 def stateless_verdicts(
-    policy: CompiledPolicy, calls: pl.DataFrame, *, codes: np.ndarray | None = None
+    policy: CompiledPolicy, calls: pl.DataFrame, *, codes: CallCodes | None = None
 ) -> Verdicts:
     """The verdict of every row of ``calls`` apart from rate limits, as codes.
 
-    ``codes`` is :func:`argument_codes` of ``calls`` when the caller already has it.
+    Calls with the same (server, tool, arguments text) get the same verdict unless a
+    condition reads another call field, so the verdict is computed on one call of each
+    such signature (``codes``: :class:`CallCodes` of ``calls``, when the caller has it)
+    and spread back with gathers; the calls of entries with conditions on other fields
+    are evaluated one by one (as column expressions).
     """
     missing = [c for c in INPUT_COLUMNS if c not in calls.columns]
     if missing:
         raise ValueError(f"calls lack column(s): {', '.join(missing)}")
-    n = calls.height
     rules, messages = Interner(), Interner()
     messages("")
+    if calls.height == 0:
+        empty = np.zeros(0, np.int32)
+        return Verdicts(np.zeros(0, np.int8), empty, empty, empty, empty, [], rules, messages)
+    if codes is None:
+        codes = CallCodes(calls)
+    first, inverse = _distinct(codes.call)
+    sample = calls.select(INPUT_COLUMNS)[positions(first)]
+    v = _sample_verdicts(policy, sample, rules, messages)
+    decision = v.decision[inverse]
+    rule = v.rule[inverse]
+    message = v.message[inverse]
+    entry = v.entry[inverse]
+    pair = v.pair[inverse]
+    del inverse
+    by_row = _pairs_read_fields(policy, v.pairs)
+    if by_row.any():
+        rows = np.flatnonzero(by_row[pair])
+        _verdicts_by_row(policy, calls, rows, entry, pair, decision, rule, message, rules, messages)
+    return Verdicts(decision, rule, message, entry, pair, v.pairs, rules, messages)
+
+
+def _pairs_read_fields(policy: CompiledPolicy, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """Per (server, tool): whether its verdict depends on a call field other than the
+    arguments (its entry is consulted and has a condition on such a field)."""
+    out = np.zeros(len(pairs), dtype=bool)
+    for i, (server, tool) in enumerate(pairs):
+        entry, hidden = policy.resolve(server, tool)
+        if not hidden and entry is not None and entry.action != DENY:
+            out[i] = bool(_fields_read(entry))
+    return out
+
+
+def _verdicts_by_row(
+    policy: CompiledPolicy,
+    calls: pl.DataFrame,
+    rows: np.ndarray,
+    entry: np.ndarray,
+    pair: np.ndarray,
+    decision: np.ndarray,
+    rule: np.ndarray,
+    message: np.ndarray,
+    rules: Interner,
+    messages: Interner,
+) -> None:
+    """Steps 4-6, call by call, for entries whose conditions read a call field other than
+    the arguments (``agent_id``, ``grant`` …): their verdict is not one per signature."""
+    for index in np.unique(entry[rows]).tolist():
+        these = rows[entry[rows] == index]
+        tool = policy.tools[index]
+        arguments = None
+        if _reads_arguments(tool):
+            arguments, _ = dense_codes(calls.get_column("arguments").gather(positions(these)))
+            arguments_of = np.zeros(calls.height, dtype=np.int32)
+            arguments_of[these] = arguments
+            arguments = arguments_of
+        verdict, rule_codes = _entry_verdicts(tool, calls, these, rules, arguments)
+        decision[these], rule[these] = verdict, rule_codes
+    part = calls.select(INPUT_COLUMNS)[positions(rows)]
+    message[rows] = _messages(policy, part, decision[rows], rule[rows], pair[rows], rules, messages)
+
+
+def _sample_verdicts(
+    policy: CompiledPolicy, calls: pl.DataFrame, rules: Interner, messages: Interner
+) -> Verdicts:
+    """The verdicts of a (small) frame of calls, row by row in column expressions: tool
+    resolution once per (server, tool), conditions once per distinct arguments text."""
+    n = calls.height
     decision = np.full(n, UNREADABLE, dtype=np.int8)
     rule = np.zeros(n, dtype=np.int32)
     entry = np.full(n, -1, dtype=np.int32)
     pair = np.zeros(n, dtype=np.int32)
-    if n == 0:
-        return Verdicts(decision, rule, np.zeros(0, np.int32), entry, pair, [], rules, messages)
     groups = (
         calls.select("server", "tool")
-        .with_row_index(_ROW)
+        .with_row_index("__row")
         .group_by("server", "tool")
-        .agg(pl.col(_ROW))
+        .agg(pl.col("__row"))
         .with_row_index("__pair")
     )
     # Rows come out grouped by pair, so each pair's rows are one slice: no sort needed.
-    exploded = groups.select("__pair", _ROW).explode(_ROW)
-    all_rows = exploded.get_column(_ROW).to_numpy()
+    exploded = groups.select("__pair", "__row").explode("__row")
+    all_rows = exploded.get_column("__row").to_numpy()
     pair[all_rows] = exploded.get_column("__pair").to_numpy()
-    sizes = groups.select(pl.col(_ROW).list.len()).to_series().to_numpy()
+    sizes = groups.select(pl.col("__row").list.len()).to_series().to_numpy()
     bounds = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(sizes, dtype=np.int64)])
     pairs = [(str(s), str(t)) for s, t in groups.select("server", "tool").iter_rows()]
     p_decision, p_rule, p_entry, p_dynamic = _resolve_pairs(policy, pairs, rules)
@@ -200,15 +355,38 @@ def stateless_verdicts(
     by_entry: dict[int, list[np.ndarray]] = {}
     for p in np.flatnonzero(p_dynamic):
         by_entry.setdefault(int(p_entry[p]), []).append(all_rows[bounds[p] : bounds[p + 1]])
-    if by_entry and codes is None and any(_reads_arguments(policy.tools[i]) for i in by_entry):
-        codes = argument_codes(calls)
+    codes = None
+    extracted = None
+    reading = [i for i in by_entry if _reads_arguments(policy.tools[i])]
+    if reading:
+        codes, first = dense_codes(calls.get_column("arguments"))
+        # One DuckDB query for every entry: each distinct text parsed once, every pointer
+        # any entry reads extracted (a query per entry costs more than its rows here).
+        conditions = [
+            c
+            for i in reading
+            for r in (*policy.tools[i].require, *policy.tools[i].deny_if)
+            for c in r.conditions
+        ]
+        part, columns, readable = _extract_arguments(
+            calls.select("arguments")[positions(first)], conditions
+        )
+        extracted = (part, columns, readable, codes)
     for index, chunks in by_entry.items():
         rows = np.concatenate(chunks)
-        verdict, rule_codes = _entry_verdicts(policy.tools[index], calls, rows, rules, codes)
+        verdict, rule_codes = _entry_verdicts(
+            policy.tools[index], calls, rows, rules, codes, extracted
+        )
         decision[rows] = verdict
         rule[rows] = rule_codes
     message = _messages(policy, calls, decision, rule, pair, rules, messages)
     return Verdicts(decision, rule, message, entry, pair, pairs, rules, messages)
+
+
+def _fields_read(entry: ToolRule) -> list[str]:
+    """The call fields other than arguments that the entry's conditions read."""
+    conditions = [c for r in (*entry.require, *entry.deny_if) for c in r.conditions]
+    return sorted({c.path[0] for c in conditions if c.path[0] in FIELD_ROOTS})
 
 
 def _resolve_pairs(
@@ -256,11 +434,20 @@ def _messages(
     refused = np.flatnonzero(decision > 0)
     if refused.size == 0:
         return message
-    key = pair[refused].astype(np.int64) * (len(rules.values) + 1) + rule[refused]
-    firsts = pl.DataFrame({"k": key, "i": refused}).group_by("k").agg(pl.col("i").first())
-    answers: dict[int, int] = {}
-    for k, i in firsts.iter_rows():
-        row = calls.row(int(i), named=True)
+    width = len(rules.values) + 1
+    key = pair[refused].astype(np.int64) * width + rule[refused]
+    if (int(pair.max()) + 1) * width <= 1 << 24:
+        # A small table over every (pair, rule): any refused row of a combination serves.
+        representative = np.full((int(pair.max()) + 1) * width, -1, dtype=np.int64)
+        representative[key] = refused
+        combos = np.flatnonzero(representative >= 0)
+        firsts = representative[combos]
+    else:
+        combos, at = np.unique(key, return_index=True)
+        firsts = refused[at]
+    answers = np.zeros(combos.size, dtype=np.int32)
+    for j, i in enumerate(firsts.tolist()):
+        row = calls.row(i, named=True)
         d = decide(policy, request_of(row), InMemoryLimitState(), 0.0)
         want = (DECISION_CODES[decision[i]], rules.values[rule[i]])
         if (d.decision, d.rule) != want:
@@ -268,9 +455,13 @@ def _messages(
                 f"call {i} ({row['tool']}): the engine says {d.decision} {d.rule}, "
                 f"the vectorized verdict says {want[0]} {want[1]}"
             )
-        answers[int(k)] = messages(d.message)
-    mapped = pl.Series(key).replace_strict(answers, return_dtype=pl.Int32)
-    message[refused] = mapped.to_numpy()
+        answers[j] = messages(d.message)
+    if combos.size and int(combos[-1]) < 1 << 24:
+        table = np.zeros(int(combos[-1]) + 1, dtype=np.int32)
+        table[combos] = answers
+        message[refused] = table[key]
+    else:
+        message[refused] = answers[np.searchsorted(combos, key)]
     return message
 
 
@@ -291,26 +482,35 @@ def _entry_verdicts(
     rows: np.ndarray,
     rules: Interner,
     codes: np.ndarray | None,
+    extracted: _Extracted | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The engine's steps 4-6 for the calls governed by one ``tools`` entry, as codes.
 
-    Arguments are read once per distinct text; when no condition looks at the other call
-    fields, the conditions themselves are evaluated once per distinct text too, and the
-    answers are spread back to the rows.
+    With ``codes`` (numbers of the arguments texts), arguments are read once per distinct
+    text; when no condition looks at the other call fields, the conditions themselves
+    are evaluated once per distinct text too, and the answers are spread back.
+    ``extracted`` is the argument values of every distinct text, already read (numbered
+    by ``codes``), with the columns of every pointer this entry reads.
     """
     conditions = [c for r in (*entry.require, *entry.deny_if) for c in r.conditions]
-    fields = sorted({c.path[0] for c in conditions if c.path[0] in FIELD_ROOTS})
+    fields = _fields_read(entry)
     inverse: np.ndarray | None = None
     if codes is not None and _reads_arguments(entry):
-        _, first, inverse = np.unique(codes[rows], return_index=True, return_inverse=True)
-        distinct = calls.select("arguments")[pl.Series(rows[first])]
-        part, columns, readable = _extract_arguments(distinct, conditions)
+        first, inverse = _distinct(codes[rows])
+        if extracted is not None:
+            everything, columns, readable_all, _ = extracted
+            texts = codes[rows[first]]
+            part = everything[positions(texts)]
+            readable = None if readable_all is None else readable_all[texts]
+        else:
+            distinct = calls.select("arguments")[positions(rows[first])]
+            part, columns, readable = _extract_arguments(distinct, conditions)
         if fields:
-            part = part[pl.Series(inverse)].hstack(calls.select(fields)[pl.Series(rows)])
+            part = part[positions(inverse)].hstack(calls.select(fields)[positions(rows)])
             readable = None if readable is None else readable[inverse]
             inverse = None
     else:
-        part = calls.select("arguments", *fields)[pl.Series(rows)]
+        part = calls.select("arguments", *fields)[positions(rows)]
         part, columns, readable = _extract_arguments(part, conditions)
     compiled: dict[int, pl.Expr] = {}
 
@@ -339,7 +539,9 @@ def _entry_verdicts(
     chosen: Any = pl.lit(len(branches) - 1, dtype=pl.Int32)
     for i in range(len(branches) - 2, -1, -1):
         chosen = pl.when(branches[i][0]).then(pl.lit(i, dtype=pl.Int32)).otherwise(chosen)
-    picked = part.select(chosen.alias("b")).get_column("b").to_numpy()
+    # with_columns, not select: a chain of literals (conditions such as ``in: []``) would
+    # select a single row instead of one per call.
+    picked = part.with_columns(chosen.alias("__b")).get_column("__b").to_numpy()
     b_decision = np.array([_CODE[d] for _, d, _ in branches], dtype=np.int8)
     b_rule = np.array([rules(r) for _, _, r in branches], dtype=np.int32)
     verdict = b_decision[picked]
@@ -348,6 +550,24 @@ def _entry_verdicts(
     if inverse is not None:  # evaluated once per distinct arguments text
         return verdict[inverse], b_rule[picked][inverse]
     return verdict, b_rule[picked]
+
+
+def _distinct(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For small non-negative codes: the position of one element of each distinct code,
+    and for every element the index of its code among them (a table, not a sort)."""
+    size = int(codes.max()) + 1 if codes.size else 0
+    if size > 4 * codes.size + 1024:
+        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        return first, inverse
+    where = np.full(size, -1, dtype=np.int64)
+    where[codes] = np.arange(codes.size, dtype=np.int64)
+    present = np.flatnonzero(where >= 0)
+    number = np.zeros(size, dtype=np.int32)
+    number[present] = np.arange(present.size, dtype=np.int32)
+    return where[present], number[codes]
+
+
+_Extracted = tuple[pl.DataFrame, dict[str, "_ArgColumns"], np.ndarray | None, np.ndarray]
 
 
 def _extract_arguments(
@@ -578,11 +798,13 @@ __all__ = [
     "DECISION_CODES",
     "INPUT_COLUMNS",
     "UNREADABLE",
+    "CallCodes",
     "EngineDisagreement",
     "Interner",
     "Verdicts",
-    "argument_codes",
+    "dense_codes",
     "json_pointer",
+    "positions",
     "request_of",
     "stateless_verdicts",
 ]

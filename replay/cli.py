@@ -87,11 +87,11 @@ def write_decisions(c: Comparison, path: Path) -> None:
         "tool",
         pl.col("decision").alias("recorded_decision"),
         pl.col("rule").alias("recorded_rule"),
-        pl.col("b_decision").alias("baseline_decision"),
-        pl.col("b_rule").alias("baseline_rule"),
-        pl.col("r_decision").alias("replayed_decision"),
-        pl.col("r_rule").alias("replayed_rule"),
-        pl.col("unknown_reason"),
+        pl.col("b_decision").cast(pl.String).alias("baseline_decision"),
+        pl.col("b_rule").cast(pl.String).alias("baseline_rule"),
+        pl.col("r_decision").cast(pl.String).alias("replayed_decision"),
+        pl.col("r_rule").cast(pl.String).alias("replayed_rule"),
+        pl.col("unknown_reason").cast(pl.String),
     ).sort("start_time", "span_id")
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(path)

@@ -29,9 +29,10 @@ of version resets the counters whose (window, max, scope) changed, as a reload d
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +53,10 @@ from enforcer.policy import CompiledPolicy, Limit
 from enforcer.vectorize import (
     DECISION_CODES,
     UNREADABLE,
+    CallCodes,
     EngineDisagreement,
     Interner,
-    argument_codes,
+    positions,
     request_of,
     stateless_verdicts,
 )
@@ -112,15 +114,19 @@ def replay(
     version_of_row: pl.Series | str,
     *,
     progress: Progress = _no_progress,
-    codes: np.ndarray | None = None,
+    codes: CallCodes | None = None,
+    with_messages: bool = True,
 ) -> tuple[pl.DataFrame, ReplayStats]:
     """Decide every row of ``calls`` and return ``r_decision``, ``r_rule``, ``r_message``
-    in row order (``r_decision`` is null for a call whose arguments cannot be read).
+    in row order (``r_decision`` is null for a call whose arguments cannot be read), as
+    Categorical columns.
 
     ``version_of_row`` is either one key of ``policies`` (replay all rows with that policy)
     or a string Series giving each row's key (fidelity: each call with its recorded version).
-    ``codes`` is :func:`enforcer.vectorize.argument_codes` of ``calls`` when the caller
-    replays the same calls more than once.
+    ``codes`` is :class:`enforcer.vectorize.CallCodes` of ``calls`` when the caller
+    replays the same calls more than once. Without ``with_messages`` the result has no
+    ``r_message`` (a fidelity replay compares decisions and rules only; the column would
+    be one more string per call at the moment the caller holds the most memory).
     """
     missing = [c for c in NEEDED if c not in calls.columns]
     if missing:
@@ -139,7 +145,18 @@ def replay(
     contention = _contended_rows(calls, verdicts, policies, versions, scopes)
     progress("rate limits", 1.0)
     sequential = _sequential(calls, contention, verdicts, policies, versions, progress)
-    for i, d in (*sequential.items(), *contention.refused.items()):
+    if contention.answers:
+        refused = contention.refused_rows
+        answer = contention.refused_answer
+        ans = contention.answers
+        verdicts.decision[refused] = np.array([DECISION_CODES.index(d.decision) for d in ans])[
+            answer
+        ]
+        verdicts.rule[refused] = np.array([rules(d.rule) for d in ans], dtype=np.int32)[answer]
+        verdicts.message[refused] = np.array([messages(d.message) for d in ans], dtype=np.int32)[
+            answer
+        ]
+    for i, d in sequential.items():
         if d is None:
             verdicts.decision[i] = UNREADABLE
             continue
@@ -147,22 +164,28 @@ def replay(
         verdicts.rule[i] = rules(d.rule)
         verdicts.message[i] = messages(d.message)
 
-    names = pl.Series([*DECISION_CODES, None], dtype=pl.String)
+    # Categorical columns: a gather of four-byte codes per call, where a string column
+    # would copy a sixteen-byte view per call (and they compare with strings all the same).
     decision = np.where(verdicts.decision < 0, len(DECISION_CODES), verdicts.decision)
     unreadable = verdicts.decision == UNREADABLE
-    result = pl.DataFrame(
-        {
-            "r_decision": names.gather(decision),
-            "r_rule": pl.Series(rules.values, dtype=pl.String).gather(verdicts.rule),
-            "r_message": pl.Series(messages.values, dtype=pl.String).gather(verdicts.message),
-        }
-    )
+    columns = {
+        "r_decision": _categories([*DECISION_CODES, None]).gather(positions(decision)),
+        "r_rule": _categories(rules.values).gather(positions(verdicts.rule)),
+    }
+    if with_messages:
+        columns["r_message"] = _categories(messages.values).gather(positions(verdicts.message))
+    result = pl.DataFrame(columns)
     if unreadable.any():
         mask = pl.Series(unreadable)
         result = result.with_columns(
-            pl.when(mask).then(None).otherwise(pl.col(c)).alias(c) for c in REPLAY_COLUMNS
+            pl.when(mask).then(None).otherwise(pl.col(c)).alias(c) for c in columns
         )
     return result, ReplayStats(n, contention.pending, contention.contended_keys, len(sequential))
+
+
+def _categories(values: Sequence[str | None]) -> pl.Series:
+    """``values`` as a Categorical Series, to gather codes from."""
+    return pl.Series(values, dtype=pl.String).cast(pl.Categorical)
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -176,9 +199,10 @@ def _stateless(
     rules: Interner,
     messages: Interner,
     scopes: Interner,
-    arguments: np.ndarray | None,
+    call_codes: CallCodes | None,
 ) -> _Codes:
     n = calls.height
+    # Filled part by part when versions differ from row to row; replaced otherwise.
     codes = _Codes(
         decision=np.zeros(n, dtype=np.int8),
         rule=np.zeros(n, dtype=np.int32),
@@ -187,6 +211,8 @@ def _stateless(
         scope_tool=np.zeros(n, dtype=np.int32),
         version=np.zeros(n, dtype=np.int32),
     )
+    if call_codes is None:
+        call_codes = CallCodes(calls)
     parts: list[tuple[int, np.ndarray | None]]
     if isinstance(version_of_row, str):
         parts = [(versions.index(version_of_row), None)]
@@ -197,34 +223,42 @@ def _stateless(
         parts = [(i, np.flatnonzero(per_row == i)) for i in np.unique(per_row).tolist()]
         if len(parts) == 1:
             parts = [(parts[0][0], None)]  # one version: no copy of the frame
-        elif arguments is None:
-            arguments = argument_codes(calls)
     for vi, rows in parts:
         part = calls if rows is None else calls[pl.Series(rows)]
-        part_codes = arguments if rows is None or arguments is None else arguments[rows]
+        part_codes = call_codes if rows is None else call_codes.take(rows)
         v = stateless_verdicts(policies[versions[vi]], part, codes=part_codes)
         rule_map = np.array([rules(r) for r in v.rules.values] or [0], dtype=np.int32)
         message_map = np.array([messages(m) for m in v.messages.values], dtype=np.int32)
         scope_map = np.array(
             [scopes(f"{s}/{t}" if s else t) for s, t in v.pairs] or [0], dtype=np.int32
         )
-        target = slice(None) if rows is None else rows
-        codes.decision[target] = v.decision
-        codes.rule[target] = rule_map[v.rule]
-        codes.message[target] = message_map[v.message]
-        codes.entry[target] = v.entry
-        codes.scope_tool[target] = scope_map[v.pair]
+        rule = _mapped(rule_map, v.rule)
+        message = _mapped(message_map, v.message)
+        if rows is None:  # every call: take the arrays as they are
+            codes.decision, codes.rule, codes.message = v.decision, rule, message
+            codes.entry, codes.scope_tool = v.entry, scope_map[v.pair]
+            continue
+        codes.decision[rows] = v.decision
+        codes.rule[rows] = rule
+        codes.message[rows] = message
+        codes.entry[rows] = v.entry
+        codes.scope_tool[rows] = scope_map[v.pair]
     return codes
+
+
+def _mapped(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``table[codes]``, without the gather when the table maps every code to itself."""
+    if np.array_equal(table, np.arange(table.size)):
+        return codes
+    return table[codes]
 
 
 # --------------------------------------------------------------------------- stage 2
 
-
-def _hash_codes(column: pl.Series) -> np.ndarray:
-    """A 64-bit hash per value. Equal strings get equal codes; two different strings that
-    collide only merge two keys, which can make a key look contended (more calls go to the
-    sequential pass, where the engine uses the real keys), never less: still exact."""
-    return column.hash(seed=0).to_numpy().view(np.int64)
+_KINDS = ("tool", "global", "grant", "agent", "session")
+# Beyond this many microseconds from the epoch, ``start_us / 1e6`` may round across a
+# whole second, so window starts are then computed on floats as the engine does.
+_EXACT_INT_WINDOWS_US = 2**32 * 1_000_000
 
 
 @dataclass
@@ -236,9 +270,11 @@ class _Contention:
     pending: int
     contended_keys: int
     certainly_allowed: dict[int, tuple[CounterKey, ...]]
-    # Calls refused by a full counter, found without the sequential pass: row -> the
-    # engine's decision for that counter (see ``_settle``).
-    refused: dict[int, Decision] = field(default_factory=dict)
+    # Calls refused by a full counter, found without the sequential pass: rows, and per
+    # row the index into ``answers`` of the engine's decision for that counter.
+    refused_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    refused_answer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    answers: list[Decision] = field(default_factory=list)
 
 
 def _contended_rows(
@@ -250,128 +286,280 @@ def _contended_rows(
 ) -> _Contention:
     """Rows that touch a limit key whose attempts exceed its max; and two counts.
 
-    A key is (counter, scope kind, scope value, window start) in integers; the scope kind
-    only separates values of different columns, which the engine would merge only for one
+    A key is (counter, scope kind, scope value, window start); the scope kind only
+    separates values of different columns, which the engine would merge only for one
     counter whose scope changed between versions, and a reload resets such a counter.
+    Keys are counted in two steps so that no step groups millions of strings: a cheap
+    count per hash bucket first (two keys sharing a bucket only add up, so a key below its
+    ``max`` in its bucket is below it for certain), then an exact count of the few rows
+    left, on the scope values themselves.
     """
     nothing = _Contention(np.zeros(0, dtype=np.int64), 0, 0, {})
     allowed = np.flatnonzero(codes.decision == 0)
     if allowed.size == 0:
         return nothing
-    group = codes.version[allowed].astype(np.int64) * 1_000_003 + codes.entry[allowed] + 1
-    order = np.argsort(group, kind="stable")
+    # Allowed rows grouped by (version, entry), one slice per group: a stable sort of
+    # small integers (a radix sort when they fit in 16 bits).
+    width = max(len(policies[v].tools) for v in versions) + 1
+    group = codes.version[allowed].astype(np.int64) * width + codes.entry[allowed] + 1
+    small = np.int16 if len(versions) * width < 2**15 else np.int64
+    order = np.argsort(group.astype(small), kind="stable")
     allowed, group = allowed[order], group[order]
-    starts = calls.get_column("start_us").to_numpy()
-    scope_values: dict[str, np.ndarray] = {}
-    counters = Interner()
-    pieces: list[tuple[np.ndarray, ...]] = []
-    limits: list[Limit] = []  # the limit behind each piece
+    del order
+    bounds = np.searchsorted(group, np.arange(len(versions) * width + 1))
+    by_counter: dict[str, list[tuple[int, Limit]]] = {}
+    limited = np.zeros(len(versions) * width, dtype=bool)
     for vi, version in enumerate(versions):
         policy = policies[version]
         for index in range(-1, len(policy.tools)):
-            g = vi * 1_000_003 + index + 1
-            lo, hi = np.searchsorted(group, [g, g + 1])
-            if lo == hi:
-                continue
-            rows = allowed[lo:hi]
-            seen: set[str] = set()
+            g = vi * width + index + 1
             entry = None if index < 0 else policy.tools[index]
+            seen: set[str] = set()
             for lim in applicable_limits(entry, policy):
                 if lim.counter in seen:
                     continue  # decide counts a counter listed twice once
                 seen.add(lim.counter)
-                if lim.scope == "tool":
-                    value = codes.scope_tool[rows].astype(np.int64)
-                elif lim.scope == "global":
-                    value = np.zeros(rows.size, dtype=np.int64)
-                else:
-                    column = SCOPE_COLUMNS[lim.scope]
-                    if column not in scope_values:
-                        scope_values[column] = _hash_codes(calls.get_column(column))
-                    value = scope_values[column][rows]
-                window = _windows(starts[rows], lim.window_seconds)
-                kind = ("tool", "global", "grant", "agent", "session").index(lim.scope)
-                counter = np.uint64(counters(lim.counter) * 8 + kind)
-                # One 64-bit key per (counter, scope value, window start), mixed like a hash.
-                # Two keys that collide are merged, which can only make a key look
-                # contended: exact still (and ``_settle`` checks for it).
-                with np.errstate(over="ignore"):
-                    key = (
-                        value.view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-                        + window.view(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
-                        + counter * np.uint64(0x165667B19E3779F9)
-                    )
-                pieces.append((rows, key, np.full(rows.size, len(limits), dtype=np.int32)))
-                limits.append(lim)
-                del value, window
-    if not pieces:
+                by_counter.setdefault(lim.counter, []).append((g, lim))
+                limited[g] = True
+    pending = int(limited[group].sum())
+    if not by_counter:
         return nothing
-    rows = np.concatenate([p[0] for p in pieces])
-    key = np.concatenate([p[1] for p in pieces])
-    piece = np.concatenate([p[2] for p in pieces])
-    del pieces
-    maxima = np.array([lim.max for lim in limits], dtype=np.int64)
-    reservations = pl.DataFrame({"key": key, "max": maxima[piece]})
-    # Versions may give one counter different maxima: the smallest one decides contention.
-    contended_max = (
-        reservations.group_by("key")
-        .agg(pl.len().alias("attempts"), pl.col("max").min().alias("max"))
-        .filter(pl.col("attempts") > pl.col("max"))
-        .select("key", "max")
+    starts = calls.get_column("start_us").to_numpy()
+    span = (int(starts.min()), int(starts.max()))
+    int_windows = span[0] > -_EXACT_INT_WINDOWS_US and span[1] < _EXACT_INT_WINDOWS_US
+    columns = _GroupedColumns(calls, codes, allowed, int_windows)
+    limits: list[Limit] = []
+    found: list[pl.DataFrame] = []
+    for groups in by_counter.values():
+        # Slices of the grouped allowed rows, adjacent ones under one limit merged.
+        segments: list[tuple[int, int, Limit]] = []
+        for g, lim in groups:
+            lo, hi = int(bounds[g]), int(bounds[g + 1])
+            if hi == lo:
+                continue
+            if segments and segments[-1][1] == lo and segments[-1][2] is lim:
+                segments[-1] = (segments[-1][0], hi, lim)
+            else:
+                segments.append((lo, hi, lim))
+        total = sum(hi - lo for lo, hi, _ in segments)
+        threshold = min((lim.max for _, _, lim in segments), default=0)
+        if total <= threshold:
+            continue  # fewer attempts in all than the smallest max: never contended
+        # The smallest max of the counter for every reservation: a key's rows must pass
+        # or fail together, and the smallest max of its versions decides its contention.
+        offsets = np.cumsum([0] + [hi - lo for lo, hi, _ in segments])
+        candidates = columns.busy_windows(segments, offsets, threshold)
+        if candidates is not None and candidates.size == 0:
+            continue
+        survivors = _over_max_in_buckets(columns.mixed(segments, offsets, candidates), threshold)
+        if candidates is not None:
+            survivors = candidates[survivors]
+        if survivors.size == 0:
+            continue
+        segment = np.searchsorted(offsets, survivors, side="right") - 1
+        los = np.array([lo for lo, _, _ in segments], dtype=np.int64)
+        rows = allowed[los[segment] + survivors - offsets[segment]]
+        # One piece per limit object (equal limits of two versions stay two pieces).
+        distinct = list({id(lim): lim for _, _, lim in segments}.values())
+        number = {id(lim): len(limits) + i for i, lim in enumerate(distinct)}
+        piece_of_segment = np.array([number[id(lim)] for _, _, lim in segments], dtype=np.int32)
+        limits.extend(distinct)
+        found.append(
+            _exact_keys(
+                calls, codes, rows, piece_of_segment[segment], limits, starts, int_windows, scopes
+            )
+        )
+    del columns
+    contended = pl.concat(found) if found else pl.DataFrame()
+    if contended.height == 0:
+        return _Contention(np.zeros(0, dtype=np.int64), pending, 0, {})
+    # Exact key numbers: one per distinct (counter, kind, scope value, window start).
+    contended = contended.with_columns(
+        pl.struct("counter", "kind", "scope", "window").rank("dense").alias("key")
     )
-    contended = contended_max.get_column("key")
-    # Boolean masks rather than np.unique: linear, no sort of millions of rows.
+    n_keys = int(contended.get_column("key").max())  # type: ignore[arg-type]
     mask = np.zeros(calls.height, dtype=bool)
-    mask[rows] = True
-    pending = int(mask.sum())
-    mask[:] = False
-    if not contended.len():
-        return _Contention(np.flatnonzero(mask), pending, 0, {})
-    hit = reservations.select(pl.col("key").is_in(contended.implode())).to_series().to_numpy()
-    mask[rows[hit]] = True
-    settled = _settle(
-        calls,
-        _Reservations(rows[hit], key[hit], piece[hit], contended_max, limits),
-        codes,
-        policies,
-        versions,
-        scopes,
+    mask[contended.get_column("row").to_numpy()] = True
+    certain, refused_rows, refused_answer, answers, alone = _settle(
+        calls, contended, limits, codes, policies, versions
     )
-    if settled is None:
-        return _Contention(np.flatnonzero(mask), pending, contended.len(), {})
-    certain, refused, alone = settled
     mask[alone] = False
-    return _Contention(np.flatnonzero(mask), pending, contended.len(), certain, refused)
+    return _Contention(
+        np.flatnonzero(mask),
+        pending,
+        n_keys,
+        certain,
+        refused_rows,
+        refused_answer,
+        answers,
+    )
 
 
-def _windows(starts_us: np.ndarray, window_seconds: int) -> np.ndarray:
+class _GroupedColumns:
+    """Per allowed row (in grouped order): window numbers, computed once per window length,
+    and scope values, hashed once per column; each limit takes slices, not gathers."""
+
+    def __init__(
+        self, calls: pl.DataFrame, codes: _Codes, allowed: np.ndarray, int_windows: bool
+    ) -> None:
+        self._calls, self._codes, self._allowed = calls, codes, allowed
+        self._int_windows = int_windows
+        self._starts = calls.get_column("start_us").to_numpy()[allowed]
+        self._hashes: dict[str, np.ndarray] = {}
+        self._windows: dict[int, np.ndarray] = {}
+
+    def window(self, seconds: int) -> np.ndarray:
+        """``int(now // seconds)`` per allowed row, as the engine computes it."""
+        if seconds not in self._windows:
+            starts = _windows(self._starts, seconds, self._int_windows)
+            starts //= seconds
+            self._windows[seconds] = starts
+        return self._windows[seconds]
+
+    def _values(self, scope: str, at: np.ndarray) -> np.ndarray:
+        if scope == "tool":
+            return self._codes.scope_tool[self._allowed[at]].astype(np.uint64)
+        if scope == "global":
+            return np.zeros(at.size, dtype=np.uint64)
+        column = self._calls.get_column(SCOPE_COLUMNS[scope])
+        if at.size * 4 < self._calls.height:  # few rows: hash only theirs
+            return column.gather(positions(self._allowed[at])).hash(seed=0).to_numpy()
+        if scope not in self._hashes:
+            self._hashes[scope] = column.hash(seed=0).to_numpy()
+        return self._hashes[scope][self._allowed[at]]
+
+    def busy_windows(
+        self, segments: list[tuple[int, int, Limit]], offsets: np.ndarray, maximum: int
+    ) -> np.ndarray | None:
+        """Positions (segments laid end to end) of the reservations in a window that holds
+        more than ``maximum`` attempts of the counter in all, whatever the scope value: a
+        key never holds more than its window. None when the segments' windows differ."""
+        if len({lim.window_seconds for _, _, lim in segments}) != 1:
+            return None
+        seconds = segments[0][2].window_seconds
+        full = self.window(seconds)
+        parts = [full[lo:hi] for lo, hi, _ in segments]
+        number = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        del parts
+        low = int(number.min())
+        if int(number.max()) - low >= 1 << 26:
+            return None
+        local = number - low
+        counts = np.bincount(local)
+        return np.flatnonzero(counts[local] > maximum)
+
+    def mixed(
+        self,
+        segments: list[tuple[int, int, Limit]],
+        offsets: np.ndarray,
+        at: np.ndarray | None,
+    ) -> list[np.ndarray]:
+        """Per segment, a 64-bit mix of (scope kind, scope value, window start) for its
+        reservations (all, or those at positions ``at``): equal engine keys give equal
+        mixes (different keys may share one, which only adds up)."""
+        out = []
+        for i, (lo, hi, lim) in enumerate(segments):
+            if at is None:
+                where = np.arange(lo, hi)
+            else:
+                a, b = np.searchsorted(at, offsets[i : i + 2])
+                where = at[a:b] - offsets[i] + lo
+            if where.size == 0:
+                continue
+            seconds = lim.window_seconds
+            start = (self.window(seconds)[where] * seconds).view(np.uint64)
+            kind = np.uint64(_KINDS.index(lim.scope) * 0x165667B19E3779F9 % 2**64)
+            with np.errstate(over="ignore"):
+                value = self._values(lim.scope, where) * np.uint64(0x9E3779B97F4A7C15)
+                start *= np.uint64(0xC2B2AE3D27D4EB4F)
+                value ^= start
+                value += kind
+            out.append(value)
+        return out
+
+
+def _over_max_in_buckets(parts: list[np.ndarray], maximum: int) -> np.ndarray:
+    """The positions (in ``parts`` laid end to end) of the reservations whose hash bucket
+    holds more than ``maximum`` attempts. A key shares its bucket only with other keys, so
+    every reservation of a key over ``maximum`` is among them."""
+    size = sum(p.size for p in parts)
+    if size <= maximum:
+        return np.zeros(0, dtype=np.int64)
+    bits = min(max(int(size * 2).bit_length(), 10), 22)
+    shift = np.uint64(64 - bits)
+    buckets = []
+    with np.errstate(over="ignore"):
+        for part in parts:
+            part *= np.uint64(0xFF51AFD7ED558CCD)
+            part >>= shift
+            buckets.append(part.view(np.int64))
+    bucket = buckets[0] if len(buckets) == 1 else np.concatenate(buckets)
+    del buckets, parts
+    counts = np.bincount(bucket, minlength=1 << bits)
+    return np.flatnonzero(counts[bucket] > maximum)
+
+
+def _exact_keys(
+    calls: pl.DataFrame,
+    codes: _Codes,
+    rows: np.ndarray,
+    piece: np.ndarray,
+    limits: list[Limit],
+    starts: np.ndarray,
+    int_windows: bool,
+    scopes: Interner,
+) -> pl.DataFrame:
+    """The exact key of each reservation left by the bucket count, with the attempts and
+    the smallest ``max`` of its key (versions may give one counter different maxima)."""
+    kind = np.array([_KINDS.index(lim.scope) for lim in limits], dtype=np.int8)[piece]
+    taken = positions(rows)
+    scope = pl.Series(scopes.values or [""], dtype=pl.String).gather(codes.scope_tool[rows])
+    for k, column in ((2, "grant"), (3, "agent_id"), (4, "session_id")):
+        if (kind == k).any():
+            values = calls.get_column(column).gather(taken)
+            scope = pl.select(
+                pl.when(pl.Series(kind == k)).then(values).otherwise(scope)
+            ).to_series()
+    scope = pl.select(pl.when(pl.Series(kind == 1)).then(pl.lit("")).otherwise(scope)).to_series()
+    seconds = np.array([lim.window_seconds for lim in limits], dtype=np.int64)[piece]
+    maxima = np.array([lim.max for lim in limits], dtype=np.int64)[piece]
+    frame = pl.DataFrame(
+        {
+            "row": rows,
+            "piece": piece,
+            "counter": pl.Series([limits[int(piece[0])].counter] * rows.size, dtype=pl.String),
+            "kind": kind,
+            "scope": scope,
+            "window": _windows(starts[rows], seconds, int_windows),
+            "max": maxima,
+        }
+    )
+    key = ("kind", "scope", "window")
+    return frame.with_columns(
+        pl.len().over(key).alias("attempts"), pl.col("max").min().over(key)
+    ).filter(pl.col("attempts") > pl.col("max"))
+
+
+def _windows(starts_us: np.ndarray, window_seconds: Any, int_windows: bool) -> np.ndarray:
     """Window starts as the engine computes them: ``int(now // w) * w`` on float seconds
     (numpy's float floor division follows Python's, and int64 microseconds up to 2**53
-    convert to float exactly, as ``start_us / 1_000_000`` does in Python)."""
+    convert to float exactly, as ``start_us / 1_000_000`` does in Python). Within
+    ``_EXACT_INT_WINDOWS_US`` of the epoch the rounding of ``start_us / 1e6`` (under a
+    microsecond) never crosses a whole second, so integer division gives the same."""
+    if int_windows:
+        return starts_us // (np.asarray(window_seconds) * 1_000_000) * window_seconds
     now = starts_us / 1_000_000
     return np.floor_divide(now, window_seconds).astype(np.int64) * window_seconds
 
 
-@dataclass
-class _Reservations:
-    """The reservations of contended keys: row, 64-bit key, limit (index into ``limits``);
-    ``contended`` gives each key's ``max``."""
-
-    rows: np.ndarray
-    key: np.ndarray
-    piece: np.ndarray
-    contended: pl.DataFrame
-    limits: list[Limit]
-
-
 def _settle(
     calls: pl.DataFrame,
-    res: _Reservations,
+    contended: pl.DataFrame,
+    limits: list[Limit],
     codes: _Codes,
     policies: Mapping[str, CompiledPolicy],
     versions: list[str],
-    scopes: Interner,
-) -> tuple[dict[int, tuple[CounterKey, ...]], dict[int, Decision], np.ndarray] | None:
+) -> tuple[dict[int, tuple[CounterKey, ...]], np.ndarray, np.ndarray, list[Decision], np.ndarray]:
     """Contended calls whose limit verdict needs no sequential pass, from their rank among
     the attempts on each contended key (in replay order: start time, then span id).
 
@@ -387,53 +575,25 @@ def _settle(
       the sequential pass; a refusal's rule and message are the engine's, from ``decide``
       run on one representative per limit with that counter full.
 
-    Returns (row -> engine keys of its contended counters, for the certainly allowed;
-    row -> decision, for the refused; rows that leave the sequential pass), or None when
-    a 64-bit key merges two engine keys (a hash collision): ranks would then be wrong.
+    ``contended`` has one row per reservation of a contended key (``row``, ``piece``: the
+    index into ``limits``, ``key``, ``max``). Returns (row -> engine keys of its contended
+    counters, for the certainly allowed; the refused rows, the index into the answers of
+    each, the answers; rows that leave the sequential pass).
     """
-    rows, piece, limits = res.rows, res.piece, res.limits
-    kind = np.array(
-        [("tool", "global", "grant", "agent", "session").index(lim.scope) for lim in limits],
-        dtype=np.int8,
-    )[piece]
-    taken = pl.Series(rows)
-    scope = pl.Series(scopes.values or [""], dtype=pl.String).gather(codes.scope_tool[rows])
-    for k, column in ((2, "grant"), (3, "agent_id"), (4, "session_id")):
-        if (kind == k).any():
-            values = calls.get_column(column).gather(taken)
-            scope = pl.select(
-                pl.when(pl.Series(kind == k)).then(values).otherwise(scope)
-            ).to_series()
-    scope = pl.select(pl.when(pl.Series(kind == 1)).then(pl.lit("")).otherwise(scope)).to_series()
-    counter = np.array([lim.counter for lim in limits], dtype=object)[piece]
-    seconds = np.array([lim.window_seconds for lim in limits], dtype=np.int64)[piece]
-    starts = calls.get_column("start_us").gather(taken)
-    gives_back = (
-        calls.select((pl.col("outcome") == "error") & (pl.col("decision") != "deny"))
-        .to_series()
-        .gather(taken)
+    taken = positions(contended.get_column("row").to_numpy())
+    failed = (calls.get_column("outcome").gather(taken) == "error") & (
+        calls.get_column("decision").gather(taken) != "deny"
     )
-    frame = pl.DataFrame(
-        {
-            "row": rows,
-            "key": res.key,
-            "piece": piece,
-            "counter": pl.Series(counter, dtype=pl.String),
-            "scope": scope,
-            "window": _windows(starts.to_numpy(), seconds),
-            "start": starts,
-            "end": calls.get_column("end_us").gather(taken),
-            "span": calls.get_column("span_id").gather(taken),
-            "gives_back": gives_back,
-        }
+    frame = contended.select("row", "piece", "key", "max").with_columns(
+        calls.get_column("start_us").gather(taken).alias("start"),
+        calls.get_column("end_us").gather(taken).alias("end"),
+        calls.get_column("span_id").gather(taken).alias("span"),
+        failed.alias("gives_back"),
     )
-    frame = frame.join(res.contended, on="key").sort("key", "start", "span")
-    distinct = frame.group_by("key").agg(
-        pl.struct("counter", "scope", "window").n_unique().alias("n"),
-        pl.col("row", "piece").first(),
-    )
-    if distinct.height and int(distinct.get_column("n").max()) > 1:  # type: ignore[arg-type]
-        return None
+    frame = frame.sort("key", "start")
+    tie = (pl.col("key") == pl.col("key").shift(1)) & (pl.col("start") == pl.col("start").shift(1))
+    if frame.select(tie.any()).item():  # calls of one key at the same microsecond
+        frame = frame.sort("key", "start", "span")
     # A switch of version anywhere in the timeline may reset a counter (a reload).
     one_version = bool((codes.version == codes.version[0]).all())
     rank = pl.int_range(pl.len()).over("key")
@@ -448,26 +608,32 @@ def _settle(
     # The engine's own key for each contended key, from one call that reserves it.
     engine_key: dict[int, CounterKey] = {}
     needed = calls.select("start_us", "tool", "server", "grant", "agent_id", "session_id")
-    for k, r, p in distinct.select("key", "row", "piece").iter_rows():
+    firsts = frame.group_by("key").agg(pl.col("row", "piece").first())
+    for k, r, p in firsts.select("key", "row", "piece").iter_rows():
         start, tool, server, grant, agent, session = needed.row(int(r))
         request = Request(tool, {}, server, grant, agent, session)
         engine_key[k] = counter_key(limits[int(p)], request, start / 1_000_000)
     certain: dict[int, list[CounterKey]] = {}
     for r, k in safe.select("row", "key").iter_rows():
         certain.setdefault(r, []).append(engine_key[k])
-    refused: dict[int, Decision] = {}
+    answers: list[Decision] = []
+    refused_rows = np.zeros(0, dtype=np.int64)
+    refused_answer = np.zeros(0, dtype=np.int32)
     if full.height:
-        answers: dict[int, Decision] = {}
-        for p, r, k, m in (
-            full.group_by("piece").agg(pl.col("row", "key", "max").first()).iter_rows()
-        ):
-            answers[p] = _refusal(
-                calls, int(r), engine_key[k], int(m), limits[p], codes, policies, versions
+        first = full.group_by("piece").agg(pl.col("row", "key", "max").first())
+        index: dict[int, int] = {}
+        for p, r, k, m in first.iter_rows():
+            index[p] = len(answers)
+            answers.append(
+                _refusal(calls, int(r), engine_key[k], int(m), limits[p], codes, policies, versions)
             )
-        for r, p in full.select("row", "piece").iter_rows():
-            refused[r] = answers[p]
+        refused_rows = full.get_column("row").to_numpy()
+        refused_answer = (
+            full.get_column("piece").replace_strict(index, return_dtype=pl.Int32).to_numpy()
+        )
     alone = alone_keys.get_column("row").to_numpy()
-    return {r: tuple(keys) for r, keys in certain.items()}, refused, alone
+    certain_keys = {r: tuple(keys) for r, keys in certain.items()}
+    return certain_keys, refused_rows, refused_answer, answers, alone
 
 
 def _refused_alone(frame: pl.DataFrame) -> pl.DataFrame:
@@ -478,31 +644,52 @@ def _refused_alone(frame: pl.DataFrame) -> pl.DataFrame:
     and failed (a release at the same microsecond as a decision comes first). Only the
     count is simulated here, per key, on integers; the refusal itself (rule and message) is
     the engine's (``_refusal``).
+
+    The simulation moves by runs, not by calls: with ``held`` units taken, the next
+    ``max - held`` calls are allowed whatever is released meanwhile (a release only makes
+    room), and once the key is full every call before the next release is refused. So the
+    loop turns once per run, about twice per failed call, not once per call.
     """
     if frame.height == 0:
         return frame
-    keys = frame.get_column("key").to_list()
+    keys = frame.get_column("key").to_numpy()
+    bounds = np.flatnonzero(np.diff(keys)) + 1
+    firsts = [0, *bounds.tolist()]
+    lasts = [*bounds.tolist(), keys.size]
     starts = frame.get_column("start").to_list()
     ends = frame.get_column("end").to_list()
-    gives = frame.get_column("gives_back").to_list()
+    failing = np.flatnonzero(frame.get_column("gives_back").to_numpy()).tolist()
     maxima = frame.get_column("max").to_list()
     refused = np.zeros(frame.height, dtype=bool)
-    current = None
-    held = 0
-    releases: list[int] = []
-    for i, k in enumerate(keys):
-        if k != current:
-            current, held, releases = k, 0, []
-        start = starts[i]
-        while releases and releases[0] <= start:
-            heapq.heappop(releases)
-            held -= 1
-        if held >= maxima[i]:
-            refused[i] = True
+    f = 0  # next failing call, in order
+    for lo, hi in zip(firsts, lasts, strict=True):
+        maximum = maxima[lo]
+        if hi - lo <= maximum:
             continue
-        held += 1
-        if gives[i]:
-            heapq.heappush(releases, ends[i])
+        while f < len(failing) and failing[f] < lo:
+            f += 1
+        held = 0
+        releases: list[int] = []
+        i = lo
+        while i < hi:
+            start = starts[i]
+            while releases and releases[0] <= start:
+                heapq.heappop(releases)
+                held -= 1
+            if held < maximum:
+                run_end = min(i + maximum - held, hi)
+                while f < len(failing) and failing[f] < run_end:
+                    heapq.heappush(releases, ends[failing[f]])
+                    f += 1
+                held += run_end - i
+                i = run_end
+            else:
+                # Full until the next release: every call starting before it is refused.
+                j = bisect.bisect_left(starts, releases[0], i, hi) if releases else hi
+                refused[i:j] = True
+                while f < len(failing) and failing[f] < j:
+                    f += 1  # refused calls hold nothing and give nothing back
+                i = j
     return frame.filter(pl.Series(refused))
 
 

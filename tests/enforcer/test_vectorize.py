@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from typing import Any
+from unittest import mock
 
+import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enforcer import vectorize
 from enforcer.engine import CounterKey, Request, decide
 from enforcer.policy import compile_document
 from enforcer.vectorize import json_pointer, stateless_verdicts
@@ -102,3 +105,69 @@ def test_rejects_frames_without_the_needed_columns() -> None:
     policy = compile_document({"version": "1"})
     with pytest.raises(ValueError, match="arguments"):
         stateless_verdicts(policy, pl.DataFrame({"tool": ["a"]}))
+
+
+def _colliding_hash(column: pl.Series) -> np.ndarray:
+    """A hash under which every value of a given length collides."""
+    return column.cast(pl.String).str.len_bytes().fill_null(0).cast(pl.UInt64).to_numpy()
+
+
+_texts = st.lists(st.sampled_from(["", "a", "b", "ab", "ba", "abc", "é", "{}", '{"a":1}']))
+
+
+@given(_texts, st.booleans())
+def test_dense_codes_number_equal_values_equally_even_when_hashes_collide(
+    values: list[str], collide: bool
+) -> None:
+    column = pl.Series(values, dtype=pl.String)
+    other = pl.Series([v[::-1] for v in values], dtype=pl.String)
+    with mock.patch.object(vectorize, "_hash", _colliding_hash if collide else vectorize._hash):
+        codes, first = vectorize.dense_codes(column, other)
+    pairs = list(zip(values, [v[::-1] for v in values], strict=True))
+    assert codes.size == len(values)
+    for i in range(len(values)):
+        for j in range(len(values)):
+            assert (codes[i] == codes[j]) == (pairs[i] == pairs[j])
+    assert sorted(codes[first].tolist()) == list(range(len(set(pairs))))
+
+
+@settings(max_examples=30)
+@given(policy_documents(), st.lists(call_fields, min_size=1, max_size=25))
+def test_vectorized_verdict_equals_engine_when_hashes_collide(
+    doc: dict[str, Any], calls: list[dict[str, Any]]
+) -> None:
+    policy = compile_document(doc)
+    with mock.patch.object(vectorize, "_hash", _colliding_hash):
+        got = stateless_verdicts(policy, _frame(calls)).frame()
+    assert list(got.select("s_decision", "s_rule").iter_rows()) == _engine(doc, calls)
+
+
+def test_calls_with_the_same_signature_but_different_fields_are_judged_apart() -> None:
+    doc = {
+        "version": "1",
+        "tools": {
+            "t": {"deny_if": [{"conditions": [{"path": "agent_id", "op": "eq", "value": "x"}]}]}
+        },
+    }
+    calls = [
+        {"tool": "t", "server": "", "agent_id": a, "session_id": "", "grant": "", "arguments": {}}
+        for a in ("x", "y", "x", "z")
+    ]
+    got = stateless_verdicts(compile_document(doc), _frame(calls)).frame()
+    assert got["s_decision"].to_list() == ["deny", "allow", "deny", "allow"]
+    assert list(got.select("s_decision", "s_rule").iter_rows()) == _engine(doc, calls)
+
+
+def test_conditions_that_compile_to_constants_give_one_verdict_per_call() -> None:
+    doc = {
+        "version": "1",
+        "tools": {
+            "t": {"require": [{"conditions": [{"path": "args.n", "op": "in", "value": []}]}]}
+        },
+    }
+    calls = [
+        {"tool": "t", "server": "", "agent_id": "", "session_id": "", "grant": "", "arguments": a}
+        for a in ({"n": 0}, {}, {"n": 1}, {"n": 0})
+    ]
+    got = stateless_verdicts(compile_document(doc), _frame(calls)).frame()
+    assert list(got.select("s_decision", "s_rule").iter_rows()) == _engine(doc, calls)
