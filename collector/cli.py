@@ -38,6 +38,12 @@ def collector(
         "--flush-interval",
         help=f"Seconds between Parquet flushes [default 2, env {ENV_VARS['flush_interval_s']}].",
     ),
+    idle_flush: float = typer.Option(
+        None,
+        "--idle-flush",
+        help=f"Flush once Exports pause this many seconds; 0 turns it off [default 0.25, "
+        f"env {ENV_VARS['idle_flush_s']}].",
+    ),
     batch_size: int = typer.Option(
         None,
         "--batch-size",
@@ -66,6 +72,7 @@ def collector(
             listen=listen,
             forward=forward,
             flush_interval_s=flush_interval,
+            idle_flush_s=idle_flush,
             batch_size=batch_size,
             decode_workers=decode_workers,
         )

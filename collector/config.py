@@ -18,6 +18,7 @@ ENV_VARS = {
     "listen": "CALLWARD_COLLECTOR_LISTEN",
     "forward": "CALLWARD_COLLECTOR_FORWARD",
     "flush_interval_s": "CALLWARD_COLLECTOR_FLUSH_INTERVAL",
+    "idle_flush_s": "CALLWARD_COLLECTOR_IDLE_FLUSH",
     "batch_size": "CALLWARD_COLLECTOR_BATCH_SIZE",
     "max_request_bytes": "CALLWARD_COLLECTOR_MAX_REQUEST_BYTES",
     "max_value_bytes": "CALLWARD_COLLECTOR_MAX_VALUE_BYTES",
@@ -38,6 +39,7 @@ class CollectorConfig:
     listen: str = DEFAULT_LISTEN
     forward: str = ""  # OTLP/gRPC endpoint to pass spans on to; "" = none
     flush_interval_s: float = 2.0  # the longest a span waits in the spool before Parquet
+    idle_flush_s: float = 0.25  # flush once Exports pause this long; 0 = only size/interval
     batch_size: int = 20_000  # spans per Parquet flush (bigger files, fewer of them)
     max_request_bytes: int = 64 * MIB  # larger Exports get RESOURCE_EXHAUSTED
     max_value_bytes: int = 64 * 1024  # longer attribute values are cut, with a marker
@@ -68,6 +70,7 @@ _KINDS: dict[str, Any] = {
     "listen": str,
     "forward": str,
     "flush_interval_s": float,
+    "idle_flush_s": float,
     "batch_size": int,
     "max_request_bytes": int,
     "max_value_bytes": int,
@@ -118,5 +121,7 @@ def _validate(c: CollectorConfig) -> None:
             raise ValueError(f"{name} must be positive, got {value}")
     if c.decode_workers < 0:
         raise ValueError(f"decode_workers must not be negative, got {c.decode_workers}")
+    if c.idle_flush_s < 0:
+        raise ValueError(f"idle_flush_s must not be negative, got {c.idle_flush_s}")
     if c.max_future_skew_s < 0:
         raise ValueError(f"max_future_skew_s must not be negative, got {c.max_future_skew_s}")

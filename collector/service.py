@@ -40,7 +40,6 @@ log = logging.getLogger("callward.collector")
 SPOOL_DIR = "spool"
 LOCK_FILE = "collector.lock"
 FORWARD_QUEUE_DIR = "forward-queue"
-IDLE_FLUSH_S = 0.25  # pending rows are flushed once Exports pause this long
 
 
 @dataclass
@@ -207,20 +206,21 @@ class Collector:
 
     def _write_loop(self) -> None:
         """Flush every ``batch_size`` spans, every ``flush_interval_s`` at the latest, and
-        as soon as Exports pause for ``IDLE_FLUSH_S``: batches stay large under load, and
-        rows reach Parquet (and readers) promptly when the traffic stops."""
+        as soon as Exports pause for ``idle_flush_s`` (when set): batches stay large under
+        load, and rows reach Parquet (and readers) promptly when the traffic stops."""
         assert self._cond is not None
+        idle = self.config.idle_flush_s
         while True:
             with self._cond:
                 deadline = time.monotonic() + self.config.flush_interval_s
                 while not self._stopping and self._pending_rows < self.config.batch_size:
                     now = time.monotonic()
-                    if self._pending_rows and now - self._last_ingest >= IDLE_FLUSH_S:
+                    if idle and self._pending_rows and now - self._last_ingest >= idle:
                         break
                     remaining = deadline - now
                     if remaining <= 0:
                         break
-                    self._cond.wait(min(remaining, IDLE_FLUSH_S))
+                    self._cond.wait(min(remaining, idle) if idle else remaining)
                 stopping = self._stopping
             self.flush()
             if stopping:

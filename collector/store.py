@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -47,12 +46,12 @@ from collector.schema import (
     TABLE,
     TOOL_CALL_SCHEMA,
 )
+from collector.view import LOCKED_EXIT, StoreLockedError, apply_view
 
 log = logging.getLogger("callward.collector.store")
 
 _REQUIRED = ("start_time", "end_time", "trace_id", "span_id")
 _KEY_BYTES = 24  # 16-byte trace id + 8-byte span id
-_LOCKED_EXIT = 3  # exit status of the view-refresh child when the file is locked
 _DUCKDB_TYPES = {
     "start_time": "TIMESTAMPTZ",
     "end_time": "TIMESTAMPTZ",
@@ -61,10 +60,6 @@ _DUCKDB_TYPES = {
 }
 # Parquet row groups sized for analytic scans; zstd is small on disk and fast to read.
 _COMPRESSION = "zstd"
-
-
-class StoreLockedError(RuntimeError):
-    """The DuckDB file is held by another read-write process; the view was not refreshed."""
 
 
 def conform(table: pa.Table) -> pa.Table:
@@ -163,65 +158,31 @@ def refresh_view(data_dir: Path, *, attempts: int = 5, wait_s: float = 0.1) -> N
     Raises StoreLockedError when another process keeps the file open (readers open it
     read-only, which excludes a writer); callers retry on their next flush.
     """
-    import duckdb  # here, not at the top: decode workers import this module and never need it
-
-    path = Path(data_dir) / DUCKDB_FILE
-    sql = view_sql(data_dir)
-    last: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            con = duckdb.connect(str(path))
-        except duckdb.IOException as e:  # lock held by another process
-            last = e
-            time.sleep(wait_s * (attempt + 1))
-            continue
-        try:
-            con.execute(sql)
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        return
-    raise StoreLockedError(f"could not open {path} read-write: {last}")
-
-
-_VIEW_CHILD = """
-import sys, time
-import duckdb
-for attempt in range(5):
-    try:
-        con = duckdb.connect(sys.argv[1])
-    except duckdb.IOException as e:
-        last = e
-        time.sleep(0.1 * (attempt + 1))
-        continue
-    try:
-        con.execute(sys.argv[2])
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    sys.exit(0)
-print(last, file=sys.stderr)
-sys.exit(3)
-"""
+    apply_view(Path(data_dir) / DUCKDB_FILE, view_sql(data_dir), attempts=attempts, wait_s=wait_s)
 
 
 def refresh_view_in_child(data_dir: Path) -> None:
     """:func:`refresh_view` in a short-lived child process that loads DuckDB and nothing
-    else. A long-running writer (the collector) needs DuckDB only for the moment it
-    (re)creates the view, a few times in its life; importing DuckDB itself would keep
-    about 45 MB in its memory for good."""
+    else (``python -m collector.view``). A long-running writer (the collector) needs
+    DuckDB only for the moment it (re)creates the view, a few times in its life;
+    importing DuckDB itself would keep about 45 MB in its memory for good."""
     import subprocess
     import sys
 
     path = Path(data_dir) / DUCKDB_FILE
+    # The child finds this package where this process found it, installed or not.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     out = subprocess.run(
-        [sys.executable, "-c", _VIEW_CHILD, str(path), view_sql(data_dir)],
+        [sys.executable, "-m", "collector.view", str(path), view_sql(data_dir)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
-    if out.returncode == _LOCKED_EXIT:
-        raise StoreLockedError(f"could not open {path} read-write: {out.stderr.strip()}")
+    if out.returncode == LOCKED_EXIT:
+        raise StoreLockedError(out.stderr.strip())
     if out.returncode != 0:
         raise RuntimeError(f"refreshing the tool_calls view failed: {out.stderr.strip()[-2000:]}")
 

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def start(tmp_path: Path, **settings) -> Collector:
     settings.setdefault("decode_workers", 0)  # in-process: quick to start; one test uses the pool
+    settings.setdefault("idle_flush_s", 0.0)  # the tests flush by hand
     config = load_config(environ={}, data_dir=tmp_path, listen="127.0.0.1:0", **settings)
     service = Collector(config)
     service.start()
@@ -195,6 +196,30 @@ def test_policy_spans_are_kept_as_files(collector: Collector, tmp_path: Path) ->
     assert (tmp_path / "policies" / f"{version}.json").read_text() == doc
 
 
+def test_rows_reach_parquet_soon_after_exports_pause(tmp_path: Path) -> None:
+    """Neither the batch size nor the 60 s interval is reached: the pause alone flushes."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    from collector.store import parquet_files
+
+    def rows_in_parquet() -> int:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(tmp_path))
+
+    service = start(tmp_path, flush_interval_s=60.0, batch_size=10_000, idle_flush_s=0.2)
+    try:
+        export(service.port, tool_call_batch(12).SerializeToString())
+        deadline = time.monotonic() + 20  # far below the 60 s interval
+        while rows_in_parquet() < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rows_in_parquet() == 12
+        assert service.pending_rows == 0
+    finally:
+        service.stop()
+    assert stored(tmp_path) == [(12,)]
+
+
 def test_clean_stop_flushes_everything_and_empties_the_spool(tmp_path: Path) -> None:
     service = start(tmp_path, flush_interval_s=60.0)
     export(service.port, tool_call_batch(30).SerializeToString())
@@ -313,6 +338,7 @@ def test_config_explicit_beats_environment_beats_default(tmp_path: Path) -> None
         ({"data_dir": ".", "listen": "nowhere"}, "HOST:PORT"),
         ({"data_dir": ".", "batch_size": 0}, "batch_size must be positive"),
         ({"data_dir": ".", "decode_workers": -1}, "decode_workers"),
+        ({"data_dir": ".", "idle_flush_s": -1}, "idle_flush_s must not be negative"),
         ({"data_dir": ".", "colour": "red"}, "unknown collector setting"),
     ],
 )

@@ -25,7 +25,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 def collector(tmp_path: Path) -> Iterator[tuple[Collector, int, Path]]:
     data = tmp_path / "store"
     config = load_config(
-        environ={}, data_dir=data, listen="127.0.0.1:0", decode_workers=0, flush_interval_s=60.0
+        environ={},
+        data_dir=data,
+        listen="127.0.0.1:0",
+        decode_workers=0,
+        flush_interval_s=60.0,
+        idle_flush_s=0.0,
     )
     service = Collector(config)
     port = service.start()
