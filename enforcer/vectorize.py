@@ -158,39 +158,99 @@ def positions(rows: np.ndarray) -> pl.Series:
 
 def dense_codes(*columns: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """Per row, a number naming its values of ``columns`` (equal values, equal numbers,
-    numbered from 0) and the first row of each number.
+    numbered from 0), and one row of each number.
 
-    Hashing strings is cheap and linear where Polars' dictionary encoding is not (seconds
-    on ten million texts), but a 64-bit hash names a value only if no two values collide:
-    every row is therefore compared with the first row of its number, and on a collision
-    the values are numbered by an exact ranking instead. Never a guess.
+    A Categorical column names its values exactly already (its physical codes). String
+    columns are hashed, which is cheap and linear where Polars' dictionary encoding is not
+    (seconds on ten million texts); a 64-bit hash names a value only if no two values
+    collide, so that is proven (:func:`_collision_free`) and on a collision the strings
+    are numbered by an exact ranking instead. Never a guess.
     """
-    mixed: np.ndarray | None = None
-    for column in columns:
-        h = _hash(column)
-        if mixed is None:
-            mixed = h
-        else:
-            with np.errstate(over="ignore"):
-                mixed = mixed * _MIX  # a new array: ``to_numpy`` may be read-only
-            mixed ^= h
-    assert mixed is not None
-    first = pl.Series(mixed).arg_unique().to_numpy().astype(np.int64, copy=False)
-    code = _lookup(mixed, mixed[first])
-    del mixed
+    if not len(columns[0]):
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+    exact = [_exact_key(c) for c in columns]
+    strings = [c for c, key in zip(columns, exact, strict=True) if key is None]
+    parts = [key for key in exact if key is not None]
+    if strings:
+        mixed: np.ndarray | None = None
+        for h in _hashes(pl.DataFrame({str(i): c for i, c in enumerate(strings)})):
+            if mixed is None:
+                mixed = h
+            else:
+                with np.errstate(over="ignore"):
+                    mixed = mixed * _MIX  # a new array: ``to_numpy`` may be read-only
+                mixed ^= h
+        assert mixed is not None
+        first = pl.Series(mixed).arg_unique().to_numpy().astype(np.int64, copy=False)
+        code = _lookup(mixed, mixed[first])
+        del mixed
+        if not _collision_free(strings, code, first):
+            ranked = pl.DataFrame(strings).select(pl.struct(pl.all()).rank("dense") - 1)
+            code = ranked.to_series().to_numpy().astype(np.int32)
+        if not parts:
+            return code, _firsts(code, int(code.max()) + 1)
+        parts.insert(0, code.astype(np.int64, copy=False))
+    return _number(_radix(parts))
+
+
+def _exact_key(column: pl.Series) -> np.ndarray | None:
+    """The physical codes of a Categorical column without nulls (one code per string in
+    one mapping for the whole column); None for other columns."""
+    if isinstance(column.dtype, pl.Categorical) and not column.null_count():
+        return column.to_physical().to_numpy().astype(np.int64)
+    return None
+
+
+def _collision_free(strings: list[pl.Series], code: np.ndarray, first: np.ndarray) -> bool:
+    """Whether no two different rows of ``strings`` share a hashed number.
+
+    Few numbers for many rows (server and tool names): the exact count of distinct rows,
+    a Polars group-by that compares strings only within a hash bucket, must equal the
+    count of numbers. Many numbers (arguments texts): every row is compared with the
+    first row of its number instead, which reads each text once more.
+    """
+    n = code.size
+    if first.size * 64 < n:
+        frame = pl.DataFrame({str(i): c for i, c in enumerate(strings)})
+        # (group_by is several times faster than unique() or n_unique() here)
+        return bool(frame.group_by(frame.columns).len().height == first.size)
     rep = positions(first[code])
-    if all(bool(_same(c, c.gather(rep))) for c in columns):
-        return code, first
-    ranked = pl.DataFrame(list(columns)).select(pl.struct(pl.all()).rank("dense") - 1)
-    code = ranked.to_series().to_numpy().astype(np.int32)
-    first = pl.Series(code).arg_unique().to_numpy().astype(np.int64, copy=False)
-    order = np.argsort(code[first])
-    return code, first[order]
+    return all(bool(_same(c, c.gather(rep))) for c in strings)
 
 
-def _hash(column: pl.Series) -> np.ndarray:
-    """A 64-bit hash per value (tests replace it with one that collides)."""
-    return column.hash(seed=0).to_numpy()
+def _radix(parts: list[np.ndarray]) -> np.ndarray:
+    """One exact non-negative int64 per row from exact non-negative codes: their mixed-radix
+    combination when it fits in 63 bits, else a dense ranking of the rows."""
+    key = parts[0]
+    for p in parts[1:]:
+        base = int(p.max()) + 1
+        if int(key.max()) >= (2**63 - 1) // base:
+            frame = pl.DataFrame({str(i): q for i, q in enumerate(parts)})
+            ranked = frame.select(pl.struct(pl.all()).rank("dense") - 1).to_series()
+            return ranked.to_numpy().astype(np.int64)
+        key = key * base + p
+    return key
+
+
+def _number(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense numbers for exact non-negative int64 keys, and one row of each number."""
+    if int(key.max()) <= 4 * key.size + 1024:
+        return _distinct(key)[::-1]  # a table indexed by the key itself
+    first = pl.Series(key).arg_unique().to_numpy().astype(np.int64, copy=False)
+    return _lookup(key.view(np.uint64), key[first].view(np.uint64)), first
+
+
+def _firsts(code: np.ndarray, k: int) -> np.ndarray:
+    """One row of each of the numbers ``0..k-1`` of ``code``."""
+    rows = np.empty(k, dtype=np.int64)
+    rows[code] = np.arange(code.size, dtype=np.int64)
+    return rows
+
+
+def _hashes(frame: pl.DataFrame) -> list[np.ndarray]:
+    """A 64-bit hash per value of each column, the columns hashed side by side (tests
+    replace it with one that collides)."""
+    return [s.to_numpy() for s in frame.select(pl.all().hash(seed=0)).get_columns()]
 
 
 def _same(a: pl.Series, b: pl.Series) -> bool:
@@ -235,8 +295,10 @@ class CallCodes:
 
     def __init__(self, calls: pl.DataFrame | None = None) -> None:
         self.call = np.zeros(0, dtype=np.int32)
+        # The first row of each number when the numbers are those of these rows (0..k-1).
+        self.first: np.ndarray | None = None
         if calls is not None and calls.height:
-            self.call, _ = dense_codes(*(calls.get_column(c) for c in _SIGNATURE))
+            self.call, self.first = dense_codes(*(calls.get_column(c) for c in _SIGNATURE))
 
     def take(self, rows: np.ndarray) -> CallCodes:
         codes = CallCodes()
@@ -268,7 +330,10 @@ def stateless_verdicts(
         return Verdicts(np.zeros(0, np.int8), empty, empty, empty, empty, [], rules, messages)
     if codes is None:
         codes = CallCodes(calls)
-    first, inverse = _distinct(codes.call)
+    if codes.first is not None:  # numbered over these very rows: 0..k-1, firsts known
+        first, inverse = codes.first, codes.call
+    else:
+        first, inverse = _distinct(codes.call)
     sample = calls.select(INPUT_COLUMNS)[positions(first)]
     v = _sample_verdicts(policy, sample, rules, messages)
     decision = v.decision[inverse]
@@ -589,6 +654,8 @@ def _extract_arguments(
                 pointers.append(p)
     if not pointers and not reads_whole:
         return part, {}, None
+    if part.schema["arguments"] != pl.String:  # Categorical texts (as replay loads them)
+        part = part.with_columns(pl.col("arguments").cast(pl.String))
     columns = {p: _ArgColumns(f"__r{i}", f"__s{i}", f"__n{i}") for i, p in enumerate(pointers)}
     # try() turns an invalid text into NULL; a valid JSON text whose first non-blank
     # character is "{" is an object (checked below, without re-serializing anything).

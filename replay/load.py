@@ -133,7 +133,13 @@ def _scan(files: Sequence[Path], since: datetime | None, until: datetime | None)
         pl.col("end_time").dt.epoch("us").alias("end_us"),
         *(pl.col(c).fill_null("") for c in ("span_id", "call_id", "agent_id", "session_id")),
         *(pl.col(c).fill_null("") for c in ("grant", "server", "tool")),
-        pl.when(text == "").then(pl.lit("{}")).otherwise(text).alias("arguments"),
+        # Categorical: each distinct text is held once, and its code names it exactly
+        # (replay numbers call signatures from these codes instead of hashing texts).
+        pl.when(text == "")
+        .then(pl.lit("{}"))
+        .otherwise(text)
+        .cast(pl.Categorical)
+        .alias("arguments"),
         *(pl.col(c).fill_null("") for c in ("decision", "rule", "policy_version", "outcome")),
         pl.col("attributes")
         .str.contains(f'"{APPROVAL_ATTRIBUTE_PREFIX}', literal=True)
@@ -204,6 +210,7 @@ def load_calls(
 def _empty() -> pl.DataFrame:
     schema: dict[str, pl.DataType] = {c: pl.String() for c in CALL_COLUMNS}
     schema.update(start_us=pl.Int64(), end_us=pl.Int64(), approval=pl.Boolean())
+    schema.update(arguments=pl.Categorical())
     return pl.DataFrame(schema=schema)
 
 

@@ -10,7 +10,7 @@ from unittest import mock
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from enforcer import vectorize
@@ -107,28 +107,44 @@ def test_rejects_frames_without_the_needed_columns() -> None:
         stateless_verdicts(policy, pl.DataFrame({"tool": ["a"]}))
 
 
-def _colliding_hash(column: pl.Series) -> np.ndarray:
+def _colliding_hashes(frame: pl.DataFrame) -> list[np.ndarray]:
     """A hash under which every value of a given length collides."""
-    return column.cast(pl.String).str.len_bytes().fill_null(0).cast(pl.UInt64).to_numpy()
+    return [
+        c.cast(pl.String).str.len_bytes().fill_null(0).cast(pl.UInt64).to_numpy()
+        for c in frame.get_columns()
+    ]
 
 
-_texts = st.lists(st.sampled_from(["", "a", "b", "ab", "ba", "abc", "é", "{}", '{"a":1}']))
+_texts = st.lists(
+    st.sampled_from(["", "a", "b", "ab", "ba", "abc", "é", "{}", '{"a":1}', None]), max_size=12
+)
+_kinds = st.sampled_from([pl.String, pl.Categorical])
 
 
-@given(_texts, st.booleans())
+@given(_texts, st.integers(1, 200), _kinds, _kinds, st.booleans())
+@example(["a", "b"], 100, pl.String, pl.String, True)  # few hashes, many rows: counted
+@example(["", "a", "ab", "b"], 1, pl.String, pl.Categorical, True)  # many: row by row
 def test_dense_codes_number_equal_values_equally_even_when_hashes_collide(
-    values: list[str], collide: bool
+    values: list[str | None], repeat: int, kind: Any, other_kind: Any, collide: bool
 ) -> None:
-    column = pl.Series(values, dtype=pl.String)
-    other = pl.Series([v[::-1] for v in values], dtype=pl.String)
-    with mock.patch.object(vectorize, "_hash", _colliding_hash if collide else vectorize._hash):
+    # Repeating the rows gives few distinct values for many rows, which is checked for
+    # collisions another way than many distinct values.
+    values = values * repeat
+    flipped = [None if v is None else v[::-1] for v in values]
+    column = pl.Series(values, dtype=pl.String).cast(kind)
+    other = pl.Series(flipped, dtype=pl.String).cast(other_kind)
+    with mock.patch.object(
+        vectorize, "_hashes", _colliding_hashes if collide else vectorize._hashes
+    ):
         codes, first = vectorize.dense_codes(column, other)
-    pairs = list(zip(values, [v[::-1] for v in values], strict=True))
+    pairs = list(zip(values, flipped, strict=True))
     assert codes.size == len(values)
-    for i in range(len(values)):
-        for j in range(len(values)):
-            assert (codes[i] == codes[j]) == (pairs[i] == pairs[j])
-    assert sorted(codes[first].tolist()) == list(range(len(set(pairs))))
+    seen: dict[int, tuple[str | None, str | None]] = {}
+    for code, pair in zip(codes.tolist(), pairs, strict=True):
+        assert seen.setdefault(code, pair) == pair  # one number, one pair of values
+    assert len(seen) == len(set(pairs))  # and one pair, one number
+    assert sorted(seen) == list(range(len(seen)))
+    assert sorted(codes[first].tolist()) == list(range(len(seen)))
 
 
 @settings(max_examples=30)
@@ -137,7 +153,7 @@ def test_vectorized_verdict_equals_engine_when_hashes_collide(
     doc: dict[str, Any], calls: list[dict[str, Any]]
 ) -> None:
     policy = compile_document(doc)
-    with mock.patch.object(vectorize, "_hash", _colliding_hash):
+    with mock.patch.object(vectorize, "_hashes", _colliding_hashes):
         got = stateless_verdicts(policy, _frame(calls)).frame()
     assert list(got.select("s_decision", "s_rule").iter_rows()) == _engine(doc, calls)
 
