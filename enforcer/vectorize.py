@@ -309,16 +309,59 @@ class CallCodes:
 _SIGNATURE = ("server", "tool", "arguments")
 
 
+@dataclass
+class VerdictClasses:
+    """Stateless verdicts as classes: per call a class number, per class a verdict.
+
+    The calls of one signature share a class; a call judged on its own fields (a condition
+    on ``agent_id`` …) has the class of its verdict. Replay keeps calls as classes until
+    it writes its result: one gather per call at the end instead of one per call for every
+    field of the verdict on the way. The per-class arrays mean what :class:`Verdicts`'
+    per-call arrays mean.
+    """
+
+    klass: np.ndarray
+    decision: np.ndarray
+    rule: np.ndarray
+    message: np.ndarray
+    entry: np.ndarray
+    pair: np.ndarray
+    pairs: list[tuple[str, str]]
+    rules: Interner
+    messages: Interner
+
+    def per_call(self) -> Verdicts:
+        k = self.klass
+        return Verdicts(
+            self.decision[k],
+            self.rule[k],
+            self.message[k],
+            self.entry[k],
+            self.pair[k],
+            self.pairs,
+            self.rules,
+            self.messages,
+        )
+
+
 def stateless_verdicts(
     policy: CompiledPolicy, calls: pl.DataFrame, *, codes: CallCodes | None = None
 ) -> Verdicts:
-    """The verdict of every row of ``calls`` apart from rate limits, as codes.
+    """The verdict of every row of ``calls`` apart from rate limits, as codes per call
+    (:func:`stateless_classes`, spread over the calls)."""
+    return stateless_classes(policy, calls, codes=codes).per_call()
+
+
+def stateless_classes(
+    policy: CompiledPolicy, calls: pl.DataFrame, *, codes: CallCodes | None = None
+) -> VerdictClasses:
+    """The verdict of every row of ``calls`` apart from rate limits, as classes.
 
     Calls with the same (server, tool, arguments text) get the same verdict unless a
     condition reads another call field, so the verdict is computed on one call of each
-    such signature (``codes``: :class:`CallCodes` of ``calls``, when the caller has it)
-    and spread back with gathers; the calls of entries with conditions on other fields
-    are evaluated one by one (as column expressions).
+    such signature (``codes``: :class:`CallCodes` of ``calls``, when the caller has it),
+    whose number is the calls' class; the calls of entries with conditions on other
+    fields are evaluated one by one (as column expressions) and get classes of their own.
     """
     missing = [c for c in INPUT_COLUMNS if c not in calls.columns]
     if missing:
@@ -326,27 +369,25 @@ def stateless_verdicts(
     rules, messages = Interner(), Interner()
     messages("")
     if calls.height == 0:
-        empty = np.zeros(0, np.int32)
-        return Verdicts(np.zeros(0, np.int8), empty, empty, empty, empty, [], rules, messages)
+        e = np.zeros(0, np.int32)
+        return VerdictClasses(e, np.zeros(0, np.int8), e, e, e, e, [], rules, messages)
     if codes is None:
         codes = CallCodes(calls)
     if codes.first is not None:  # numbered over these very rows: 0..k-1, firsts known
-        first, inverse = codes.first, codes.call
+        first, klass = codes.first, codes.call
     else:
-        first, inverse = _distinct(codes.call)
+        first, klass = _distinct(codes.call)
     sample = calls.select(INPUT_COLUMNS)[positions(first)]
     v = _sample_verdicts(policy, sample, rules, messages)
-    decision = v.decision[inverse]
-    rule = v.rule[inverse]
-    message = v.message[inverse]
-    entry = v.entry[inverse]
-    pair = v.pair[inverse]
-    del inverse
+    classes = VerdictClasses(
+        klass, v.decision, v.rule, v.message, v.entry, v.pair, v.pairs, rules, messages
+    )
     by_row = _pairs_read_fields(policy, v.pairs)
     if by_row.any():
-        rows = np.flatnonzero(by_row[pair])
-        _verdicts_by_row(policy, calls, rows, entry, pair, decision, rule, message, rules, messages)
-    return Verdicts(decision, rule, message, entry, pair, v.pairs, rules, messages)
+        rows = np.flatnonzero(by_row[v.pair][klass])
+        if rows.size:
+            _classes_by_row(policy, calls, rows, classes)
+    return classes
 
 
 def _pairs_read_fields(policy: CompiledPolicy, pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -360,22 +401,19 @@ def _pairs_read_fields(policy: CompiledPolicy, pairs: list[tuple[str, str]]) -> 
     return out
 
 
-def _verdicts_by_row(
-    policy: CompiledPolicy,
-    calls: pl.DataFrame,
-    rows: np.ndarray,
-    entry: np.ndarray,
-    pair: np.ndarray,
-    decision: np.ndarray,
-    rule: np.ndarray,
-    message: np.ndarray,
-    rules: Interner,
-    messages: Interner,
+def _classes_by_row(
+    policy: CompiledPolicy, calls: pl.DataFrame, rows: np.ndarray, classes: VerdictClasses
 ) -> None:
     """Steps 4-6, call by call, for entries whose conditions read a call field other than
-    the arguments (``agent_id``, ``grant`` …): their verdict is not one per signature."""
-    for index in np.unique(entry[rows]).tolist():
-        these = rows[entry[rows] == index]
+    the arguments (``agent_id``, ``grant`` …): their verdict is not one per signature.
+    Each distinct verdict found becomes a class; ``rows`` move to theirs."""
+    rules, messages = classes.rules, classes.messages
+    k = classes.klass[rows]
+    entry, pair = classes.entry[k], classes.pair[k]
+    decision, rule = classes.decision[k], classes.rule[k]
+    for index in np.unique(entry).tolist():
+        at = np.flatnonzero(entry == index)
+        these = rows[at]
         tool = policy.tools[index]
         arguments = None
         if _reads_arguments(tool):
@@ -384,9 +422,20 @@ def _verdicts_by_row(
             arguments_of[these] = arguments
             arguments = arguments_of
         verdict, rule_codes = _entry_verdicts(tool, calls, these, rules, arguments)
-        decision[these], rule[these] = verdict, rule_codes
+        decision[at], rule[at] = verdict, rule_codes
     part = calls.select(INPUT_COLUMNS)[positions(rows)]
-    message[rows] = _messages(policy, part, decision[rows], rule[rows], pair[rows], rules, messages)
+    message = _messages(policy, part, decision, rule, pair, rules, messages)
+    found = np.stack([decision.astype(np.int64), rule, message, entry, pair], axis=1)
+    distinct, which = np.unique(found, axis=0, return_inverse=True)
+    base = classes.decision.size
+    classes.decision = np.concatenate([classes.decision, distinct[:, 0].astype(np.int8)])
+    classes.rule = np.concatenate([classes.rule, distinct[:, 1].astype(np.int32)])
+    classes.message = np.concatenate([classes.message, distinct[:, 2].astype(np.int32)])
+    classes.entry = np.concatenate([classes.entry, distinct[:, 3].astype(np.int32)])
+    classes.pair = np.concatenate([classes.pair, distinct[:, 4].astype(np.int32)])
+    klass = classes.klass.astype(np.int32)  # a copy: the numbers may be shared
+    klass[rows] = base + which.reshape(-1)
+    classes.klass = klass
 
 
 def _sample_verdicts(
@@ -868,10 +917,12 @@ __all__ = [
     "CallCodes",
     "EngineDisagreement",
     "Interner",
+    "VerdictClasses",
     "Verdicts",
     "dense_codes",
     "json_pointer",
     "positions",
     "request_of",
+    "stateless_classes",
     "stateless_verdicts",
 ]

@@ -58,7 +58,7 @@ from enforcer.vectorize import (
     Interner,
     positions,
     request_of,
-    stateless_verdicts,
+    stateless_classes,
 )
 
 REPLAY_COLUMNS = ("r_decision", "r_rule", "r_message")
@@ -94,14 +94,41 @@ class ReplayStats:
 
 @dataclass
 class _Codes:
-    """Replayed verdicts of every call as codes into shared string tables."""
+    """Replayed verdicts as classes: per call a class and a policy version, per class a
+    verdict as codes into shared string tables (as in ``VerdictClasses``). A call whose
+    verdict the limits decide moves to a class added for that verdict."""
 
-    decision: np.ndarray
+    klass: np.ndarray  # per call
+    version: np.ndarray  # per call: index into the list of versions
+    one_version: bool  # every call has the same version
+    decision: np.ndarray  # per class from here on
     rule: np.ndarray
     message: np.ndarray
     entry: np.ndarray
     scope_tool: np.ndarray  # code of the engine's "tool" scope key
-    version: np.ndarray  # index into the list of versions
+    _own_klass: bool = False
+
+    def entry_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.entry[self.klass[rows]]
+
+    def scope_of(self, rows: np.ndarray) -> np.ndarray:
+        return self.scope_tool[self.klass[rows]]
+
+    def add(self, decision: np.ndarray, rule: np.ndarray, message: np.ndarray) -> np.ndarray:
+        """New classes for verdicts the limits gave (no entry or scope is read after
+        them); returns their numbers."""
+        base, k = self.decision.size, decision.size
+        self.decision = np.concatenate([self.decision, decision.astype(np.int8)])
+        self.rule = np.concatenate([self.rule, rule.astype(np.int32)])
+        self.message = np.concatenate([self.message, message.astype(np.int32)])
+        self.entry = np.concatenate([self.entry, np.full(k, -1, dtype=np.int32)])
+        self.scope_tool = np.concatenate([self.scope_tool, np.zeros(k, dtype=np.int32)])
+        return np.arange(base, base + k, dtype=np.int32)
+
+    def move(self, rows: np.ndarray, classes: np.ndarray) -> None:
+        if not self._own_klass:  # the numbers may be the signature numbers, shared
+            self.klass, self._own_klass = self.klass.copy(), True
+        self.klass[rows] = classes
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -146,40 +173,42 @@ def replay(
     progress("rate limits", 1.0)
     sequential = _sequential(calls, contention, verdicts, policies, versions, progress)
     if contention.answers:
-        refused = contention.refused_rows
-        answer = contention.refused_answer
         ans = contention.answers
-        verdicts.decision[refused] = np.array([DECISION_CODES.index(d.decision) for d in ans])[
-            answer
-        ]
-        verdicts.rule[refused] = np.array([rules(d.rule) for d in ans], dtype=np.int32)[answer]
-        verdicts.message[refused] = np.array([messages(d.message) for d in ans], dtype=np.int32)[
-            answer
-        ]
-    for i, d in sequential.items():
-        if d is None:
-            verdicts.decision[i] = UNREADABLE
-            continue
-        verdicts.decision[i] = DECISION_CODES.index(d.decision)
-        verdicts.rule[i] = rules(d.rule)
-        verdicts.message[i] = messages(d.message)
+        added = verdicts.add(
+            np.array([DECISION_CODES.index(d.decision) for d in ans]),
+            np.array([rules(d.rule) for d in ans]),
+            np.array([messages(d.message) for d in ans]),
+        )
+        verdicts.move(contention.refused_rows, added[contention.refused_answer])
+    if sequential:
+        rows = np.fromiter(sequential, dtype=np.int64, count=len(sequential))
+        ds = list(sequential.values())
+        added = verdicts.add(
+            np.array([UNREADABLE if d is None else DECISION_CODES.index(d.decision) for d in ds]),
+            np.array([0 if d is None else rules(d.rule) for d in ds]),
+            np.array([0 if d is None else messages(d.message) for d in ds]),
+        )
+        verdicts.move(rows, added)
 
-    # Categorical columns: a gather of four-byte codes per call, where a string column
-    # would copy a sixteen-byte view per call (and they compare with strings all the same).
+    # Categorical columns, gathered per class and then per call: a gather of four-byte
+    # codes per call, where a string column would copy a sixteen-byte view per call (and
+    # they compare with strings all the same).
     decision = np.where(verdicts.decision < 0, len(DECISION_CODES), verdicts.decision)
-    unreadable = verdicts.decision == UNREADABLE
-    columns = {
+    per_class = {
         "r_decision": _categories([*DECISION_CODES, None]).gather(positions(decision)),
         "r_rule": _categories(rules.values).gather(positions(verdicts.rule)),
     }
     if with_messages:
-        columns["r_message"] = _categories(messages.values).gather(positions(verdicts.message))
-    result = pl.DataFrame(columns)
-    if unreadable.any():
-        mask = pl.Series(unreadable)
-        result = result.with_columns(
-            pl.when(mask).then(None).otherwise(pl.col(c)).alias(c) for c in columns
-        )
+        per_class["r_message"] = _categories(messages.values).gather(positions(verdicts.message))
+    unreadable = verdicts.decision == UNREADABLE
+    if unreadable.any():  # no decision, no rule, no message
+        per_class = {
+            name: c.scatter(np.flatnonzero(unreadable), None) for name, c in per_class.items()
+        }
+    index = pl.DataFrame({"__k": positions(verdicts.klass)})
+    result = index.select(
+        pl.lit(c).gather(pl.col("__k")).alias(name) for name, c in per_class.items()
+    )
     return result, ReplayStats(n, contention.pending, contention.contended_keys, len(sequential))
 
 
@@ -202,15 +231,7 @@ def _stateless(
     call_codes: CallCodes | None,
 ) -> _Codes:
     n = calls.height
-    # Filled part by part when versions differ from row to row; replaced otherwise.
-    codes = _Codes(
-        decision=np.zeros(n, dtype=np.int8),
-        rule=np.zeros(n, dtype=np.int32),
-        message=np.zeros(n, dtype=np.int32),
-        entry=np.zeros(n, dtype=np.int32),
-        scope_tool=np.zeros(n, dtype=np.int32),
-        version=np.zeros(n, dtype=np.int32),
-    )
+    version = np.zeros(n, dtype=np.int32)
     if call_codes is None:
         call_codes = CallCodes(calls)
     parts: list[tuple[int, np.ndarray | None]]
@@ -218,32 +239,39 @@ def _stateless(
         parts = [(versions.index(version_of_row), None)]
     else:
         index = {v: i for i, v in enumerate(versions)}
-        per_row = version_of_row.replace_strict(index, return_dtype=pl.Int32).to_numpy()
-        codes.version[:] = per_row
-        parts = [(i, np.flatnonzero(per_row == i)) for i in np.unique(per_row).tolist()]
+        version = version_of_row.replace_strict(index, return_dtype=pl.Int32).to_numpy()
+        parts = [(i, np.flatnonzero(version == i)) for i in np.unique(version).tolist()]
         if len(parts) == 1:
             parts = [(parts[0][0], None)]  # one version: no copy of the frame
+    klass = np.zeros(n, dtype=np.int32) if len(parts) > 1 else None
+    tables: list[tuple[np.ndarray, ...]] = []
+    offset = 0
     for vi, rows in parts:
         part = calls if rows is None else calls[pl.Series(rows)]
         part_codes = call_codes if rows is None else call_codes.take(rows)
-        v = stateless_verdicts(policies[versions[vi]], part, codes=part_codes)
+        v = stateless_classes(policies[versions[vi]], part, codes=part_codes)
         rule_map = np.array([rules(r) for r in v.rules.values] or [0], dtype=np.int32)
         message_map = np.array([messages(m) for m in v.messages.values], dtype=np.int32)
         scope_map = np.array(
             [scopes(f"{s}/{t}" if s else t) for s, t in v.pairs] or [0], dtype=np.int32
         )
-        rule = _mapped(rule_map, v.rule)
-        message = _mapped(message_map, v.message)
-        if rows is None:  # every call: take the arrays as they are
-            codes.decision, codes.rule, codes.message = v.decision, rule, message
-            codes.entry, codes.scope_tool = v.entry, scope_map[v.pair]
-            continue
-        codes.decision[rows] = v.decision
-        codes.rule[rows] = rule
-        codes.message[rows] = message
-        codes.entry[rows] = v.entry
-        codes.scope_tool[rows] = scope_map[v.pair]
-    return codes
+        tables.append(
+            (
+                v.decision,
+                _mapped(rule_map, v.rule),
+                _mapped(message_map, v.message),
+                v.entry,
+                scope_map[v.pair],
+            )
+        )
+        if klass is None:
+            klass = v.klass
+        else:
+            klass[rows] = v.klass + offset
+        offset += v.decision.size
+    assert klass is not None
+    decision, rule, message, entry, scope_tool = (np.concatenate(t) for t in zip(*tables, strict=True))
+    return _Codes(klass, version, len(parts) == 1, decision, rule, message, entry, scope_tool)
 
 
 def _mapped(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -295,7 +323,7 @@ def _contended_rows(
     left, on the scope values themselves.
     """
     nothing = _Contention(np.zeros(0, dtype=np.int64), 0, 0, {})
-    allowed = np.flatnonzero(codes.decision == 0)
+    allowed = np.flatnonzero((codes.decision == 0)[codes.klass])
     if allowed.size == 0:
         return nothing
     if calls.height < 2**31:
@@ -303,7 +331,7 @@ def _contended_rows(
     # Allowed rows grouped by (version, entry), one slice per group: a stable sort of
     # small integers (a radix sort when they fit in 16 bits).
     width = max(len(policies[v].tools) for v in versions) + 1
-    group = codes.entry[allowed].astype(np.int64) + 1
+    group = codes.entry_of(allowed).astype(np.int64) + 1
     if len(versions) > 1:
         group += codes.version[allowed].astype(np.int64) * width
     small = np.int16 if len(versions) * width < 2**15 else np.int64
@@ -425,7 +453,7 @@ class _GroupedColumns:
 
     def _values(self, scope: str, at: np.ndarray) -> np.ndarray:
         if scope == "tool":
-            return self._codes.scope_tool[self._allowed[at]].astype(np.uint64)
+            return self._codes.scope_of(self._allowed[at]).astype(np.uint64)
         if scope == "global":
             return np.zeros(at.size, dtype=np.uint64)
         column = self._calls.get_column(SCOPE_COLUMNS[scope])
@@ -536,7 +564,7 @@ def _exact_keys(
     the smallest ``max`` of its key (versions may give one counter different maxima)."""
     kind = np.array([_KINDS.index(lim.scope) for lim in limits], dtype=np.int8)[piece]
     taken = positions(rows)
-    scope = pl.Series(scopes.values or [""], dtype=pl.String).gather(codes.scope_tool[rows])
+    scope = pl.Series(scopes.values or [""], dtype=pl.String).gather(codes.scope_of(rows))
     for k, column in ((2, "grant"), (3, "agent_id"), (4, "session_id")):
         if (kind == k).any():
             values = calls.get_column(column).gather(taken)
@@ -618,7 +646,7 @@ def _settle(
     if frame.select(tie.any()).item():  # calls of one key at the same microsecond
         frame = frame.sort("key", "start", "span")
     # A switch of version anywhere in the timeline may reset a counter (a reload).
-    one_version = bool((codes.version == codes.version[0]).all())
+    one_version = codes.one_version
     rank = pl.int_range(pl.len()).over("key")
     frame = frame.with_columns(rank.alias("rank"), (pl.len().over("row") == 1).alias("single"))
     alone_keys = frame.filter(pl.lit(one_version) & pl.col("single").all().over("key"))
@@ -794,7 +822,9 @@ def _sequential(
         "outcome",
         "decision",
     )
-    subset = subset.with_columns(pl.Series("__e", codes.entry[subset.get_column("__row")]))
+    subset = subset.with_columns(
+        pl.Series("__e", codes.entry_of(subset.get_column("__row").to_numpy()))
+    )
     for seq, row in enumerate(subset.select(columns).iter_rows()):
         start, end, index, vi, entry, tool, server, grant, agent, session = row[:10]
         arguments_text, outcome, recorded = row[10:]
