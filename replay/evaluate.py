@@ -270,7 +270,9 @@ def _stateless(
             klass[rows] = v.klass + offset
         offset += v.decision.size
     assert klass is not None
-    decision, rule, message, entry, scope_tool = (np.concatenate(t) for t in zip(*tables, strict=True))
+    decision, rule, message, entry, scope_tool = (
+        np.concatenate(t) for t in zip(*tables, strict=True)
+    )
     return _Codes(klass, version, len(parts) == 1, decision, rule, message, entry, scope_tool)
 
 

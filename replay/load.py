@@ -21,6 +21,8 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from collector.schema import PARQUET_DIR, PARTITION_COLUMN, POLICIES_DIR, TOOL_CALL_SCHEMA
@@ -110,8 +112,30 @@ def _in_days(path: Path, since: datetime | None, until: datetime | None) -> bool
     return not (until is not None and day > until.strftime("%Y-%m-%d"))
 
 
-def _scan(files: Sequence[Path], since: datetime | None, until: datetime | None) -> pl.LazyFrame:
-    """The calls of ``files`` in the range, with only the columns replay needs.
+# Columns read with the Parquet dictionary kept (as Categorical): few distinct texts for
+# many calls. Each distinct text is decoded once, and its code names it exactly, so replay
+# numbers call signatures from codes instead of hashing and comparing texts.
+DICTIONARY_COLUMNS = (
+    "server",
+    "tool",
+    "arguments",
+    "decision",
+    "rule",
+    "policy_version",
+    "outcome",
+)
+
+
+def _scan(
+    files: Sequence[Path],
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    with_dictionary_columns: bool = True,
+    row_index: str | None = None,
+) -> pl.LazyFrame:
+    """The calls of ``files`` in the range, with the columns replay needs (without
+    ``DICTIONARY_COLUMNS`` unless asked; then they are cast to Categorical here).
 
     Polars reads the files in parallel and pushes the time filter into the scan; the
     ``attributes`` text is only searched for the approval marker, never kept.
@@ -122,33 +146,113 @@ def _scan(files: Sequence[Path], since: datetime | None, until: datetime | None)
         missing_columns="insert",
         extra_columns="ignore",
         schema=_SCAN_SCHEMA,
+        row_index_name=row_index,  # positions in the files, before any filter
     )
     if since is not None:
         lf = lf.filter(pl.col("start_time") >= since)
     if until is not None:
         lf = lf.filter(pl.col("start_time") < until)
-    text = pl.col("arguments").fill_null("")
-    return lf.select(
-        pl.col("start_time").dt.epoch("us").alias("start_us"),
-        pl.col("end_time").dt.epoch("us").alias("end_us"),
-        *(pl.col(c).fill_null("") for c in ("span_id", "call_id", "agent_id", "session_id")),
-        *(pl.col(c).fill_null("") for c in ("grant", "server", "tool")),
-        # Categorical: each distinct text is held once, and its code names it exactly
-        # (replay numbers call signatures from these codes instead of hashing texts).
-        pl.when(text == "")
-        .then(pl.lit("{}"))
-        .otherwise(text)
-        .cast(pl.Categorical)
-        .alias("arguments"),
-        *(pl.col(c).fill_null("") for c in ("decision", "rule", "policy_version", "outcome")),
-        pl.col("attributes")
-        .str.contains(f'"{APPROVAL_ATTRIBUTE_PREFIX}', literal=True)
-        .fill_null(False)
-        .alias("approval"),
+    dictionary = (
+        [pl.col(c).cast(pl.Categorical) for c in DICTIONARY_COLUMNS]
+        if with_dictionary_columns
+        else []
+    )
+    return _finish(
+        lf.select(
+            *([] if row_index is None else [pl.col(row_index)]),
+            pl.col("start_time").dt.epoch("us").alias("start_us"),
+            pl.col("end_time").dt.epoch("us").alias("end_us"),
+            *(pl.col(c).fill_null("") for c in ("span_id", "call_id", "agent_id", "session_id")),
+            pl.col("grant").fill_null(""),
+            *dictionary,
+            pl.col("attributes")
+            .str.contains(f'"{APPROVAL_ATTRIBUTE_PREFIX}', literal=True)
+            .fill_null(False)
+            .alias("approval"),
+        ),
+        dict.fromkeys(DICTIONARY_COLUMNS, pl.Categorical()) if with_dictionary_columns else {},
     )
 
 
+def _finish(lf: pl.LazyFrame, types: dict[str, pl.DataType]) -> pl.LazyFrame:
+    """Nulls of the dictionary columns as the empty text (arguments: ``{}``); ``types``
+    says which of them are Categorical and which strings."""
+    if not types:
+        return lf
+
+    def text(value: str, column: str) -> pl.Expr:
+        return pl.lit(value).cast(types[column])
+
+    arguments = pl.col("arguments").fill_null(text("", "arguments"))
+    return lf.with_columns(
+        *(pl.col(c).fill_null(text("", c)) for c in DICTIONARY_COLUMNS if c != "arguments"),
+        pl.when(arguments == "")
+        .then(text("{}", "arguments"))
+        .otherwise(arguments)
+        .alias("arguments"),
+    )
+
+
+# A column whose dictionaries hold more entries than this and than half its rows is
+# mostly distinct texts (call ids inside arguments …): a Categorical would cost more to
+# build than it saves, so it is read as strings.
+_MANY_ENTRIES = 1 << 16
+
+
+def _read_dictionaries(files: Sequence[Path]) -> pl.DataFrame:
+    """``start_us`` and ``DICTIONARY_COLUMNS`` of every row of ``files``, in file order
+    (pyarrow reads a list of files in its order), with the files' dictionaries kept:
+    pyarrow can, where Polars' reader decodes every value into a string of its own."""
+    schema = TOOL_CALL_SCHEMA
+    for name in DICTIONARY_COLUMNS:
+        at = schema.get_field_index(name)
+        schema = schema.set(at, pa.field(name, pa.dictionary(pa.int32(), pa.string())))
+    options = ds.ParquetReadOptions(dictionary_columns=set(DICTIONARY_COLUMNS))
+    dataset = ds.dataset(
+        [str(p) for p in files], schema=schema, format=ds.ParquetFileFormat(read_options=options)
+    )
+    table = dataset.to_table(columns=["start_time", *DICTIONARY_COLUMNS])
+    for name in DICTIONARY_COLUMNS:
+        column = table.column(name)
+        entries = sum(len(chunk.dictionary) for chunk in column.chunks)
+        if entries > _MANY_ENTRIES and entries * 2 > table.num_rows:
+            at = table.schema.get_field_index(name)
+            table = table.set_column(at, name, column.cast(pa.string()))
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    del table
+    lf = frame.lazy().select(
+        pl.col("start_time").dt.epoch("us").alias("start_us"), *DICTIONARY_COLUMNS
+    )
+    types = {c: frame.schema[c] for c in DICTIONARY_COLUMNS}
+    return _finish(lf, types).collect().rechunk()
+
+
 _SCAN_SCHEMA = pl.DataFrame(TOOL_CALL_SCHEMA.empty_table()).schema
+
+
+def _read(files: Sequence[Path], since: datetime | None, until: datetime | None) -> pl.DataFrame:
+    """Polars reads the calls, pyarrow their dictionary columns; the two are lined up by
+    the rows' positions in the files (and checked on their start times). Should pyarrow
+    fail on a file Polars reads, or the check fail, Polars reads those columns too (every
+    text decoded, then encoded again: slower, the same result)."""
+    try:  # first: its buffers are freed before the bulk of the calls is read
+        dictionaries: pl.DataFrame | None = _read_dictionaries(files)
+    except (pa.ArrowException, OSError, ValueError, pl.exceptions.PolarsError):
+        dictionaries = None
+    pa.default_memory_pool().release_unused()
+    if dictionaries is not None:
+        lf = _scan(files, since, until, with_dictionary_columns=False, row_index="__pos")
+        frame = lf.collect()
+        at = frame.drop_in_place("__pos")
+        if at.len() and int(at.max()) >= dictionaries.height:  # type: ignore[arg-type]
+            dictionaries = None
+        else:
+            if not (since is None and until is None and at.len() == dictionaries.height):
+                dictionaries = dictionaries[at]  # the rows the time filter kept
+            if dictionaries.get_column("start_us").equals(frame.get_column("start_us")):
+                return frame.hstack(dictionaries.drop("start_us"))
+    return _scan(files, since, until).collect()
 
 
 def _probe(files: Sequence[Path]) -> list[SkippedFile]:
@@ -181,7 +285,7 @@ def load_calls(
     if not files:
         return LoadedCalls(_empty(), 0)
     try:
-        frame = _scan(files, since, until).collect()
+        frame = _read(files, since, until)
     except (pl.exceptions.PolarsError, OSError) as e:
         bad = _probe(files)
         if not bad:
@@ -197,7 +301,7 @@ def load_calls(
         files = [p for p in files if str(p) not in bad_paths]
         if not files:
             return LoadedCalls(_empty(), 0, tuple(skipped))
-        frame = _scan(files, since, until).collect()
+        frame = _read(files, since, until)
     # One chunk per column, now while little else is in memory: replay adds its result
     # columns as single chunks, and Polars would otherwise copy every column of the frame
     # to align chunks at the first query over the combined frame.
@@ -210,7 +314,7 @@ def load_calls(
 def _empty() -> pl.DataFrame:
     schema: dict[str, pl.DataType] = {c: pl.String() for c in CALL_COLUMNS}
     schema.update(start_us=pl.Int64(), end_us=pl.Int64(), approval=pl.Boolean())
-    schema.update(arguments=pl.Categorical())
+    schema.update(dict.fromkeys(DICTIONARY_COLUMNS, pl.Categorical()))
     return pl.DataFrame(schema=schema)
 
 

@@ -231,6 +231,11 @@ def test_decisions_out_has_one_row_per_call(store: dict[str, Path]) -> None:
     unreplayed = frame.filter(pl.col("replayed_decision").is_null())
     assert unreplayed.get_column("unknown_reason").to_list() == ["no_decision"]
     assert frame.get_column("span_id").n_unique() == 25
+    # Plain strings in the file, whatever replay holds them as in memory.
+    texts = ("agent_id", "session_id", "server", "tool", "recorded_decision", "recorded_rule")
+    schema = pl.read_parquet_schema(out)
+    assert {c: schema[c] for c in texts} == dict.fromkeys(texts, pl.String)
+    assert schema["replayed_decision"] == pl.String
 
 
 class _Collector(HTMLParser):

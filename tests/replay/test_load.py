@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
+from collector.schema import PARQUET_DIR, TOOL_CALL_SCHEMA
 from enforcer.policy import compile_document
+from replay import load
 from replay.compare import ReplayRequest, compare
 from replay.load import StoreError, load_calls, load_recorded_policies, parse_time
 from tests.replay.recorded import EPOCH_US, Call, simulate_online, write_store
@@ -99,3 +110,100 @@ def test_parse_time(text: str, expected: datetime) -> None:
 def test_parse_time_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_time(text)
+
+
+_texts = st.one_of(
+    st.none(),
+    st.sampled_from(["", "a", "allow", "/tools/pay", '{"n": 1}', "é"]),
+    st.text(max_size=6),
+)
+_row = st.tuples(st.integers(0, 3_000_000), _texts, _texts, _texts, _texts)
+
+
+def _write_files(data: Path, rows: list[Any], files: int, without: str | None) -> None:
+    """``rows`` (start offset, server, tool, arguments, rule) split over ``files`` files of
+    one day; the last file lacks the column ``without`` (an older writer's file)."""
+    folder = data / PARQUET_DIR / "date=2026-01-01"
+    folder.mkdir(parents=True)
+    for f in range(files):
+        part = rows[f::files]
+        columns: dict[str, Any] = {
+            "start_time": [EPOCH_US + r[0] for r in part],
+            "end_time": [EPOCH_US + r[0] + 5 for r in part],
+            "span_id": [f"{f:02x}{i:014x}" for i in range(len(part))],
+            "server": [r[1] for r in part],
+            "tool": [r[2] for r in part],
+            "arguments": [r[3] for r in part],
+            "rule": [r[4] for r in part],
+            "decision": ["allow" if r[4] is None else "deny" for r in part],
+            "policy_version": ["sha256:0000000000000001"] * len(part),
+        }
+        schema = TOOL_CALL_SCHEMA
+        if without is not None and f == files - 1:
+            columns.pop(without)
+            schema = schema.remove(schema.get_field_index(without))
+        table = pa.Table.from_pydict(
+            {k: v for k, v in columns.items()},
+            schema=pa.schema([schema.field(k) for k in columns]),
+        )
+        pq.write_table(table, folder / f"part-{f}.parquet")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(_row, min_size=1, max_size=30),
+    files=st.integers(1, 3),
+    without=st.sampled_from([None, "server", "arguments", "rule"]),
+    since=st.one_of(st.none(), st.integers(0, 3_000_000)),
+    until=st.one_of(st.none(), st.integers(0, 3_000_000)),
+    many=st.sampled_from([0, 1 << 16]),
+)
+def test_dictionary_columns_read_by_pyarrow_equal_polars_reading_every_text(
+    rows: list[Any],
+    files: int,
+    without: str | None,
+    since: int | None,
+    until: int | None,
+    many: int,
+) -> None:
+    """The fast path (Parquet dictionaries kept by pyarrow, the rest by Polars) loads
+    exactly what Polars alone loads, nulls, empty texts, time filters and older files
+    without a column included; and when the two readers disagree, Polars alone is used."""
+    times = {
+        "since": None if since is None else datetime.fromtimestamp((EPOCH_US + since) / 1e6, UTC),
+        "until": None if until is None else datetime.fromtimestamp((EPOCH_US + until) / 1e6, UTC),
+    }
+    # ``many``: 0 reads every column with more dictionary entries than half its rows
+    # as strings (as a store of mostly distinct texts is read).
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(load, "_MANY_ENTRIES", many):
+        data = Path(tmp)
+        _write_files(data, rows, files, without)
+        with mock.patch.object(load, "_scan", wraps=load._scan) as scan:
+            fast = load_calls(data, **times).frame
+        # The fast path was taken: Polars never read the dictionary columns.
+        assert [c.kwargs.get("with_dictionary_columns") for c in scan.call_args_list] == [False]
+        with mock.patch.object(load, "_read_dictionaries", side_effect=pa.ArrowInvalid("no")):
+            alone = load_calls(data, **times).frame
+        real = load._read_dictionaries
+        with mock.patch.object(
+            load,
+            "_read_dictionaries",
+            lambda files: real(files).with_columns(pl.col("start_us") + 1),
+        ):
+            misaligned = load_calls(data, **times).frame
+    texts = pl.col(pl.Categorical).cast(pl.String)  # the same texts, however held
+    assert_frame_equal(fast.with_columns(texts), alone.with_columns(texts))
+    assert_frame_equal(misaligned.with_columns(texts), alone.with_columns(texts))
+    if many:
+        assert set(load.DICTIONARY_COLUMNS) <= {
+            c for c, t in fast.schema.items() if t == pl.Categorical
+        }
+    kept = [
+        (i, r)
+        for i, r in enumerate(rows)
+        if (since is None or r[0] >= since) and (until is None or r[0] < until)
+    ]
+    assert sorted(fast.get_column("start_us").to_list()) == sorted(EPOCH_US + r[0] for _, r in kept)
+    lacking = {i for i, _ in kept if without == "arguments" and i % files == files - 1}
+    args = ["{}" if i in lacking or r[3] in (None, "") else r[3] for i, r in kept]
+    assert sorted(fast.get_column("arguments").cast(pl.String).to_list()) == sorted(args)
