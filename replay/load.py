@@ -135,7 +135,7 @@ def _scan(
     row_index: str | None = None,
 ) -> pl.LazyFrame:
     """The calls of ``files`` in the range, with the columns replay needs (without
-    ``DICTIONARY_COLUMNS`` unless asked; then they are cast to Categorical here).
+    ``DICTIONARY_COLUMNS`` unless asked; then they are read as strings).
 
     Polars reads the files in parallel and pushes the time filter into the scan; the
     ``attributes`` text is only searched for the approval marker, never kept.
@@ -152,11 +152,7 @@ def _scan(
         lf = lf.filter(pl.col("start_time") >= since)
     if until is not None:
         lf = lf.filter(pl.col("start_time") < until)
-    dictionary = (
-        [pl.col(c).cast(pl.Categorical) for c in DICTIONARY_COLUMNS]
-        if with_dictionary_columns
-        else []
-    )
+    dictionary = [pl.col(c) for c in DICTIONARY_COLUMNS] if with_dictionary_columns else []
     return _finish(
         lf.select(
             *([] if row_index is None else [pl.col(row_index)]),
@@ -170,7 +166,7 @@ def _scan(
             .fill_null(False)
             .alias("approval"),
         ),
-        dict.fromkeys(DICTIONARY_COLUMNS, pl.Categorical()) if with_dictionary_columns else {},
+        dict.fromkeys(DICTIONARY_COLUMNS, pl.String()) if with_dictionary_columns else {},
     )
 
 
@@ -234,8 +230,8 @@ _SCAN_SCHEMA = pl.DataFrame(TOOL_CALL_SCHEMA.empty_table()).schema
 def _read(files: Sequence[Path], since: datetime | None, until: datetime | None) -> pl.DataFrame:
     """Polars reads the calls, pyarrow their dictionary columns; the two are lined up by
     the rows' positions in the files (and checked on their start times). Should pyarrow
-    fail on a file Polars reads, or the check fail, Polars reads those columns too (every
-    text decoded, then encoded again: slower, the same result)."""
+    fail on a file Polars reads, or the check fail, Polars reads those columns too, as
+    strings (the same texts; replay hashes them instead of reading their codes)."""
     try:  # first: its buffers are freed before the bulk of the calls is read
         dictionaries: pl.DataFrame | None = _read_dictionaries(files)
     except (pa.ArrowException, OSError, ValueError, pl.exceptions.PolarsError):
