@@ -233,9 +233,12 @@ def _radix(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _number(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense numbers for exact non-negative int64 keys, and one row of each number."""
-    if int(key.max()) <= 4 * key.size + 1024:
-        return _distinct(key)[::-1]  # a table indexed by the key itself
+    """Dense numbers for exact non-negative int64 keys, and one row of each number.
+
+    A table indexed by the key itself when it is small beside the keys (a larger one
+    costs more in fresh memory and cache misses than the hash table of ``arg_unique``)."""
+    if int(key.max()) <= key.size // 8 + 1024:
+        return _distinct(key)[::-1]
     first = pl.Series(key).arg_unique().to_numpy().astype(np.int64, copy=False)
     return _lookup(key.view(np.uint64), key[first].view(np.uint64)), first
 

@@ -56,6 +56,7 @@ from enforcer.vectorize import (
     CallCodes,
     EngineDisagreement,
     Interner,
+    dense_codes,
     positions,
     request_of,
     stateless_classes,
@@ -366,6 +367,7 @@ def _contended_rows(
     columns = _GroupedColumns(calls, codes, allowed, int_windows)
     limits: list[Limit] = []
     found: list[pl.DataFrame] = []
+    n_keys = 0  # exact keys (counter, scope kind, scope value, window start) over max
     for groups in by_counter.values():
         # Slices of the grouped allowed rows, adjacent ones under one limit merged.
         segments: list[tuple[int, int, Limit]] = []
@@ -400,20 +402,23 @@ def _contended_rows(
         number = {id(lim): len(limits) + i for i, lim in enumerate(distinct)}
         piece_of_segment = np.array([number[id(lim)] for _, _, lim in segments], dtype=np.int32)
         limits.extend(distinct)
-        found.append(
-            _exact_keys(
-                calls, codes, rows, piece_of_segment[segment], limits, starts, int_windows, scopes
-            )
+        exact, keys = _exact_keys(
+            calls,
+            codes,
+            rows,
+            piece_of_segment[segment],
+            limits,
+            starts,
+            int_windows,
+            scopes,
+            n_keys,
         )
+        found.append(exact)
+        n_keys += keys
     del columns
     contended = pl.concat(found) if found else pl.DataFrame()
     if contended.height == 0:
         return _Contention(np.zeros(0, dtype=np.int64), pending, 0, {})
-    # Exact key numbers: one per distinct (counter, kind, scope value, window start).
-    contended = contended.with_columns(
-        pl.struct("counter", "kind", "scope", "window").rank("dense").alias("key")
-    )
-    n_keys = int(contended.get_column("key").max())  # type: ignore[arg-type]
     mask = np.zeros(calls.height, dtype=bool)
     mask[contended.get_column("row").to_numpy()] = True
     certain, refused_rows, refused_answer, answers, alone = _settle(
@@ -561,36 +566,41 @@ def _exact_keys(
     starts: np.ndarray,
     int_windows: bool,
     scopes: Interner,
-) -> pl.DataFrame:
-    """The exact key of each reservation left by the bucket count, with the attempts and
-    the smallest ``max`` of its key (versions may give one counter different maxima)."""
+    first_key: int,
+) -> tuple[pl.DataFrame, int]:
+    """The reservations (of one counter) left by the bucket count whose exact key holds
+    more attempts than the smallest ``max`` of the key (versions may give one counter
+    different maxima): ``row``, ``piece``, ``key`` (numbered from ``first_key``) and
+    ``max``; and how many keys that makes."""
     kind = np.array([_KINDS.index(lim.scope) for lim in limits], dtype=np.int8)[piece]
     taken = positions(rows)
     scope = pl.Series(scopes.values or [""], dtype=pl.String).gather(codes.scope_of(rows))
     for k, column in ((2, "grant"), (3, "agent_id"), (4, "session_id")):
         if (kind == k).any():
-            values = calls.get_column(column).gather(taken)
+            values = calls.get_column(column).gather(taken).cast(pl.String)
             scope = pl.select(
                 pl.when(pl.Series(kind == k)).then(values).otherwise(scope)
             ).to_series()
     scope = pl.select(pl.when(pl.Series(kind == 1)).then(pl.lit("")).otherwise(scope)).to_series()
     seconds = np.array([lim.window_seconds for lim in limits], dtype=np.int64)[piece]
     maxima = np.array([lim.max for lim in limits], dtype=np.int64)[piece]
+    window = _windows(starts[rows], seconds, int_windows)
+    key, _ = dense_codes(pl.Series(kind), scope, pl.Series(window))
+    attempts = np.bincount(key)
+    least = np.full(attempts.size, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(least, key, maxima)
+    over = attempts > least
+    keep = over[key]
+    number = np.cumsum(over) - 1 + first_key  # contended keys numbered densely
     frame = pl.DataFrame(
         {
-            "row": rows,
-            "piece": piece,
-            "counter": pl.Series([limits[int(piece[0])].counter] * rows.size, dtype=pl.String),
-            "kind": kind,
-            "scope": scope,
-            "window": _windows(starts[rows], seconds, int_windows),
-            "max": maxima,
+            "row": rows[keep],
+            "piece": piece[keep],
+            "key": number[key[keep]],
+            "max": least[key[keep]],
         }
     )
-    key = ("kind", "scope", "window")
-    return frame.with_columns(
-        pl.len().over(key).alias("attempts"), pl.col("max").min().over(key)
-    ).filter(pl.col("attempts") > pl.col("max"))
+    return frame, int(over.sum())
 
 
 def _windows(starts_us: np.ndarray, window_seconds: Any, int_windows: bool) -> np.ndarray:
@@ -640,13 +650,13 @@ def _settle(
     frame = contended.select("row", "piece", "key", "max").with_columns(
         calls.get_column("start_us").gather(taken).alias("start"),
         calls.get_column("end_us").gather(taken).alias("end"),
-        calls.get_column("span_id").gather(taken).alias("span"),
         failed.alias("gives_back"),
     )
     frame = frame.sort("key", "start")
     tie = (pl.col("key") == pl.col("key").shift(1)) & (pl.col("start") == pl.col("start").shift(1))
     if frame.select(tie.any()).item():  # calls of one key at the same microsecond
-        frame = frame.sort("key", "start", "span")
+        span = calls.get_column("span_id").gather(positions(frame.get_column("row").to_numpy()))
+        frame = frame.with_columns(span.alias("span")).sort("key", "start", "span").drop("span")
     # A switch of version anywhere in the timeline may reset a counter (a reload).
     one_version = codes.one_version
     rank = pl.int_range(pl.len()).over("key")
