@@ -190,14 +190,14 @@ def dense_codes(*columns: pl.Series) -> tuple[np.ndarray, np.ndarray]:
         if not parts:
             return code, _firsts(code, int(code.max()) + 1)
         parts.insert(0, code.astype(np.int64, copy=False))
-    return _number(_radix(parts))
+    return _combined(parts)
 
 
 def _exact_key(column: pl.Series) -> np.ndarray | None:
     """The physical codes of a Categorical column without nulls (one code per string in
     one mapping for the whole column); None for other columns."""
     if isinstance(column.dtype, pl.Categorical) and not column.null_count():
-        return column.to_physical().to_numpy().astype(np.int64)
+        return column.to_physical().to_numpy()
     return None
 
 
@@ -218,29 +218,42 @@ def _collision_free(strings: list[pl.Series], code: np.ndarray, first: np.ndarra
     return all(bool(_same(c, c.gather(rep))) for c in strings)
 
 
-def _radix(parts: list[np.ndarray]) -> np.ndarray:
-    """One exact non-negative int64 per row from exact non-negative codes: their mixed-radix
-    combination when it fits in 63 bits, else a dense ranking of the rows."""
-    key = parts[0]
+def _combined(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Dense numbers of the rows' tuples of exact non-negative codes, and one row of each
+    number. Parts are joined one at a time and the numbers made dense after each join, so
+    the key stays within a small range (a table indexed by it) as long as the tuples seen
+    are few; when a join would overflow 63 bits, the rows are ranked instead."""
+    key, count = _dense(parts[0])
     for p in parts[1:]:
-        base = int(p.max()) + 1
-        if int(key.max()) >= (2**63 - 1) // base:
+        base = int(p.max()) + 1 if p.size else 1
+        if count * base >= 2**62:
             frame = pl.DataFrame({str(i): q for i, q in enumerate(parts)})
             ranked = frame.select(pl.struct(pl.all()).rank("dense") - 1).to_series()
-            return ranked.to_numpy().astype(np.int64)
-        key = key * base + p
-    return key
+            key, count = _dense(ranked.to_numpy())
+            break
+        joined = key.astype(np.int64)
+        joined *= base
+        joined += p
+        key, count = _dense(joined)
+    return key, _firsts(key, count)
 
 
-def _number(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense numbers for exact non-negative int64 keys, and one row of each number.
-
-    A table indexed by the key itself when it is small beside the keys (a larger one
-    costs more in fresh memory and cache misses than the hash table of ``arg_unique``)."""
-    if int(key.max()) <= key.size // 8 + 1024:
-        return _distinct(key)[::-1]
+def _dense(key: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense int32 numbers for exact non-negative keys, and how many there are: a table
+    indexed by the key when its range is small beside the rows (a larger one costs more
+    in fresh memory and cache misses than a hash table), else Polars' hash table."""
+    if key.size == 0:
+        return np.zeros(0, dtype=np.int32), 0
+    top = int(key.max())
+    if top <= key.size // 8 + 1024:
+        present = np.zeros(top + 1, dtype=bool)
+        present[key] = True
+        number = np.cumsum(present, dtype=np.int32)
+        number -= 1
+        return number[key], int(number[-1]) + 1
     first = pl.Series(key).arg_unique().to_numpy().astype(np.int64, copy=False)
-    return _lookup(key.view(np.uint64), key[first].view(np.uint64)), first
+    wide = key.astype(np.uint64, copy=False)
+    return _lookup(wide, wide[first]), first.size
 
 
 def _firsts(code: np.ndarray, k: int) -> np.ndarray:
