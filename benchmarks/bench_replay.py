@@ -3,6 +3,7 @@
 Not a test: it prints figures, each next to a baseline measured in the same run.
 
     .venv/bin/python benchmarks/bench_replay.py [--calls 10000000] [--loop-sample 1000000]
+        [--rounds 3]
 
 1. Builds (once, cached under var/bench-replay/, gitignored) a store of ``--calls`` calls
    over 14 days against examples/policies/fifty_tools.yaml: 50 tools on 12 servers, unknown
@@ -14,7 +15,9 @@ Not a test: it prints figures, each next to a baseline measured in the same run.
 3. Baseline: a Python loop that calls ``enforcer.engine.decide`` per call, in time order,
    with the limit state and failed-call releases, on the first ``--loop-sample`` calls;
    its time is extrapolated to the whole store and set against ``replay()`` on the same
-   in-memory calls (one policy, like the loop).
+   in-memory calls (one policy, like the loop). The two run in turns, ``--rounds`` times
+   each, and their medians are compared (the machine's load moves both by tens of per
+   cent from minute to minute); every round and the first replay() call are printed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import heapq
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -285,6 +289,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=10_000_000)
     ap.add_argument("--loop-sample", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=3, help="replay() and loop runs, in turns")
     args = ap.parse_args()
     data = VAR / f"store-{args.calls}"
     VAR.mkdir(parents=True, exist_ok=True)
@@ -316,29 +321,43 @@ def main() -> None:
     rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 / 1024
     doc = json.loads(report.read_text())
 
-    # 2. replay() against the per-call engine loop, on the same in-memory calls.
+    # 2. replay() against the per-call engine loop, on the same in-memory calls, taken
+    # in turns (replay, loop, replay, loop, ...) so that both meet the same machine; the
+    # medians are compared, and every round is printed.
     policy = load_policy(POLICY)
     calls = load_calls(data).frame.filter(pl.col("decision") != "")
-    t = time.perf_counter()
-    _, stats = replay(calls, {"candidate": policy}, "candidate")
-    replay_s = time.perf_counter() - t
     sample = calls.sort("start_us").head(args.loop_sample)
-    loop_s = engine_loop(sample, policy)
-    loop_full_s = loop_s * calls.height / sample.height
+    replays: list[float] = []
+    loops: list[float] = []
+    for r in range(args.rounds):
+        t = time.perf_counter()
+        _, stats = replay(calls, {"candidate": policy}, "candidate")
+        replays.append(time.perf_counter() - t)
+        loops.append(engine_loop(sample, policy) * calls.height / sample.height)
+        out.print(
+            f"  round {r + 1}: replay() {replays[-1]:.2f} s, loop {loops[-1]:.0f} s "
+            f"(extrapolated), {loops[-1] / replays[-1]:.1f} x"
+        )
+    replay_s = statistics.median(replays)
+    loop_full_s = statistics.median(loops)
+    loop_s = loop_full_s * sample.height / calls.height
 
     out.print(f"calls in store                 {calls.height:>14,}")
     out.print(f"callward replay (end to end)   {cli_s:>12.1f} s   target <= 30 s")
     out.print(f"  peak RSS                     {rss_gb:>12.2f} GB  target <= 4 GB")
     out.print(f"  fidelity                     {doc['fidelity']['share']!s:>14}")
     out.print(f"  changed / newly denied       {doc['changed']:>10,} / {doc['newly_denied']:,}")
-    out.print(f"replay() one policy, in memory {replay_s:>12.1f} s")
+    out.print(
+        f"replay() one policy, in memory {replay_s:>12.2f} s   (median of {args.rounds}; "
+        f"first call {replays[0]:.2f} s)"
+    )
     out.print(
         f"  calls needing the sequential pass {stats.sequential_calls:>9,} "
         f"({100 * stats.sequential_calls / calls.height:.2f} %), contended keys {stats.contended_keys:,}"
     )
     out.print(
         f"engine loop on {sample.height:,} calls    {loop_s:>12.1f} s "
-        f"-> {loop_full_s:.0f} s for {calls.height:,}"
+        f"-> {loop_full_s:.0f} s for {calls.height:,} (median of {args.rounds})"
     )
     out.print(f"speed-up, replay() vs loop     {loop_full_s / replay_s:>12.1f} x   target >= 50 x")
     out.print(f"speed-up, whole command vs loop {loop_full_s / cli_s:>11.1f} x")

@@ -339,6 +339,21 @@ def _contended_rows(
         group += codes.version[allowed].astype(np.int64) * width
     small = np.int16 if len(versions) * width < 2**15 else np.int64
     order = np.argsort(group.astype(small), kind="stable")
+    starts = calls.get_column("start_us").to_numpy()
+    span = (int(starts.min()), int(starts.max()))
+    int_windows = span[0] > -_EXACT_INT_WINDOWS_US and span[1] < _EXACT_INT_WINDOWS_US
+    # Start times are read while the rows are in ascending order (a sequential read, where
+    # the grouped order would make it a random one), as minutes: every window (a minute,
+    # an hour, a day) is a whole number of minutes counted from the epoch.
+    times = starts[allowed]
+    if int_windows:
+        times //= 60_000_000
+        base = int(times.min()) if times.size else 0
+        times -= base
+        times = times.astype(np.int32)
+    else:
+        base = 0
+    times = times[order]
     allowed = allowed[order]
     del order
     sizes = np.bincount(group, minlength=len(versions) * width)
@@ -361,10 +376,8 @@ def _contended_rows(
     pending = int(sizes[limited].sum())
     if not by_counter:
         return nothing
-    starts = calls.get_column("start_us").to_numpy()
-    span = (int(starts.min()), int(starts.max()))
-    int_windows = span[0] > -_EXACT_INT_WINDOWS_US and span[1] < _EXACT_INT_WINDOWS_US
-    columns = _GroupedColumns(calls, codes, allowed, int_windows)
+    columns = _GroupedColumns(calls, codes, allowed, times, base, int_windows)
+    del times
     limits: list[Limit] = []
     found: list[pl.DataFrame] = []
     n_keys = 0  # exact keys (counter, scope kind, scope value, window start) over max
@@ -438,25 +451,59 @@ def _contended_rows(
 
 class _GroupedColumns:
     """Per allowed row (in grouped order): window numbers, computed once per window length,
-    and scope values, hashed once per column; each limit takes slices, not gathers."""
+    and scope values, hashed once per column; each limit takes slices, not gathers.
+
+    ``times`` are the rows' start minutes counted from minute ``base`` (int32), or, when
+    the times are too far from the epoch for integer windows, their start times in
+    microseconds (``base`` 0), from which windows are computed on floats as the engine
+    does."""
 
     def __init__(
-        self, calls: pl.DataFrame, codes: _Codes, allowed: np.ndarray, int_windows: bool
+        self,
+        calls: pl.DataFrame,
+        codes: _Codes,
+        allowed: np.ndarray,
+        times: np.ndarray,
+        base: int,
+        int_windows: bool,
     ) -> None:
         self._calls, self._codes, self._allowed = calls, codes, allowed
-        self._int_windows = int_windows
-        self._starts = calls.get_column("start_us").to_numpy()[allowed]
+        self._times, self._base, self._int_windows = times, base, int_windows
         self._hashes: dict[str, np.ndarray] = {}
-        self._windows: dict[int, np.ndarray] = {}
-        self._compacts: dict[int, tuple[np.ndarray, int] | None] = {}
+        self._compacts: dict[int, tuple[np.ndarray, int, int] | None] = {}
 
-    def window(self, seconds: int) -> np.ndarray:
-        """``int(now // seconds)`` per allowed row, as the engine computes it."""
-        if seconds not in self._windows:
-            starts = _windows(self._starts, seconds, self._int_windows)
-            starts //= seconds
-            self._windows[seconds] = starts
-        return self._windows[seconds]
+    def _compact(self, seconds: int) -> tuple[np.ndarray, int, int] | None:
+        """``int(now // seconds)`` per allowed row as the engine computes it, counted from
+        the first window: (int32 numbers, how many windows, the first window's number);
+        None when there are too many windows to count in a table."""
+        if seconds not in self._compacts:
+            if self._int_windows:  # windows of whole minutes: floor(floor(t/60)/k) = floor(t/60k)
+                minutes = seconds // 60
+                head = self._base // minutes
+                number = self._times + np.int32(self._base - head * minutes)
+                number //= np.int32(minutes)
+            else:
+                absolute = _windows(self._times, seconds, False) // seconds
+                head = int(absolute.min()) if absolute.size else 0
+                absolute -= head
+                number = absolute
+            size = int(number.max()) + 1 if number.size else 1
+            compact = None
+            if size < 1 << 26:
+                compact = (number.astype(np.int32, copy=False), size, head)
+            self._compacts[seconds] = compact
+        return self._compacts[seconds]
+
+    def window_starts(self, seconds: int, where: np.ndarray) -> np.ndarray:
+        """The engine's window start (seconds from the epoch) of the rows at ``where``."""
+        compact = self._compact(seconds)
+        if compact is None and self._int_windows:
+            minutes = self._times[where].astype(np.int64) + self._base
+            return minutes // (seconds // 60) * seconds
+        if compact is None:
+            return _windows(self._times[where], seconds, False)
+        number, _, head = compact
+        return (number[where].astype(np.int64) + head) * seconds
 
     def _values(self, scope: str, at: np.ndarray) -> np.ndarray:
         if scope == "tool":
@@ -485,7 +532,7 @@ class _GroupedColumns:
         compact = self._compact(segments[0][2].window_seconds)
         if compact is None:
             return None
-        number, size = compact
+        number, size, _ = compact
         counts = np.zeros(size, np.int64)
         for lo, hi, _ in segments:
             counts += np.bincount(number[lo:hi], minlength=size)
@@ -493,18 +540,6 @@ class _GroupedColumns:
         if not busy.any():
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(np.concatenate([busy[number[lo:hi]] for lo, hi, _ in segments]))
-
-    def _compact(self, seconds: int) -> tuple[np.ndarray, int] | None:
-        """Window numbers counted from the first window, as int32, and how many windows
-        that makes (None: too many to count in a table)."""
-        if seconds not in self._compacts:
-            number = self.window(seconds)
-            low, high = (int(number.min()), int(number.max())) if number.size else (0, 0)
-            compact = None
-            if high - low < 1 << 26:
-                compact = ((number - low).astype(np.int32), high - low + 1)
-            self._compacts[seconds] = compact
-        return self._compacts[seconds]
 
     def mixed(
         self,
@@ -525,7 +560,7 @@ class _GroupedColumns:
             if where.size == 0:
                 continue
             seconds = lim.window_seconds
-            start = (self.window(seconds)[where] * seconds).view(np.uint64)
+            start = self.window_starts(seconds, where).view(np.uint64)
             kind = np.uint64(_KINDS.index(lim.scope) * 0x165667B19E3779F9 % 2**64)
             with np.errstate(over="ignore"):
                 value = self._values(lim.scope, where) * np.uint64(0x9E3779B97F4A7C15)

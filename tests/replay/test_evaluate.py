@@ -75,6 +75,32 @@ def test_replaying_the_policy_in_force_reproduces_every_decision(
     assert fid == want
 
 
+_YEAR_US = 365 * 86400 * 1_000_000
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=20)
+@given(
+    policy_documents(),
+    st.lists(call_st, min_size=1, max_size=40),
+    st.sampled_from([0, 200 * _YEAR_US, -180 * _YEAR_US]),
+    st.sampled_from([0, 130 * _YEAR_US]),
+)
+def test_the_same_holds_far_from_the_epoch_and_over_many_windows(
+    doc: dict[str, Any], drawn: list[Any], shift: int, apart: int
+) -> None:
+    """Beyond 2106 or before 1834 the engine's float window starts can no longer be
+    computed on integers; calls 130 years apart make more minute windows than a table
+    counts. Both take other paths through the limit stage, with the same results."""
+    calls = _calls(drawn)
+    for i, c in enumerate(calls):
+        c.start_us += shift + (apart if i % 2 else 0)
+    records, result = _replay_same(doc, calls)
+    got = {r["span_id"]: (r["r_decision"], r["r_rule"]) for r in result.calls.iter_rows(named=True)}
+    want = {r["span_id"]: (r["decision"], r["rule"]) for r in records}
+    assert got == want
+
+
 @pytest.mark.timeout(600)
 @settings(max_examples=15)
 @given(policy_documents(), st.lists(call_st, min_size=1, max_size=40))
@@ -303,3 +329,38 @@ def test_fidelity_across_a_reload_that_keeps_a_busy_limit() -> None:
     fid = {r["span_id"]: (r["f_decision"], r["f_rule"]) for r in result.calls.iter_rows(named=True)}
     assert fid == {r["span_id"]: (r["decision"], r["rule"]) for r in records}
     assert [r["decision"] for r in sorted(records, key=lambda r: r["span_id"])].count("deny") >= 2
+
+
+@pytest.mark.parametrize("window", ["minute", "hour", "day"])
+@pytest.mark.parametrize(
+    ("shift", "apart"),
+    [(0, 0), (200 * _YEAR_US, 0), (0, 130 * _YEAR_US), (200 * _YEAR_US, 130 * _YEAR_US)],
+    ids=["integer-windows", "float-windows", "many-windows", "float-and-many"],
+)
+def test_calls_spread_over_one_window_fill_it(window: str, shift: int, apart: int) -> None:
+    """Three calls at the start, middle and end of one window, two allowed per window:
+    the third is refused, however the limit stage counts windows (a window counted as two
+    halves would let it through). ``apart`` adds a call 130 years later."""
+    seconds = {"minute": 60, "hour": 3600, "day": 86400}[window]
+    doc = {
+        "version": "1",
+        "default": "allow",
+        "tools": {"t": {"limits": [{"counter": "c", "window": window, "max": 2}]}},
+    }
+    ids = span_ids(4)
+    # EPOCH_US is midnight: a whole number of every window from the epoch.
+    start = EPOCH_US + shift - shift % (86400 * 1_000_000)
+    offsets = [1_000_000, seconds * 500_000, seconds * 1_000_000 - 1_000_000]
+    calls = [
+        Call(start_us=start + o, duration_us=10, tool="t", span_id=ids[i])
+        for i, o in enumerate(offsets)
+    ]
+    if apart:
+        calls.append(Call(start_us=start + apart, duration_us=10, tool="t", span_id=ids[3]))
+    records, result = _replay_same(doc, calls)
+    want = {r["span_id"]: (r["decision"], r["rule"]) for r in records}
+    assert [want[i][0] for i in ids[: len(calls)]] == ["allow", "allow", "deny", "allow"][
+        : len(calls)
+    ]
+    got = {r["span_id"]: (r["r_decision"], r["r_rule"]) for r in result.calls.iter_rows(named=True)}
+    assert got == want
