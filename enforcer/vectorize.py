@@ -220,30 +220,39 @@ def _collision_free(strings: list[pl.Series], code: np.ndarray, first: np.ndarra
 
 def _combined(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Dense numbers of the rows' tuples of exact non-negative codes, and one row of each
-    number. Parts are joined one at a time and the numbers made dense after each join, so
-    the key stays within a small range (a table indexed by it) as long as the tuples seen
-    are few; when a join would overflow 63 bits, the rows are ranked instead."""
-    key, count = _dense(parts[0])
+    number. Parts are joined one at a time (``key * base + part``), and the key is made
+    dense first whenever the join would leave the range a table indexed by it can cover;
+    when even a dense key would overflow 63 bits, the rows are ranked instead."""
+    n = parts[0].size
+    if n == 0:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+    small = n // 8 + 1024
+    key = parts[0].astype(np.int64)
+    top = int(key.max())
     for p in parts[1:]:
-        base = int(p.max()) + 1 if p.size else 1
-        if count * base >= 2**62:
+        base = int(p.max()) + 1
+        if (top + 1) * base > small:
+            dense, count = _dense(key)
+            key, top = dense.astype(np.int64), count - 1
+        if (top + 1) * base >= 2**62:
             frame = pl.DataFrame({str(i): q for i, q in enumerate(parts)})
             ranked = frame.select(pl.struct(pl.all()).rank("dense") - 1).to_series()
-            key, count = _dense(ranked.to_numpy())
+            key, top = ranked.to_numpy().astype(np.int64), n
             break
-        joined = key.astype(np.int64)
-        joined *= base
-        joined += p
-        key, count = _dense(joined)
-    return key, _firsts(key, count)
+        key *= base
+        key += p
+        top = top * base + base - 1
+    if int(key.max()) <= small:  # a table indexed by the key: numbers and first rows at once
+        return _distinct(key)[::-1]
+    first = pl.Series(key).arg_unique().to_numpy().astype(np.int64, copy=False)
+    wide = key.view(np.uint64)
+    return _lookup(wide, wide[first]), first
 
 
 def _dense(key: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense int32 numbers for exact non-negative keys, and how many there are: a table
-    indexed by the key when its range is small beside the rows (a larger one costs more
-    in fresh memory and cache misses than a hash table), else Polars' hash table."""
-    if key.size == 0:
-        return np.zeros(0, dtype=np.int32), 0
+    """Dense int32 numbers for exact non-negative int64 keys, and how many there are: a
+    table indexed by the key when its range is small beside the rows (a larger one costs
+    more in fresh memory and cache misses than a hash table), else Polars' hash table."""
     top = int(key.max())
     if top <= key.size // 8 + 1024:
         present = np.zeros(top + 1, dtype=bool)
@@ -252,7 +261,7 @@ def _dense(key: np.ndarray) -> tuple[np.ndarray, int]:
         number -= 1
         return number[key], int(number[-1]) + 1
     first = pl.Series(key).arg_unique().to_numpy().astype(np.int64, copy=False)
-    wide = key.astype(np.uint64, copy=False)
+    wide = key.view(np.uint64)
     return _lookup(wide, wide[first]), first.size
 
 
