@@ -348,8 +348,8 @@ def main() -> None:
     out.print(f"  fidelity                     {doc['fidelity']['share']!s:>14}")
     out.print(f"  changed / newly denied       {doc['changed']:>10,} / {doc['newly_denied']:,}")
     out.print(
-        f"replay() one policy, in memory {replay_s:>12.2f} s   (median of {args.rounds}; "
-        f"first call {replays[0]:.2f} s)"
+        f"replay() one policy, in memory {replay_s:>12.2f} s   (median of {args.rounds}, "
+        f"first {replays[0]:.2f} s)"
     )
     out.print(
         f"  calls needing the sequential pass {stats.sequential_calls:>9,} "
@@ -357,7 +357,7 @@ def main() -> None:
     )
     out.print(
         f"engine loop on {sample.height:,} calls    {loop_s:>12.1f} s "
-        f"-> {loop_full_s:.0f} s for {calls.height:,} (median of {args.rounds})"
+        f"-> {loop_full_s:.0f} s for {calls.height:,} (median)"
     )
     out.print(f"speed-up, replay() vs loop     {loop_full_s / replay_s:>12.1f} x   target >= 50 x")
     out.print(f"speed-up, whole command vs loop {loop_full_s / cli_s:>11.1f} x")
