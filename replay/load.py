@@ -210,7 +210,14 @@ def _read_dictionaries(files: Sequence[Path]) -> pl.DataFrame:
     table = dataset.to_table(columns=["start_time", *DICTIONARY_COLUMNS])
     for name in DICTIONARY_COLUMNS:
         column = table.column(name)
-        entries = sum(len(chunk.dictionary) for chunk in column.chunks)
+        # The batches of one row group share its dictionary: count each dictionary once.
+        sizes = {
+            tuple(0 if b is None else b.address for b in chunk.dictionary.buffers()): len(
+                chunk.dictionary
+            )
+            for chunk in column.chunks
+        }
+        entries = sum(sizes.values())
         if entries > _MANY_ENTRIES and entries * 2 > table.num_rows:
             at = table.schema.get_field_index(name)
             table = table.set_column(at, name, column.cast(pa.string()))
