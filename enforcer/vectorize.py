@@ -336,36 +336,27 @@ _SIGNATURE = ("server", "tool", "arguments")
 
 @dataclass
 class VerdictClasses:
-    """Stateless verdicts as classes: per call a class number, per class a verdict.
+    """Stateless verdicts as classes: per call a class number (``klass``), per class a
+    verdict (``table``: :class:`Verdicts` whose arrays are indexed by class, not by call).
 
     The calls of one signature share a class; a call judged on its own fields (a condition
     on ``agent_id`` …) has the class of its verdict. Replay keeps calls as classes until
     it writes its result: one gather per call at the end instead of one per call for every
-    field of the verdict on the way. The per-class arrays mean what :class:`Verdicts`'
-    per-call arrays mean.
+    field of the verdict on the way.
     """
 
     klass: np.ndarray
-    decision: np.ndarray
-    rule: np.ndarray
-    message: np.ndarray
-    entry: np.ndarray
-    pair: np.ndarray
-    pairs: list[tuple[str, str]]
-    rules: Interner
-    messages: Interner
+    table: Verdicts
 
     def per_call(self) -> Verdicts:
-        k = self.klass
-        return Verdicts(
-            self.decision[k],
-            self.rule[k],
-            self.message[k],
-            self.entry[k],
-            self.pair[k],
-            self.pairs,
-            self.rules,
-            self.messages,
+        t, k = self.table, self.klass
+        return replace(
+            t,
+            decision=t.decision[k],
+            rule=t.rule[k],
+            message=t.message[k],
+            entry=t.entry[k],
+            pair=t.pair[k],
         )
 
 
@@ -395,7 +386,7 @@ def stateless_classes(
     messages("")
     if calls.height == 0:
         e = np.zeros(0, np.int32)
-        return VerdictClasses(e, np.zeros(0, np.int8), e, e, e, e, [], rules, messages)
+        return VerdictClasses(e, Verdicts(np.zeros(0, np.int8), e, e, e, e, [], rules, messages))
     if codes is None:
         codes = CallCodes(calls)
     if codes.first is not None:  # numbered over these very rows: 0..k-1, firsts known
@@ -404,9 +395,7 @@ def stateless_classes(
         first, klass = _distinct(codes.call)
     sample = calls.select(INPUT_COLUMNS)[positions(first)]
     v = _sample_verdicts(policy, sample, rules, messages)
-    classes = VerdictClasses(
-        klass, v.decision, v.rule, v.message, v.entry, v.pair, v.pairs, rules, messages
-    )
+    classes = VerdictClasses(klass, v)
     by_row = _pairs_read_fields(policy, v.pairs)
     if by_row.any():
         rows = np.flatnonzero(by_row[v.pair][klass])
@@ -432,10 +421,11 @@ def _classes_by_row(
     """Steps 4-6, call by call, for entries whose conditions read a call field other than
     the arguments (``agent_id``, ``grant`` …): their verdict is not one per signature.
     Each distinct verdict found becomes a class; ``rows`` move to theirs."""
-    rules, messages = classes.rules, classes.messages
+    t = classes.table
+    rules, messages = t.rules, t.messages
     k = classes.klass[rows]
-    entry, pair = classes.entry[k], classes.pair[k]
-    decision, rule = classes.decision[k], classes.rule[k]
+    entry, pair = t.entry[k], t.pair[k]
+    decision, rule = t.decision[k], t.rule[k]
     for index in np.unique(entry).tolist():
         at = np.flatnonzero(entry == index)
         these = rows[at]
@@ -452,12 +442,12 @@ def _classes_by_row(
     message = _messages(policy, part, decision, rule, pair, rules, messages)
     found = np.stack([decision.astype(np.int64), rule, message, entry, pair], axis=1)
     distinct, which = np.unique(found, axis=0, return_inverse=True)
-    base = classes.decision.size
-    classes.decision = np.concatenate([classes.decision, distinct[:, 0].astype(np.int8)])
-    classes.rule = np.concatenate([classes.rule, distinct[:, 1].astype(np.int32)])
-    classes.message = np.concatenate([classes.message, distinct[:, 2].astype(np.int32)])
-    classes.entry = np.concatenate([classes.entry, distinct[:, 3].astype(np.int32)])
-    classes.pair = np.concatenate([classes.pair, distinct[:, 4].astype(np.int32)])
+    base = t.decision.size
+    t.decision = np.concatenate([t.decision, distinct[:, 0].astype(np.int8)])
+    t.rule = np.concatenate([t.rule, distinct[:, 1].astype(np.int32)])
+    t.message = np.concatenate([t.message, distinct[:, 2].astype(np.int32)])
+    t.entry = np.concatenate([t.entry, distinct[:, 3].astype(np.int32)])
+    t.pair = np.concatenate([t.pair, distinct[:, 4].astype(np.int32)])
     klass = classes.klass.astype(np.int32)  # a copy: the numbers may be shared
     klass[rows] = base + which.reshape(-1)
     classes.klass = klass

@@ -250,7 +250,8 @@ def _stateless(
     for vi, rows in parts:
         part = calls if rows is None else calls[pl.Series(rows)]
         part_codes = call_codes if rows is None else call_codes.take(rows)
-        v = stateless_classes(policies[versions[vi]], part, codes=part_codes)
+        classes = stateless_classes(policies[versions[vi]], part, codes=part_codes)
+        v = classes.table  # per class
         rule_map = np.array([rules(r) for r in v.rules.values] or [0], dtype=np.int32)
         message_map = np.array([messages(m) for m in v.messages.values], dtype=np.int32)
         scope_map = np.array(
@@ -266,9 +267,9 @@ def _stateless(
             )
         )
         if klass is None:
-            klass = v.klass
+            klass = classes.klass
         else:
-            klass[rows] = v.klass + offset
+            klass[rows] = classes.klass + offset
         offset += v.decision.size
     assert klass is not None
     decision, rule, message, entry, scope_tool = (
