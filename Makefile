@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-TYPED  := enforcer collector replay detectors datasets dashboard demo callward_cli.py
+TYPED  := callward
 
 .PHONY: demo test lint typecheck pytest install system-deps proto bench clean
 
@@ -23,7 +23,7 @@ system-deps:
 	  || echo "warning: could not install chromium; browser tests will be skipped"; }
 
 demo: $(STAMP)
-	$(BIN)/python -m demo
+	$(BIN)/python -m callward.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -7,7 +7,7 @@ Figures:
 - parse-only: protobuf parsing of the requests, nothing else (context for the floor);
 - decode-only: parsing plus decoding to tool-call rows (redaction included), in process,
   with no network, spool or Parquet: the baseline the ingest rate is compared with;
-- ingest: the real collector (``python -m collector``, a separate process, fsync on),
+- ingest: the real collector (``python -m callward.collector``, a separate process, fsync on),
   clients sending the same requests; timed from the first send until every row is in a
   Parquet file; p50/p99 Export latency as the clients saw it;
 - CPU: spans per CPU second, for decode-only (one thread) and for the whole collector
@@ -39,11 +39,11 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from collector.decode import Decoder  # noqa: E402
-from collector.otlp_build import tool_call_batch  # noqa: E402
-from collector.otlp_parse import parse_request  # noqa: E402
-from collector.receiver import EXPORT_METHOD  # noqa: E402
-from collector.store import parquet_files  # noqa: E402
+from callward.collector.decode import Decoder  # noqa: E402
+from callward.collector.otlp_build import tool_call_batch  # noqa: E402
+from callward.collector.otlp_parse import parse_request  # noqa: E402
+from callward.collector.receiver import EXPORT_METHOD  # noqa: E402
+from callward.collector.store import parquet_files  # noqa: E402
 
 SPANS_PER_REQUEST = 512
 console = Console()
@@ -120,7 +120,7 @@ def ingest(requests: list[bytes], clients: int, decode_workers: int) -> dict[str
         data_dir = Path(tmp)
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "collector", "--data-dir", str(data_dir)),
+                *(sys.executable, "-m", "callward.collector", "--data-dir", str(data_dir)),
                 *("--listen", "127.0.0.1:0", "--decode-workers", str(decode_workers)),
             ],
             cwd=REPO,

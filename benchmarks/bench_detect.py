@@ -15,10 +15,10 @@ from pathlib import Path
 
 import duckdb
 
-from datasets.generator import GenerateConfig, generate
-from datasets.labels import read_labels
-from datasets.scoring import markdown, score
-from detectors import detect_report
+from callward.datasets.generator import GenerateConfig, generate
+from callward.datasets.labels import read_labels
+from callward.datasets.scoring import markdown, score
+from callward.detectors import detect_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def quality(seeds: int) -> None:
     """Session-level precision/recall over several small stores (7 agents, 3 days, 30k calls)."""
     import tempfile
 
-    from datasets.scoring import Scorecard
+    from callward.datasets.scoring import Scorecard
 
     total = Scorecard()
     with tempfile.TemporaryDirectory() as tmp:

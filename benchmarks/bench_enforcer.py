@@ -41,12 +41,12 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from enforcer.engine import InMemoryLimitState, Request, decide  # noqa: E402
-from enforcer.policy import load_policy  # noqa: E402
-from enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService  # noqa: E402
-from enforcer.telemetry import CallRecorder  # noqa: E402
-from proto.callward.v1 import enforcer_pb2 as pb  # noqa: E402
-from proto.callward.v1 import enforcer_pb2_grpc as pb_grpc  # noqa: E402
+from callward.enforcer.engine import InMemoryLimitState, Request, decide  # noqa: E402
+from callward.enforcer.policy import load_policy  # noqa: E402
+from callward.enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService  # noqa: E402
+from callward.enforcer.telemetry import CallRecorder  # noqa: E402
+from callward.proto.callward.v1 import enforcer_pb2 as pb  # noqa: E402
+from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc  # noqa: E402
 
 SEED = REPO / "examples" / "policies" / "seed.json"
 FIFTY = REPO / "examples" / "policies" / "fifty_tools.yaml"

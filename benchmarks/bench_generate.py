@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from datasets.generator import GenerateConfig, generate
+from callward.datasets.generator import GenerateConfig, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench"

@@ -9,7 +9,7 @@ machine hits them alike. The server is a trivial stdio MCP server (this script w
   (decision, listing filter, id bookkeeping) with the in-process engine, spans off.
 * ``relay+spans``: the same, recording every call's span (batch processor, in-memory
   exporter) as an audited deployment does.
-* ``proxy process``: SDK client -> ``python -m enforcer.proxy`` (stdio) -> server:
+* ``proxy process``: SDK client -> ``python -m callward.enforcer.proxy`` (stdio) -> server:
   what an MCP client configured with callward sees, one more process and pipe hop.
 * ``proxy process + enforcer``: the same with ``--enforcer``, deciding through a real
   ``callward enforcer`` over gRPC on loopback.
@@ -136,12 +136,12 @@ async def _relay_session(spans: bool, in_memory: bool = False) -> AsyncIterator[
     from mcp.shared.memory import create_client_server_memory_streams
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from enforcer.policy import compile_document
-    from enforcer.proxy.gate import Gate, InProcessChecker
-    from enforcer.proxy.relay import Relay
-    from enforcer.proxy.stdio import stdio_identity
-    from enforcer.proxy.upstream import command_upstream
-    from enforcer.telemetry import CallRecorder
+    from callward.enforcer.policy import compile_document
+    from callward.enforcer.proxy.gate import Gate, InProcessChecker
+    from callward.enforcer.proxy.relay import Relay
+    from callward.enforcer.proxy.stdio import stdio_identity
+    from callward.enforcer.proxy.upstream import command_upstream
+    from callward.enforcer.telemetry import CallRecorder
 
     policy = compile_document(POLICY)
     recorder = CallRecorder("callward-proxy", InMemorySpanExporter()) if spans else None
@@ -188,7 +188,7 @@ async def run(
     policy_file = tmp / "policy.json"
     policy_file.write_text(json.dumps(POLICY))
     cmd, echo_args = _echo_command()
-    proxy_args = ["-m", "enforcer.proxy", "--policy", str(policy_file), "--grant", "bench"]
+    proxy_args = ["-m", "callward.enforcer.proxy", "--policy", str(policy_file), "--grant", "bench"]
     enforcer_proc: subprocess.Popen[bytes] | None = None
     paths: dict[str, Any] = {}
     results: dict[str, list[float]] = {}
@@ -210,7 +210,7 @@ async def run(
                 [
                     sys.executable,
                     "-m",
-                    "callward_cli",
+                    "callward.cli",
                     "enforcer",
                     "--policy",
                     str(policy_file),

@@ -45,11 +45,11 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from collector.schema import PARQUET_DIR, POLICIES_DIR, TOOL_CALL_SCHEMA  # noqa: E402
-from enforcer.engine import InMemoryLimitState, Request, decide  # noqa: E402
-from enforcer.policy import CompiledPolicy, compile_document, load_policy  # noqa: E402
-from replay.evaluate import replay  # noqa: E402
-from replay.load import load_calls  # noqa: E402
+from callward.collector.schema import PARQUET_DIR, POLICIES_DIR, TOOL_CALL_SCHEMA  # noqa: E402
+from callward.enforcer.engine import InMemoryLimitState, Request, decide  # noqa: E402
+from callward.enforcer.policy import CompiledPolicy, compile_document, load_policy  # noqa: E402
+from callward.replay.evaluate import replay  # noqa: E402
+from callward.replay.load import load_calls  # noqa: E402
 
 POLICY = REPO / "examples" / "policies" / "fifty_tools.yaml"
 VAR = REPO / "var" / "bench-replay"
@@ -304,7 +304,7 @@ def main() -> None:
     cmd = [
         sys.executable,
         "-m",
-        "callward_cli",
+        "callward.cli",
         "replay",
         "--data",
         str(data),

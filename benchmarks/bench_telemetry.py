@@ -44,10 +44,10 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from collector.redact import redact_json_text  # noqa: E402
-from enforcer.engine import InMemoryLimitState, Request, decide  # noqa: E402
-from enforcer.policy import load_policy  # noqa: E402
-from enforcer.telemetry import CallRecorder  # noqa: E402
+from callward.collector.redact import redact_json_text  # noqa: E402
+from callward.enforcer.engine import InMemoryLimitState, Request, decide  # noqa: E402
+from callward.enforcer.policy import load_policy  # noqa: E402
+from callward.enforcer.telemetry import CallRecorder  # noqa: E402
 
 FIFTY = REPO / "examples" / "policies" / "fifty_tools.yaml"
 console = Console(highlight=False)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from collector.config import ENV_VARS, load_config
+from callward.collector.config import ENV_VARS, load_config
 
 console = Console(stderr=True)
 
@@ -57,8 +57,8 @@ def collector(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
     """Receive OTLP trace spans and keep every tool call in Parquet + DuckDB."""
-    from collector.lean import keep_pandas_out
-    from collector.service import Collector
+    from callward.collector.lean import keep_pandas_out
+    from callward.collector.service import Collector
 
     keep_pandas_out()  # this process is the collector's alone
 

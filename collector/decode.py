@@ -41,13 +41,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from collector.otlp_parse import (
+from callward.collector.otlp_parse import (
     MalformedRequestError,
     parse_raw_attributes,
     repaired_raw_attributes,
 )
-from collector.redact import default_redactor
-from collector.schema import COLUMNS, DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
+from callward.collector.redact import default_redactor
+from callward.collector.schema import COLUMNS, DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
 
 TOOL_OPERATION = "execute_tool"
 POLICY_SPAN_NAME = "callward.policy"

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from collector.decode import DecodeLimits, Decoder, PolicyDocument
-from collector.lean import keep_pandas_out
-from collector.otlp_parse import parse_request
-from collector.spool import encode_rows
+from callward.collector.decode import DecodeLimits, Decoder, PolicyDocument
+from callward.collector.lean import keep_pandas_out
+from callward.collector.otlp_parse import parse_request
+from callward.collector.spool import encode_rows
 
 log = logging.getLogger("callward.collector.decode")
 

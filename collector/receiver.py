@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector.decode_pool import DecodedExport, DecodeUnavailableError
-from collector.otlp_parse import MalformedRequestError
+from callward.collector.decode_pool import DecodedExport, DecodeUnavailableError
+from callward.collector.otlp_parse import MalformedRequestError
 
 log = logging.getLogger("callward.collector.receiver")
 

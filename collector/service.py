@@ -28,12 +28,12 @@ from typing import Any
 import grpc
 import pyarrow as pa
 
-from collector.config import CollectorConfig
-from collector.decode import DecodeLimits
-from collector.decode_pool import DecodedExport, DecodePool
-from collector.receiver import BusyError, TraceReceiver, serve
-from collector.spool import Spool, decode_rows
-from collector.store import StoreWriter, save_policy
+from callward.collector.config import CollectorConfig
+from callward.collector.decode import DecodeLimits
+from callward.collector.decode_pool import DecodedExport, DecodePool
+from callward.collector.receiver import BusyError, TraceReceiver, serve
+from callward.collector.spool import Spool, decode_rows
+from callward.collector.store import StoreWriter, save_policy
 
 log = logging.getLogger("callward.collector")
 
@@ -101,7 +101,7 @@ class Collector:
         self._thread.start()
         forward = None
         if self.config.forward:
-            from collector.forward import Forwarder
+            from callward.collector.forward import Forwarder
 
             self.forwarder = Forwarder(
                 self.config.forward,

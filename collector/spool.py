@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from collector.durable import fsync_dir
+from callward.collector.durable import fsync_dir
 
 log = logging.getLogger("callward.collector.spool")
 

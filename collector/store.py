@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from collector.durable import TEMP_PREFIX, TEMP_SUFFIX, atomic_write_bytes, fsync_dir
-from collector.schema import (
+from callward.collector.durable import TEMP_PREFIX, TEMP_SUFFIX, atomic_write_bytes, fsync_dir
+from callward.collector.schema import (
     DUCKDB_FILE,
     PARQUET_DIR,
     PARTITION_COLUMN,
@@ -46,7 +46,7 @@ from collector.schema import (
     TABLE,
     TOOL_CALL_SCHEMA,
 )
-from collector.view import LOCKED_EXIT, StoreLockedError, apply_view
+from callward.collector.view import LOCKED_EXIT, StoreLockedError, apply_view
 
 log = logging.getLogger("callward.collector.store")
 
@@ -163,23 +163,18 @@ def refresh_view(data_dir: Path, *, attempts: int = 5, wait_s: float = 0.1) -> N
 
 def refresh_view_in_child(data_dir: Path) -> None:
     """:func:`refresh_view` in a short-lived child process that loads DuckDB and nothing
-    else (``python -m collector.view``). A long-running writer (the collector) needs
+    else (``python -m callward.collector.view``). A long-running writer (the collector) needs
     DuckDB only for the moment it (re)creates the view, a few times in its life;
     importing DuckDB itself would keep about 45 MB in its memory for good."""
     import subprocess
     import sys
 
     path = Path(data_dir) / DUCKDB_FILE
-    # The child finds this package where this process found it, installed or not.
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     out = subprocess.run(
-        [sys.executable, "-m", "collector.view", str(path), view_sql(data_dir)],
+        [sys.executable, "-m", "callward.collector.view", str(path), view_sql(data_dir)],
         capture_output=True,
         text=True,
         check=False,
-        env=env,
     )
     if out.returncode == LOCKED_EXIT:
         raise StoreLockedError(out.stderr.strip())

@@ -1,7 +1,7 @@
 """Writing the ``tool_calls`` view into the DuckDB file: the one step of the store that
 needs DuckDB to write.
 
-Kept apart from ``store.py`` (which imports pyarrow) so that ``python -m collector.view
+Kept apart from ``store.py`` (which imports pyarrow) so that ``python -m callward.collector.view
 FILE SQL`` runs it in a child process that loads DuckDB and nothing else: the collector
 uses that (``store.refresh_view_in_child``) rather than keep DuckDB in its own memory.
 """
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-LOCKED_EXIT = 3  # exit status of ``python -m collector.view`` when the file is locked
+LOCKED_EXIT = 3  # exit status of ``python -m callward.collector.view`` when the file is locked
 
 
 class StoreLockedError(RuntimeError):

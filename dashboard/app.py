@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import context, filters, queries, settings, widgets
-from dashboard.queries import QueryError
+from callward.dashboard import context, filters, queries, settings, widgets
+from callward.dashboard.queries import QueryError
 
 st.set_page_config(page_title="callward", page_icon=":material/shield:", layout="wide")
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from dashboard.settings import DATA_ENV
+from callward.dashboard.settings import DATA_ENV
 
 APP = Path(__file__).with_name("app.py")
 err = Console(stderr=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import filters, widgets
-from dashboard.queries import CallFilter
+from callward.dashboard import filters, widgets
+from callward.dashboard.queries import CallFilter
 
 KEY = "page_context"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard.queries import CallFilter
+from callward.dashboard.queries import CallFilter
 
 PRESETS: dict[str, timedelta | None] = {
     "All data": None,

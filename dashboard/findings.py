@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.queries import CallFilter
+from callward.dashboard.queries import CallFilter
 
 COLUMNS = (
     "kind",
@@ -71,7 +71,7 @@ def to_frame(found: list[Any]) -> pd.DataFrame:
 
 def _run_detectors(data_dir: str) -> Findings:
     try:
-        from detectors.findings import detect
+        from callward.detectors.findings import detect
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("detectors"):
             return Findings(to_frame([]), "the detectors are not installed")

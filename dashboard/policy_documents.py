@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from collector.schema import POLICIES_DIR
-from enforcer.policy import policy_version
+from callward.collector.schema import POLICIES_DIR
+from callward.enforcer.policy import policy_version
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 

@@ -31,8 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import streamlit as st
 
-from collector.schema import PARQUET_DIR, PARTITION_COLUMN, TABLE, TOOL_CALL_SCHEMA
-from dashboard import rollups
+from callward.collector.schema import PARQUET_DIR, PARTITION_COLUMN, TABLE, TOOL_CALL_SCHEMA
+from callward.dashboard import rollups
 
 CACHE_TTL_S = 30
 QUERY_TIMEOUT_S = 20.0

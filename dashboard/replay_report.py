@@ -15,8 +15,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.queries import CACHE_TTL_S, CallFilter
-from enforcer.policy import compile_text
+from callward.dashboard.queries import CACHE_TTL_S, CallFilter
+from callward.enforcer.policy import compile_text
 
 
 @st.cache_data(ttl=CACHE_TTL_S * 10, max_entries=16, show_spinner=False)
@@ -30,8 +30,8 @@ def run_replay(
     tool: str | None,
 ) -> dict[str, Any]:
     """The replay report of ``text`` over the store (cached: a replay reads every call)."""
-    from replay.compare import ReplayRequest, compare
-    from replay.report import build_report
+    from callward.replay.compare import ReplayRequest, compare
+    from callward.replay.report import build_report
 
     request = ReplayRequest(
         data_dir=Path(data_dir),
@@ -55,7 +55,7 @@ def _single(values: tuple[str, ...]) -> str | None:
 def show(data_dir: str, name: str, text: str, flt: CallFilter) -> None:
     """Replay ``text`` under the page filters and draw the report."""
     try:
-        from replay.load import StoreError
+        from callward.replay.load import StoreError
     except ModuleNotFoundError:
         st.info("The replay package is not installed, so the candidate cannot be replayed.")
         return
@@ -126,7 +126,7 @@ def layout(report: dict[str, Any]) -> None:
 
 
 def _downloads(report: dict[str, Any]) -> None:
-    from replay.render import render
+    from callward.replay.render import render
 
     cols = st.columns(3)
     for col, (fmt, ext, mime) in zip(

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from collector.schema import PARTITION_COLUMN, TABLE
+from callward.collector.schema import PARTITION_COLUMN, TABLE
 
 if TYPE_CHECKING:
-    from dashboard.queries import CallFilter, Store
+    from callward.dashboard.queries import CallFilter, Store
 
 HOUR_US = 3_600_000_000
 URL_HOST = r"://(?:[^/@\s\"]+@)?([A-Za-z0-9.\-_]+)"

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard import findings
-from dashboard.queries import QueryError
+from callward.dashboard import findings
+from callward.dashboard.queries import QueryError
 
 SESSION_SLACK = pd.Timedelta(days=1)  # a session may start before, or end after, a finding
 GET_DATA_IN = """\

@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from datasets.generator import DEFAULT_START, DEMO_POLICY, GenerateConfig, generate
-from enforcer.errors import PolicyInvalid
+from callward.datasets.generator import DEFAULT_START, DEMO_POLICY, GenerateConfig, generate
+from callward.enforcer.errors import PolicyInvalid
 
 _STAGES = (
     "argument pools",

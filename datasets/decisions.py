@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from enforcer.engine import ALLOW, InMemoryLimitState, Request, applicable_limits, decide
-from enforcer.policy import CompiledPolicy
+from callward.enforcer.engine import ALLOW, InMemoryLimitState, Request, applicable_limits, decide
+from callward.enforcer.policy import CompiledPolicy
 
 
 @dataclass(frozen=True)

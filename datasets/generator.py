@@ -24,10 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from collector.redact import redact_json_text
-from collector.schema import TOOL_CALL_SCHEMA
-from collector.store import StoreWriter, save_policy
-from datasets.catalog import (
+from callward.bundled import example_policy
+from callward.collector.redact import redact_json_text
+from callward.collector.schema import TOOL_CALL_SCHEMA
+from callward.collector.store import StoreWriter, save_policy
+from callward.datasets.catalog import (
     ARCHETYPES,
     DEFAULT_POOL,
     POOL_SIZE,
@@ -39,14 +40,13 @@ from datasets.catalog import (
     arguments_text,
     result_excerpt,
 )
-from datasets.decisions import CallTable, evaluate
-from datasets.incidents import NONE, SCENARIOS, Scenario, Step
-from datasets.labels import Label, write_labels
-from enforcer.engine import ALLOW
-from enforcer.policy import load_policy
+from callward.datasets.decisions import CallTable, evaluate
+from callward.datasets.incidents import NONE, SCENARIOS, Scenario, Step
+from callward.datasets.labels import Label, write_labels
+from callward.enforcer.engine import ALLOW
+from callward.enforcer.policy import load_policy
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_POLICY = REPO_ROOT / "examples" / "policies" / "demo.yaml"
+DEMO_POLICY = example_policy("demo.yaml")
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 SESSION_SIGMA = 0.6
 ERROR_TYPES = (

@@ -19,7 +19,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from datasets.catalog import (
+from callward.datasets.catalog import (
     ORG,
     REPOS,
     AgentContext,

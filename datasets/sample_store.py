@@ -2,7 +2,7 @@
 
     callward datasets generate --out datasets/sample --agents 7 --days 3 --seed 7 --calls 20000
 
-(or ``python -m datasets.sample_store``). The DuckDB file is not committed: its view holds
+(or ``python -m callward.datasets.sample_store``). The DuckDB file is not committed: its view holds
 the absolute path of the store, so readers recreate it with
 :func:`collector.store.ensure_store` (or read the Parquet files directly).
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from collector.schema import DUCKDB_FILE
-from datasets.generator import GenerateConfig, generate
+from callward.collector.schema import DUCKDB_FILE
+from callward.datasets.generator import GenerateConfig, generate
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SAMPLE_AGENTS = 7

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from datasets.labels import Label
-from detectors.findings import KINDS, Finding
+from callward.datasets.labels import Label
+from callward.detectors.findings import KINDS, Finding
 
 
 @dataclass

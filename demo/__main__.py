@@ -29,13 +29,13 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from demo.agents import SCRIPTS, Outcome, run_agent
-from demo.processes import Supervisor, callward, free_port, wait_for_port
-from demo.servers import ensure_server
+from callward.bundled import example_policy
+from callward.demo.agents import SCRIPTS, Outcome, run_agent
+from callward.demo.processes import Supervisor, callward, free_port, wait_for_port
+from callward.demo.servers import ensure_server
 
-REPO = Path(__file__).resolve().parent.parent
-POLICY = REPO / "examples" / "policies" / "gateway.yaml"
-CANDIDATE = REPO / "examples" / "policies" / "gateway_strict.yaml"
+POLICY = example_policy("gateway.yaml")
+CANDIDATE = example_policy("gateway_strict.yaml")
 WIDTH = max(shutil.get_terminal_size((160, 40)).columns, 120)
 console = Console(highlight=False, width=WIDTH)
 
@@ -54,8 +54,8 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 def grpc_session(port: int) -> None:
     """A short scripted session against the enforcer over gRPC, printing each decision."""
-    from enforcer.client import EnforcerClient
-    from enforcer.engine import Request
+    from callward.enforcer.client import EnforcerClient
+    from callward.enforcer.engine import Request
 
     calls = [("run_python_file", {"file_name": "etl.py"})] * 12 + [
         ("pip_install_package", {"package_name": "left-pad"}),
@@ -84,7 +84,7 @@ def grpc_session(port: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="make demo")
-    ap.add_argument("--data", type=Path, default=REPO / "demo-data")
+    ap.add_argument("--data", type=Path, default=Path("demo-data"))
     ap.add_argument("--port", type=int, default=8501, help="dashboard port")
     ap.add_argument("--no-dashboard", action="store_true")
     opts = ap.parse_args()

@@ -78,4 +78,4 @@ class Supervisor:
 
 def callward(*args: str) -> list[str]:
     """argv for the ``callward`` command of this interpreter's environment."""
-    return [sys.executable, "-m", "callward_cli", *args]
+    return [sys.executable, "-m", "callward", *args]

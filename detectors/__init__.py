@@ -4,7 +4,7 @@
 CLI and the dashboard both use it.
 """
 
-from detectors.config import DetectorConfig
-from detectors.findings import KINDS, DetectionReport, Finding, detect, detect_report
+from callward.detectors.config import DetectorConfig
+from callward.detectors.findings import KINDS, DetectionReport, Finding, detect, detect_report
 
 __all__ = ["KINDS", "DetectionReport", "DetectorConfig", "Finding", "detect", "detect_report"]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import duckdb
 
-from collector.schema import PARQUET_DIR, TABLE
-from detectors.config import DetectorConfig
+from callward.collector.schema import PARQUET_DIR, TABLE
+from callward.detectors.config import DetectorConfig
 
 ROLES = ("is_read", "is_egress", "is_untrusted", "is_destructive", "is_side_effect")
 

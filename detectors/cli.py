@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from detectors.findings import detect_report, findings_json
+from callward.detectors.findings import detect_report, findings_json
 
 _STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
 

@@ -16,7 +16,7 @@ Each pattern is one DuckDB query over ``calls`` and ``egress`` (see calls.py):
 
 from __future__ import annotations
 
-from detectors.config import DetectorConfig
+from callward.detectors.config import DetectorConfig
 
 _WHO = (
     "any_value(agent_id) AS agent_id, any_value(session_id) AS session_id, "

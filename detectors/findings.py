@@ -19,11 +19,11 @@ from typing import Any
 
 import duckdb
 
-from detectors.calls import CallsWindow, open_calls
-from detectors.config import DetectorConfig
-from detectors.exfiltration import exfiltration_sql
-from detectors.runaway import runaway_sql
-from detectors.runaway import setup_sql as runaway_setup_sql
+from callward.detectors.calls import CallsWindow, open_calls
+from callward.detectors.config import DetectorConfig
+from callward.detectors.exfiltration import exfiltration_sql
+from callward.detectors.runaway import runaway_sql
+from callward.detectors.runaway import setup_sql as runaway_setup_sql
 
 KINDS = ("runaway", "exfiltration")
 SEVERITIES = ("low", "medium", "high", "critical")

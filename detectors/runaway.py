@@ -14,7 +14,7 @@ span_ids, calls, explanation.
 
 from __future__ import annotations
 
-from detectors.config import DetectorConfig
+from callward.detectors.config import DetectorConfig
 
 # Session columns carried into every finding (constant within a session).
 _WHO = (

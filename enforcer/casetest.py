@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from enforcer.engine import Decision, InMemoryLimitState, Request, decide
-from enforcer.policy import CompiledPolicy
+from callward.enforcer.engine import Decision, InMemoryLimitState, Request, decide
+from callward.enforcer.policy import CompiledPolicy
 
 DEFAULT_AT = "2026-01-01T00:00:00Z"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from enforcer.casetest import CasesInvalid, load_cases, run_cases
-from enforcer.errors import PolicyInvalid
-from enforcer.policy import load_policy
+from callward.enforcer.casetest import CasesInvalid, load_cases, run_cases
+from callward.enforcer.errors import PolicyInvalid
+from callward.enforcer.policy import load_policy
 
 policy_app = typer.Typer(help="Validate and test policies.", no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -69,9 +69,9 @@ def test(
 def register(app: typer.Typer) -> None:
     app.add_typer(policy_app, name="policy")
     try:
-        from enforcer.server_cli import register as register_server
+        from callward.enforcer.server_cli import register as register_server
     except ModuleNotFoundError as e:
-        if e.name != "enforcer.server_cli":
+        if e.name != "callward.enforcer.server_cli":
             raise
     else:
         register_server(app)

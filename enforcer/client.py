@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 
-from enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, Decision, Request
-from proto.callward.v1 import enforcer_pb2 as pb
-from proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
+from callward.enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, Decision, Request
+from callward.proto.callward.v1 import enforcer_pb2 as pb
+from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT_S = 0.2
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
-from enforcer.policy import CompiledPolicy, Condition, Limit, Rule, ToolRule
+from callward.enforcer.policy import CompiledPolicy, Condition, Limit, Rule, ToolRule
 
 ALLOW = "allow"
 DENY = "deny"

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from enforcer.errors import Location, PolicyError, PolicyInvalid
+from callward.enforcer.errors import Location, PolicyError, PolicyInvalid
 
 SUPPORTED_VERSIONS = ("1",)
 OPS = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from enforcer.errors import PolicyInvalid
-from enforcer.policy import CompiledPolicy, load_policy
-from enforcer.server import PolicySwap
+from callward.enforcer.errors import PolicyInvalid
+from callward.enforcer.policy import CompiledPolicy, load_policy
+from callward.enforcer.server import PolicySwap
 
 log = logging.getLogger("callward.enforcer.reload")
 

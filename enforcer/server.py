@@ -35,7 +35,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from enforcer.engine import (
+from callward.enforcer.engine import (
     ALLOW,
     DENY,
     REQUIRE_APPROVAL,
@@ -45,9 +45,9 @@ from enforcer.engine import (
     Request,
     decide,
 )
-from enforcer.policy import CompiledPolicy
-from enforcer.telemetry import CallRecorder, CallSpan
-from proto.callward.v1 import enforcer_pb2 as pb
+from callward.enforcer.policy import CompiledPolicy
+from callward.enforcer.telemetry import CallRecorder, CallSpan
+from callward.proto.callward.v1 import enforcer_pb2 as pb
 
 log = logging.getLogger("callward.enforcer")
 

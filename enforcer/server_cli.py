@@ -12,11 +12,11 @@ from types import FrameType
 import typer
 from rich.console import Console
 
-from enforcer.errors import PolicyInvalid
-from enforcer.policy import load_policy
-from enforcer.reload import PolicyReloader
-from enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService, ListenFailed
-from enforcer.telemetry import CallRecorder
+from callward.enforcer.errors import PolicyInvalid
+from callward.enforcer.policy import load_policy
+from callward.enforcer.reload import PolicyReloader
+from callward.enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService, ListenFailed
+from callward.enforcer.telemetry import CallRecorder
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

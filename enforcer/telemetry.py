@@ -46,8 +46,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from collector.redact import redact_json_text, redact_text
-from enforcer.engine import Decision, Request
+from callward.collector.redact import redact_json_text, redact_text
+from callward.enforcer.engine import Decision, Request
 
 log = logging.getLogger("callward.telemetry")
 

@@ -41,7 +41,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from enforcer.engine import (
+from callward.enforcer.engine import (
     ALLOW,
     DENY,
     REQUIRE_APPROVAL,
@@ -50,7 +50,7 @@ from enforcer.engine import (
     decide,
     holds,
 )
-from enforcer.policy import CompiledPolicy, Condition, ToolRule
+from callward.enforcer.policy import CompiledPolicy, Condition, ToolRule
 
 FIELD_ROOTS = ("tool", "server", "agent_id", "session_id", "grant")
 INPUT_COLUMNS = ("tool", "server", "agent_id", "session_id", "grant", "arguments")

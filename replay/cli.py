@@ -16,14 +16,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from enforcer.errors import PolicyInvalid
-from enforcer.policy import CompiledPolicy, load_policy
-from replay.compare import Comparison, ReplayRequest, compare
-from replay.evaluate import Progress as ProgressFn
-from replay.gates import Gate, GateError, evaluate_gates, parse_gate
-from replay.load import StoreError, parse_time
-from replay.render import FORMATS, render
-from replay.report import build_report
+from callward.enforcer.errors import PolicyInvalid
+from callward.enforcer.policy import CompiledPolicy, load_policy
+from callward.replay.compare import Comparison, ReplayRequest, compare
+from callward.replay.evaluate import Progress as ProgressFn
+from callward.replay.gates import Gate, GateError, evaluate_gates, parse_gate
+from callward.replay.load import StoreError, parse_time
+from callward.replay.render import FORMATS, render
+from callward.replay.report import build_report
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE = 0, 1, 2
 err = Console(stderr=True, highlight=False, soft_wrap=True)

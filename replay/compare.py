@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from enforcer.policy import CompiledPolicy
-from enforcer.vectorize import CallCodes
-from replay.evaluate import Progress, ReplayStats, replay
-from replay.load import (
+from callward.enforcer.policy import CompiledPolicy
+from callward.enforcer.vectorize import CallCodes
+from callward.replay.evaluate import Progress, ReplayStats, replay
+from callward.replay.load import (
     LoadedCalls,
     RecordedPolicies,
     SkippedFile,

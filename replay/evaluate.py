@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from enforcer.engine import (
+from callward.enforcer.engine import (
     DENY,
     CounterKey,
     Decision,
@@ -49,8 +49,8 @@ from enforcer.engine import (
     counter_key,
     decide,
 )
-from enforcer.policy import CompiledPolicy, Limit
-from enforcer.vectorize import (
+from callward.enforcer.policy import CompiledPolicy, Limit
+from callward.enforcer.vectorize import (
     DECISION_CODES,
     UNREADABLE,
     CallCodes,

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from collector.schema import PARQUET_DIR, PARTITION_COLUMN, POLICIES_DIR, TOOL_CALL_SCHEMA
-from enforcer.errors import PolicyInvalid
-from enforcer.policy import CompiledPolicy, compile_text, policy_version
+from callward.collector.schema import PARQUET_DIR, PARTITION_COLUMN, POLICIES_DIR, TOOL_CALL_SCHEMA
+from callward.enforcer.errors import PolicyInvalid
+from callward.enforcer.policy import CompiledPolicy, compile_text, policy_version
 
 # A recorded decision that a human changed or confirmed carries an attribute whose name
 # starts with this prefix (``callward.approval.id``, ``callward.approval.granted`` …).

@@ -12,8 +12,8 @@ from typing import Any
 
 import polars as pl
 
-from replay.compare import UNKNOWN_REASONS, Comparison
-from replay.load import fetch_messages
+from callward.replay.compare import UNKNOWN_REASONS, Comparison
+from callward.replay.load import fetch_messages
 
 SCHEMA_VERSION = 1
 DECISIONS = ("allow", "deny", "require_approval")

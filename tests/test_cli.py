@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from callward_cli import COMMANDS, app
+from callward.cli import COMMANDS, app
 
 runner = CliRunner()
 
@@ -34,7 +34,7 @@ def test_unknown_command_is_a_usage_error() -> None:
 
 def test_enforcer_does_not_import_the_dashboard_or_the_proxy() -> None:
     code = (
-        "import sys, callward_cli; callward_cli._load('enforcer'); callward_cli._load('policy');"
+        "import sys, callward.cli; callward.cli._load('enforcer'); callward.cli._load('policy');"
         "print(sorted(m for m in ('streamlit', 'polars', 'mcp') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from demo.agents import FAKE_AWS_KEY, FAKE_GITHUB_TOKEN, SCRIPTS
+from callward.demo.agents import FAKE_AWS_KEY, FAKE_GITHUB_TOKEN, SCRIPTS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_demo_pipeline(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "demo", "--no-dashboard", "--data", str(data)],
+        [sys.executable, "-m", "callward.demo", "--no-dashboard", "--data", str(data)],
         cwd=REPO,
         capture_output=True,
         text=True,

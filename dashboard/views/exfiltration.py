@@ -9,8 +9,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import context, findings, queries, widgets
-from dashboard.queries import QueryError
+from callward.dashboard import context, findings, queries, widgets
+from callward.dashboard.queries import QueryError
 
 LOOKBACK = timedelta(hours=1)  # how far before a finding its flow starts
 

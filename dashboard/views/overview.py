@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, context, findings, queries, widgets
-from dashboard.queries import QueryError
+from callward.dashboard import charts, context, findings, queries, widgets
+from callward.dashboard.queries import QueryError
 
 ctx = context.page("Overview", "Calls and decisions over time, the busiest names, and findings.")
 

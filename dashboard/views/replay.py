@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import context, policy_documents, replay_report, widgets
-from dashboard.queries import QueryError
-from enforcer.errors import PolicyInvalid
-from enforcer.policy import MAX_POLICY_BYTES, compile_text
+from callward.dashboard import context, policy_documents, replay_report, widgets
+from callward.dashboard.queries import QueryError
+from callward.enforcer.errors import PolicyInvalid
+from callward.enforcer.policy import MAX_POLICY_BYTES, compile_text
 
 ctx = context.page(
     "Replay",

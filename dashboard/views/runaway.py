@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, context, findings, queries, widgets
-from dashboard.queries import QueryError
+from callward.dashboard import charts, context, findings, queries, widgets
+from callward.dashboard.queries import QueryError
 
 ctx = context.page(
     "Runaway agents",

@@ -6,8 +6,8 @@ from datetime import date
 
 import streamlit as st
 
-from dashboard import charts, context, queries, widgets
-from dashboard.queries import QueryError
+from callward.dashboard import charts, context, queries, widgets
+from callward.dashboard.queries import QueryError
 
 ctx = context.page(
     "Sessions",

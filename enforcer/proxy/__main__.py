@@ -1,11 +1,11 @@
-"""``python -m enforcer.proxy …``: the proxy alone, without loading every callward component
+"""``python -m callward.enforcer.proxy …``: the proxy alone, without loading every callward component
 (what ``callward proxy`` runs; quicker to start from an MCP client's config)."""
 
 from __future__ import annotations
 
 import typer
 
-from enforcer.proxy.cli import proxy
+from callward.enforcer.proxy.cli import proxy
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command(context_settings={"allow_interspersed_args": False})(proxy)

@@ -14,7 +14,7 @@ import anyio
 import typer
 from rich.console import Console
 
-from enforcer.proxy.config import (
+from callward.enforcer.proxy.config import (
     ConfigError,
     PolicyInvalid,
     ProxyConfig,
@@ -26,10 +26,10 @@ from enforcer.proxy.config import (
     make_gate,
     make_recorder,
 )
-from enforcer.proxy.gate import DEFAULT_ENFORCER_TIMEOUT, Gate
-from enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
-from enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
-from enforcer.proxy.tokens import TokenTable
+from callward.enforcer.proxy.gate import DEFAULT_ENFORCER_TIMEOUT, Gate
+from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
+from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
+from callward.enforcer.proxy.tokens import TokenTable
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -108,7 +108,7 @@ def proxy(
         if config.listens:
             _serve_http(config, gate, token_table)
         else:
-            from enforcer.proxy.stdio import serve_stdio
+            from callward.enforcer.proxy.stdio import serve_stdio
 
             anyio.run(
                 lambda: serve_stdio(
@@ -127,7 +127,7 @@ def proxy(
 
 
 def _serve_http(config: ProxyConfig, gate: Gate, token_table: TokenTable | None) -> None:
-    from enforcer.proxy.http import ProxyHTTP, bound_socket, uvicorn_server
+    from callward.enforcer.proxy.http import ProxyHTTP, bound_socket, uvicorn_server
 
     if token_table is None:
         logging.getLogger("callward.proxy").warning(

@@ -13,14 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from enforcer.errors import PolicyInvalid
-from enforcer.policy import CompiledPolicy, load_policy
-from enforcer.proxy.gate import DEFAULT_ENFORCER_TIMEOUT, Gate, InProcessChecker, RemoteChecker
-from enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
-from enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
-from enforcer.proxy.tokens import TokensInvalid, TokenTable, load_tokens
-from enforcer.proxy.upstream import Connector, command_upstream, url_upstream
-from enforcer.telemetry import CallRecorder
+from callward.enforcer.errors import PolicyInvalid
+from callward.enforcer.policy import CompiledPolicy, load_policy
+from callward.enforcer.proxy.gate import (
+    DEFAULT_ENFORCER_TIMEOUT,
+    Gate,
+    InProcessChecker,
+    RemoteChecker,
+)
+from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
+from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
+from callward.enforcer.proxy.tokens import TokensInvalid, TokenTable, load_tokens
+from callward.enforcer.proxy.upstream import Connector, command_upstream, url_upstream
+from callward.enforcer.telemetry import CallRecorder
 
 SERVICE_NAME = "callward-proxy"
 

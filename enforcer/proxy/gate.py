@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
-from enforcer.engine import (
+from callward.enforcer.engine import (
     ALLOW,
     DENY,
     REQUIRE_APPROVAL,
@@ -36,8 +36,8 @@ from enforcer.engine import (
     decide,
     visible_tools,
 )
-from enforcer.policy import CompiledPolicy
-from enforcer.telemetry import CallRecorder, CallSpan
+from callward.enforcer.policy import CompiledPolicy
+from callward.enforcer.telemetry import CallRecorder, CallSpan
 
 log = logging.getLogger("callward.proxy")
 
@@ -105,7 +105,7 @@ class RemoteChecker:
 
     def __init__(self, target: str, timeout: float = DEFAULT_ENFORCER_TIMEOUT, client: Any = None):
         if client is None:
-            from enforcer.client import EnforcerClient
+            from callward.enforcer.client import EnforcerClient
 
             client = EnforcerClient(target)
         self.client = client
@@ -127,7 +127,7 @@ class RemoteChecker:
                 f"enforcer at {self.target} did not answer within {self.timeout * 1000:.0f} ms"
             ) from None
         except Exception as e:
-            from enforcer.client import EnforcerRejected
+            from callward.enforcer.client import EnforcerRejected
 
             if isinstance(e, EnforcerRejected):
                 # The enforcer answered that the request is wrong: a denial, not an

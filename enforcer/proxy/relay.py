@@ -39,8 +39,8 @@ from mcp.types import (
     RequestId,
 )
 
-from enforcer.proxy.gate import Gate, Identity, Verdict, refusal_result
-from enforcer.proxy.upstream import Connector
+from callward.enforcer.proxy.gate import Gate, Identity, Verdict, refusal_result
+from callward.enforcer.proxy.upstream import Connector
 
 log = logging.getLogger("callward.proxy")
 

@@ -21,9 +21,9 @@ import anyio
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
-from enforcer.proxy.gate import Gate, Identity
-from enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT, OVERSIZE_METHOD, Relay
-from enforcer.proxy.upstream import Connector
+from callward.enforcer.proxy.gate import Gate, Identity
+from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT, OVERSIZE_METHOD, Relay
+from callward.enforcer.proxy.upstream import Connector
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """The largest JSON-RPC message (one line) the proxy accepts from a client: 4 MiB,

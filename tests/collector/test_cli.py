@@ -20,7 +20,7 @@ import pytest
     ],
 )
 def test_bad_settings_exit_2_with_a_message(tmp_path: Path, args: list[str], expected: str) -> None:
-    cmd = [sys.executable, "-m", "collector", "--data-dir", str(tmp_path / "d")]
+    cmd = [sys.executable, "-m", "callward.collector", "--data-dir", str(tmp_path / "d")]
     if "--listen" not in args:
         cmd += ["--listen", "127.0.0.1:0"]
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=100, check=False)

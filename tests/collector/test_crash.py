@@ -2,7 +2,7 @@
 while a client sends and retries, then prove every acknowledged span is stored exactly
 once and every Parquet file is readable.
 
-The kill loop starts ``python -m collector`` (the same command as ``callward collector``
+The kill loop starts ``python -m callward.collector`` (the same command as ``callward collector``
 without importing the other components) with decoding in-process, so restarts are quick;
 acknowledgement and recovery do not depend on where decoding runs. Other tests run the
 ``callward collector`` entry point itself, and SIGKILL a collector with decode workers."""
@@ -23,10 +23,10 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 
-from collector.otlp_build import SpanSpec, build_request, callward_attributes
-from collector.receiver import EXPORT_METHOD
-from collector.schema import DUCKDB_FILE
-from collector.store import parquet_files
+from callward.collector.otlp_build import SpanSpec, build_request, callward_attributes
+from callward.collector.receiver import EXPORT_METHOD
+from callward.collector.schema import DUCKDB_FILE
+from callward.collector.store import parquet_files
 
 REPO = Path(__file__).resolve().parents[2]
 KILLS = 5
@@ -37,7 +37,10 @@ class CollectorProcess:
     """The real CLI in a subprocess; ``address`` is where it currently listens."""
 
     def __init__(
-        self, data_dir: Path, entry: tuple[str, ...] = ("-m", "collector"), decode_workers: int = 0
+        self,
+        data_dir: Path,
+        entry: tuple[str, ...] = ("-m", "callward.collector"),
+        decode_workers: int = 0,
     ):
         self.data_dir = data_dir
         self.entry = entry
@@ -160,7 +163,7 @@ def test_sigkill_loses_no_acknowledged_span_and_duplicates_none(tmp_path: Path) 
 @pytest.mark.timeout(120)
 def test_callward_collector_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     collector = CollectorProcess(
-        tmp_path / "data", entry=("-m", "callward_cli", "collector"), decode_workers=0
+        tmp_path / "data", entry=("-m", "callward", "collector"), decode_workers=0
     )
     collector.start()
     specs = [SpanSpec(attributes=callward_attributes(i)) for i in range(25)]

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from collector.decode import (
+from callward.collector.decode import (
     DecodeLimits,
     Decoder,
     any_value,
@@ -21,10 +21,10 @@ from collector.decode import (
     is_tool_call,
     set_any_value,
 )
-from collector.otlp_build import SpanSpec, build_request, callward_attributes
-from collector.otlp_parse import MalformedRequestError, parse_request
-from collector.schema import DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
-from collector.store import conform
+from callward.collector.otlp_build import SpanSpec, build_request, callward_attributes
+from callward.collector.otlp_parse import MalformedRequestError, parse_request
+from callward.collector.schema import DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
+from callward.collector.store import conform
 
 NOW = time.time_ns()
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"

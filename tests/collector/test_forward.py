@@ -23,8 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from collector import forward
-from collector.forward import ENV_HEADERS, Forwarder, count_spans, parse_headers
+from callward.collector import forward
+from callward.collector.forward import ENV_HEADERS, Forwarder, count_spans, parse_headers
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,11 +10,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 _PROBE = """
 import sys
-from collector.lean import keep_pandas_out
+from callward.collector.lean import keep_pandas_out
 assert keep_pandas_out()
 import pyarrow as pa
-from collector.decode import Decoder
-from collector.otlp_build import tool_call_batch
+from callward.collector.decode import Decoder
+from callward.collector.otlp_build import tool_call_batch
 import time
 result = Decoder().decode(tool_call_batch(3), time.time_ns())
 assert result.table.num_rows == 3, result.reasons

@@ -32,8 +32,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from enforcer.engine import Decision, Request
-from enforcer.telemetry import CallRecorder
+from callward.enforcer.engine import Decision, Request
+from callward.enforcer.telemetry import CallRecorder
 from tests.collector.test_redact import PLANTED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,7 +210,7 @@ class CollectorProcess:
             [
                 sys.executable,
                 "-c",
-                "from callward_cli import app; app()",
+                "from callward.cli import app; app()",
                 "collector",
                 "--data-dir",
                 str(data_dir),

@@ -19,12 +19,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from collector.config import load_config
-from collector.otlp_build import SpanSpec, build_request, callward_attributes, tool_call_batch
-from collector.receiver import EXPORT_METHOD
-from collector.schema import DUCKDB_FILE
-from collector.service import SPOOL_DIR, Collector
-from collector.spool import Spool
+from callward.collector.config import load_config
+from callward.collector.otlp_build import (
+    SpanSpec,
+    build_request,
+    callward_attributes,
+    tool_call_batch,
+)
+from callward.collector.receiver import EXPORT_METHOD
+from callward.collector.schema import DUCKDB_FILE
+from callward.collector.service import SPOOL_DIR, Collector
+from callward.collector.spool import Spool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -202,7 +207,7 @@ def test_rows_reach_parquet_soon_after_exports_pause(tmp_path: Path) -> None:
 
     import pyarrow.parquet as pq
 
-    from collector.store import parquet_files
+    from callward.collector.store import parquet_files
 
     def rows_in_parquet() -> int:
         return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(tmp_path))
@@ -405,9 +410,9 @@ def test_a_failed_flush_keeps_rows_in_memory_and_spool_until_it_succeeds(
 def test_the_enforcers_own_spans_round_trip(tmp_path: Path) -> None:
     """The contract with enforcer/telemetry.py: its call span fills the columns and its
     policy span passes the content-hash check and lands in D/policies."""
-    from enforcer.engine import Decision, Request
-    from enforcer.policy import compile_document
-    from enforcer.telemetry import CallRecorder
+    from callward.enforcer.engine import Decision, Request
+    from callward.enforcer.policy import compile_document
+    from callward.enforcer.telemetry import CallRecorder
 
     service = start(tmp_path)
     policy = compile_document({"version": "1", "default": "deny"})

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.redact import (
+from callward.collector.redact import (
     BUILTIN_KINDS,
     ENV_PATTERNS,
     Redactor,

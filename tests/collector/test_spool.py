@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.spool import (
+from callward.collector.spool import (
     HEADER_SIZE,
     Spool,
     decode_rows,

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from collector.schema import DUCKDB_FILE, PARQUET_DIR, POLICIES_DIR, TOOL_CALL_SCHEMA
-from collector.store import (
+from callward.collector.schema import DUCKDB_FILE, PARQUET_DIR, POLICIES_DIR, TOOL_CALL_SCHEMA
+from callward.collector.store import (
     StoreLockedError,
     StoreWriter,
     conform,
@@ -233,7 +233,7 @@ def test_a_writer_can_keep_duckdb_out_of_its_process(tmp_path: Path) -> None:
         import sys
         from pathlib import Path
         import pyarrow as pa
-        from collector.store import StoreWriter
+        from callward.collector.store import StoreWriter
         writer = StoreWriter(Path(sys.argv[1]), view_in_child=True)
         writer.write(pa.table({
             "start_time": pa.array([1_770_000_000_000_000 + i for i in range(4)], pa.timestamp("us", tz="UTC")),

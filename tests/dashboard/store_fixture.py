@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from collector.schema import POLICIES_DIR, TOOL_CALL_SCHEMA
-from collector.store import write_tool_calls
-from enforcer.policy import canonical_json, policy_version
+from callward.collector.schema import POLICIES_DIR, TOOL_CALL_SCHEMA
+from callward.collector.store import write_tool_calls
+from callward.enforcer.policy import canonical_json, policy_version
 
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 RUNAWAY_AGENT = "runaway-bot"

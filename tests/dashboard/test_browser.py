@@ -73,7 +73,7 @@ def dashboard_url(fixture_store: FixtureStore, tmp_path: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "callward_cli",
+            "callward.cli",
             "dashboard",
             "--data",
             str(fixture_store.data_dir),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from callward_cli import app
-from dashboard.cli import APP, streamlit_command
+from callward.cli import app
+from callward.dashboard.cli import APP, streamlit_command
 
 
 def test_a_missing_data_directory_exits_2_with_a_clear_message(tmp_path: Path) -> None:

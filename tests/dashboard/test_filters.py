@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as s
 
-from dashboard.filters import ALIGN_FROM, PRESETS, describe, resolve
+from callward.dashboard.filters import ALIGN_FROM, PRESETS, describe, resolve
 
 FIRST = datetime(2026, 3, 2, tzinfo=UTC)
 

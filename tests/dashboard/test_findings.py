@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from dashboard.findings import DetectionRunner, Findings, load, of_kind, to_frame
+from callward.dashboard.findings import DetectionRunner, Findings, load, of_kind, to_frame
 from tests.dashboard.store_fixture import EXFIL_AGENT, EXFIL_SESSION, RUNAWAY_AGENT, FixtureStore
 
 

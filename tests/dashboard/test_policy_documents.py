@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collector.schema import POLICIES_DIR
-from dashboard import policy_documents
-from enforcer.policy import policy_version
+from callward.collector.schema import POLICIES_DIR
+from callward.dashboard import policy_documents
+from callward.enforcer.policy import policy_version
 
 DOC = {"version": "1", "default": "allow"}
 

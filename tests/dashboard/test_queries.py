@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as s
 
-from collector.schema import PARQUET_DIR
-from collector.store import write_tool_calls
-from dashboard import queries
-from dashboard.queries import CallFilter, QueryError, QueryTimeout
+from callward.collector.schema import PARQUET_DIR
+from callward.collector.store import write_tool_calls
+from callward.dashboard import queries
+from callward.dashboard.queries import CallFilter, QueryError, QueryTimeout
 from tests.dashboard.store_fixture import EXFIL_HOST, FixtureStore, build_rows
 
 HOSTILE = [

@@ -16,10 +16,10 @@ import streamlit as st
 from hypothesis import given, settings
 from hypothesis import strategies as s
 
-from collector.schema import TOOL_CALL_SCHEMA
-from collector.store import write_tool_calls
-from dashboard import queries, rollups
-from dashboard.queries import CallFilter
+from callward.collector.schema import TOOL_CALL_SCHEMA
+from callward.collector.store import write_tool_calls
+from callward.dashboard import queries, rollups
+from callward.dashboard.queries import CallFilter
 from tests.dashboard.store_fixture import T0, FixtureStore, build_rows
 
 AGENTS = ["planner", "coder", "runaway-bot", "exfil-agent", "nobody"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dashboard.settings import DATA_ENV, data_dir
+from callward.dashboard.settings import DATA_ENV, data_dir
 
 
 def test_the_argument_beats_the_environment() -> None:

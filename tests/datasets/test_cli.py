@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from callward_cli import app
-from datasets.labels import read_labels
+from callward.cli import app
+from callward.datasets.labels import read_labels
 
 runner = CliRunner()
 

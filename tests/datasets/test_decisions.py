@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datasets.decisions import CallTable, _replay_all, evaluate
-from enforcer.policy import compile_text
+from callward.datasets.decisions import CallTable, _replay_all, evaluate
+from callward.enforcer.policy import compile_text
 
 POLICY = compile_text(
     """

@@ -12,11 +12,17 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from collector.schema import DECISIONS, PARQUET_DIR, TOOL_CALL_SCHEMA
-from datasets.generator import DEMO_POLICY, GenerateConfig, GenerateSummary, generate, hex_ids
-from datasets.incidents import SCENARIOS
-from datasets.labels import read_labels
-from enforcer.policy import load_policy
+from callward.collector.schema import DECISIONS, PARQUET_DIR, TOOL_CALL_SCHEMA
+from callward.datasets.generator import (
+    DEMO_POLICY,
+    GenerateConfig,
+    GenerateSummary,
+    generate,
+    hex_ids,
+)
+from callward.datasets.incidents import SCENARIOS
+from callward.datasets.labels import read_labels
+from callward.enforcer.policy import load_policy
 
 SMALL = dict(agents=7, days=2, calls=6000)
 

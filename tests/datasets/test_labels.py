@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from datasets.labels import LABELS_FILE, Label, read_labels, write_labels
+from callward.datasets.labels import LABELS_FILE, Label, read_labels, write_labels
 
 
 def label(i: int, session: str = "") -> Label:

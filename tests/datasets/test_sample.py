@@ -7,12 +7,12 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from collector.schema import PARQUET_DIR, TOOL_CALL_SCHEMA
-from datasets.generator import generate
-from datasets.labels import read_labels
-from datasets.sample_store import SAMPLE_DIR, sample_config
-from datasets.scoring import score
-from detectors import KINDS, detect
+from callward.collector.schema import PARQUET_DIR, TOOL_CALL_SCHEMA
+from callward.datasets.generator import generate
+from callward.datasets.labels import read_labels
+from callward.datasets.sample_store import SAMPLE_DIR, sample_config
+from callward.datasets.scoring import score
+from callward.detectors import KINDS, detect
 
 
 def table(d: Path):

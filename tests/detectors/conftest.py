@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from collector.schema import TOOL_CALL_SCHEMA
-from collector.store import write_tool_calls
+from callward.collector.schema import TOOL_CALL_SCHEMA
+from callward.collector.store import write_tool_calls
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from callward_cli import app
-from collector.store import ensure_store
+from callward.cli import app
+from callward.collector.store import ensure_store
 from tests.detectors.conftest import call, history
 
 runner = CliRunner()

@@ -7,7 +7,7 @@ import os
 
 import duckdb
 
-from detectors import detect
+from callward.detectors import detect
 from tests.detectors.conftest import call, history, table
 
 LATER = 40 * 3600.0  # after the day and a half of history

@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from collector.store import ensure_store
-from detectors import Finding, detect, detect_report
+from callward.collector.store import ensure_store
+from callward.detectors import Finding, detect, detect_report
 from tests.detectors.conftest import T0, call, history
 
 
@@ -111,7 +111,7 @@ def test_a_connection_gives_the_same_findings_as_the_directory(make_store) -> No
     rows.append(call("read_file", {"path": "/w/.env"}, 45 * 3600.0, session="x"))
     rows.append(call("create_gist", {"public": True, "files": {}}, 45 * 3600.0 + 5, session="x"))
     d = make_store(rows)
-    from collector.store import view_sql
+    from callward.collector.store import view_sql
 
     con = duckdb.connect()
     con.execute(view_sql(d))

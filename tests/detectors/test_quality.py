@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from datasets.generator import GenerateConfig, generate
-from datasets.labels import read_labels
-from datasets.scoring import Scorecard, markdown, score
-from detectors import KINDS, detect
+from callward.datasets.generator import GenerateConfig, generate
+from callward.datasets.labels import read_labels
+from callward.datasets.scoring import Scorecard, markdown, score
+from callward.detectors import KINDS, detect
 
 SEEDS = (101, 202, 303)
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors import DetectorConfig, detect
+from callward.detectors import DetectorConfig, detect
 from tests.detectors.conftest import call, history, table
 
 CFG = DetectorConfig()

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from callward_cli import app
-from enforcer.casetest import run_case
-from enforcer.policy import load_policy
+from callward.cli import app
+from callward.enforcer.casetest import run_case
+from callward.enforcer.policy import load_policy
 
 CASES = Path(__file__).parent / "cases"
 runner = CliRunner()

@@ -11,10 +11,10 @@ from typing import Any
 import grpc
 import pytest
 
-from enforcer.client import EnforcerClient, EnforcerRejected, EnforcerUnavailable
-from enforcer.engine import Decision, Request
-from enforcer.policy import compile_document
-from enforcer.server import SERVICE_NAME, EnforcerConfig, EnforcerServer, EnforcerService
+from callward.enforcer.client import EnforcerClient, EnforcerRejected, EnforcerUnavailable
+from callward.enforcer.engine import Decision, Request
+from callward.enforcer.policy import compile_document
+from callward.enforcer.server import SERVICE_NAME, EnforcerConfig, EnforcerServer, EnforcerService
 
 pytestmark = pytest.mark.timeout(60)
 

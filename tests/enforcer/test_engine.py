@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from enforcer.engine import InMemoryLimitState, Request, decide, holds, visible_tools
-from enforcer.policy import Condition, compile_document, compile_text
+from callward.enforcer.engine import InMemoryLimitState, Request, decide, holds, visible_tools
+from callward.enforcer.policy import Condition, compile_document, compile_text
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 

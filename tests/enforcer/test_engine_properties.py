@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enforcer.engine import InMemoryLimitState, Request, decide
-from enforcer.policy import compile_document
+from callward.enforcer.engine import InMemoryLimitState, Request, decide
+from callward.enforcer.policy import compile_document
 
 TOOLS = ["a", "b", "c"]
 GRANTS = ["g1", "g2"]

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from callward_cli import app
-from enforcer.errors import PolicyInvalid
-from enforcer.policy import check_file, compile_text, load_policy
+from callward.cli import app
+from callward.enforcer.errors import PolicyInvalid
+from callward.enforcer.policy import check_file, compile_text, load_policy
 
 BROKEN = Path(__file__).parent / "broken"
 EXPECTED: dict[str, list[str]] = yaml.safe_load((BROKEN / "expected.yaml").read_text())

@@ -23,13 +23,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from enforcer.policy import load_policy
-from enforcer.reload import PolicyReloader
-from enforcer.server import SERVICE_NAME, EnforcerService
-from enforcer.server_cli import telemetry_wanted
-from enforcer.telemetry import POLICY_SPAN_NAME, CallRecorder
-from proto.callward.v1 import enforcer_pb2 as pb
-from proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
+from callward.enforcer.policy import load_policy
+from callward.enforcer.reload import PolicyReloader
+from callward.enforcer.server import SERVICE_NAME, EnforcerService
+from callward.enforcer.server_cli import telemetry_wanted
+from callward.enforcer.telemetry import POLICY_SPAN_NAME, CallRecorder
+from callward.proto.callward.v1 import enforcer_pb2 as pb
+from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,7 +197,7 @@ def test_cli_reloads_on_sighup_and_keeps_old_policy_when_invalid(tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "callward_cli",
+            "callward.cli",
             "enforcer",
             "--policy",
             str(path),

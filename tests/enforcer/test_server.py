@@ -30,8 +30,8 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from typer.testing import CliRunner, Result
 
-from enforcer.policy import CompiledPolicy, compile_document, load_policy
-from enforcer.server import (
+from callward.enforcer.policy import CompiledPolicy, compile_document, load_policy
+from callward.enforcer.server import (
     MAX_REQUEST_BYTES,
     SERVICE_NAME,
     EnforcerConfig,
@@ -40,10 +40,10 @@ from enforcer.server import (
     ListenFailed,
     UnknownCall,
 )
-from enforcer.server_cli import register
-from enforcer.telemetry import POLICY_SPAN_NAME, CallRecorder
-from proto.callward.v1 import enforcer_pb2 as pb
-from proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
+from callward.enforcer.server_cli import register
+from callward.enforcer.telemetry import POLICY_SPAN_NAME, CallRecorder
+from callward.proto.callward.v1 import enforcer_pb2 as pb
+from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "examples" / "policies" / "seed.json"
@@ -624,7 +624,7 @@ def test_cli_serves_exports_and_flushes_on_sigterm() -> None:
         [
             sys.executable,
             "-m",
-            "callward_cli",
+            "callward.cli",
             "enforcer",
             "--policy",
             str(SEED),

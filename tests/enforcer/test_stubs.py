@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
-from proto import generate as gen
+from callward.proto import generate as gen
 
 STUB_DIR = gen.PROTO_ROOT / "callward" / "v1"
 STUBS = ("enforcer_pb2.py", "enforcer_pb2.pyi", "enforcer_pb2_grpc.py")
@@ -69,7 +69,7 @@ def test_grpc_stub_imports_its_messages_relatively() -> None:
     text = (STUB_DIR / "enforcer_pb2_grpc.py").read_text()
     assert "from callward.v1 import" not in text
     assert "from . import enforcer_pb2" in text
-    from proto.callward.v1 import enforcer_pb2, enforcer_pb2_grpc
+    from callward.proto.callward.v1 import enforcer_pb2, enforcer_pb2_grpc
 
     assert enforcer_pb2.DESCRIPTOR.package == "callward.v1"
     assert hasattr(enforcer_pb2_grpc, "EnforcerStub")

@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from enforcer.engine import Decision, Request
-from enforcer.telemetry import (
+from callward.enforcer.engine import Decision, Request
+from callward.enforcer.telemetry import (
     MAX_ARGUMENT_CHARS,
     POLICY_SPAN_NAME,
     CallRecorder,

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from enforcer import vectorize
-from enforcer.engine import CounterKey, Request, decide
-from enforcer.policy import compile_document
-from enforcer.vectorize import json_pointer, stateless_verdicts
+from callward.enforcer import vectorize
+from callward.enforcer.engine import CounterKey, Request, decide
+from callward.enforcer.policy import compile_document
+from callward.enforcer.vectorize import json_pointer, stateless_verdicts
 from tests.replay.strategies import call_fields, policy_documents
 
 

@@ -22,13 +22,13 @@ from mcp.types import Implementation, JSONRPCMessage
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from demo import servers as demo_servers
-from enforcer.proxy.gate import Gate
-from enforcer.proxy.http import ProxyHTTP, bound_socket, uvicorn_server
-from enforcer.proxy.relay import Relay
-from enforcer.proxy.stdio import stdio_identity
-from enforcer.proxy.upstream import Connector
-from enforcer.telemetry import CallRecorder
+from callward.demo import servers as demo_servers
+from callward.enforcer.proxy.gate import Gate
+from callward.enforcer.proxy.http import ProxyHTTP, bound_socket, uvicorn_server
+from callward.enforcer.proxy.relay import Relay
+from callward.enforcer.proxy.stdio import stdio_identity
+from callward.enforcer.proxy.upstream import Connector
+from callward.enforcer.telemetry import CallRecorder
 
 REPO = Path(__file__).resolve().parents[2]
 SERVERS_DIR = Path(__file__).resolve().parent / "servers"

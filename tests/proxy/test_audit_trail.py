@@ -13,9 +13,9 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from collector.config import load_config
-from collector.schema import DUCKDB_FILE
-from collector.service import Collector
+from callward.collector.config import load_config
+from callward.collector.schema import DUCKDB_FILE
+from callward.collector.service import Collector
 from tests.proxy.conftest import REPO
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -55,7 +55,7 @@ async def test_every_call_reaches_the_audit_trail(
     params = StdioServerParameters(
         command=sys.executable,
         args=[
-            "-m", "enforcer.proxy",
+            "-m", "callward.enforcer.proxy",
             "--policy", str(policy),
             "--grant", "auditor",
             "--server", "time",

@@ -16,14 +16,20 @@ from hypothesis import strategies as st
 from mcp.types import TextContent
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, Decision, Request
-from enforcer.policy import compile_document
-from enforcer.proxy.gate import Gate, Identity, InProcessChecker, RemoteChecker, refusal_result
-from enforcer.proxy.upstream import command_upstream
-from enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService
-from enforcer.telemetry import CallRecorder
-from proto.callward.v1 import enforcer_pb2 as pb
-from proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
+from callward.enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, Decision, Request
+from callward.enforcer.policy import compile_document
+from callward.enforcer.proxy.gate import (
+    Gate,
+    Identity,
+    InProcessChecker,
+    RemoteChecker,
+    refusal_result,
+)
+from callward.enforcer.proxy.upstream import command_upstream
+from callward.enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService
+from callward.enforcer.telemetry import CallRecorder
+from callward.proto.callward.v1 import enforcer_pb2 as pb
+from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
 from tests.proxy.conftest import attrs, call_spans, misbehaving_command, relay_session
 
 pytestmark = pytest.mark.timeout(90)
@@ -217,7 +223,7 @@ decisions = st.builds(
 def test_every_refusal_is_an_error_result_software_can_recognise(
     decision: Decision, failure: bool
 ) -> None:
-    from enforcer.proxy.gate import Verdict
+    from callward.enforcer.proxy.gate import Verdict
 
     verdict = Verdict(Request(tool="t", arguments={}), decision, None, failure, 0.0)
     result = refusal_result(verdict)
@@ -264,7 +270,7 @@ def test_listings_never_show_a_hidden_tool_and_keep_order(tools: list[Any]) -> N
 
 
 def test_allow_constant_is_what_the_gate_forwards() -> None:
-    from enforcer.proxy.gate import Verdict
+    from callward.enforcer.proxy.gate import Verdict
 
     v = Verdict(Request(tool="t", arguments={}), Decision(ALLOW, "/x", "", "v"), None, False, 0.0)
     assert v.forward

@@ -20,12 +20,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import Implementation, TextContent
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from enforcer.policy import compile_document
-from enforcer.proxy.gate import Gate, InProcessChecker
-from enforcer.proxy.http import ProxyHTTP, origin_allowed
-from enforcer.proxy.tokens import parse_tokens
-from enforcer.proxy.upstream import command_upstream, url_upstream
-from enforcer.telemetry import CallRecorder
+from callward.enforcer.policy import compile_document
+from callward.enforcer.proxy.gate import Gate, InProcessChecker
+from callward.enforcer.proxy.http import ProxyHTTP, origin_allowed
+from callward.enforcer.proxy.tokens import parse_tokens
+from callward.enforcer.proxy.upstream import command_upstream, url_upstream
+from callward.enforcer.telemetry import CallRecorder
 from tests.proxy.conftest import attrs, call_spans, http_proxy, misbehaving_command
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,10 +9,10 @@ import pytest
 from mcp.types import TextContent
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from enforcer.policy import compile_document, load_policy
-from enforcer.proxy.gate import Gate, InProcessChecker
-from enforcer.proxy.upstream import command_upstream
-from enforcer.telemetry import CallRecorder
+from callward.enforcer.policy import compile_document, load_policy
+from callward.enforcer.proxy.gate import Gate, InProcessChecker
+from callward.enforcer.proxy.upstream import command_upstream
+from callward.enforcer.telemetry import CallRecorder
 from tests.proxy.conftest import REPO, attrs, relay_session, spans_by_tool
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]

@@ -11,17 +11,17 @@ from mcp.shared.exceptions import McpError
 from mcp.types import CreateMessageResult, TextContent
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from enforcer.policy import compile_document
-from enforcer.proxy.gate import Gate, InProcessChecker
-from enforcer.proxy.relay import (
+from callward.enforcer.policy import compile_document
+from callward.enforcer.proxy.gate import Gate, InProcessChecker
+from callward.enforcer.proxy.relay import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     PARSE_ERROR,
     UPSTREAM_TIMEOUT,
     UPSTREAM_UNAVAILABLE,
 )
-from enforcer.proxy.upstream import command_upstream
-from enforcer.telemetry import CallRecorder
+from callward.enforcer.proxy.upstream import command_upstream
+from callward.enforcer.telemetry import CallRecorder
 from tests.proxy.conftest import (
     attrs,
     call_spans,

@@ -18,9 +18,9 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import TextContent
 from typer.testing import CliRunner
 
-from enforcer.proxy.cli import register
-from enforcer.proxy.relay import MESSAGE_TOO_LARGE, OVERSIZE_METHOD, PARSE_ERROR
-from enforcer.proxy.stdio import BoundedLines, oversize_stand_in
+from callward.enforcer.proxy.cli import register
+from callward.enforcer.proxy.relay import MESSAGE_TOO_LARGE, OVERSIZE_METHOD, PARSE_ERROR
+from callward.enforcer.proxy.stdio import BoundedLines, oversize_stand_in
 from tests.proxy.conftest import MISBEHAVING, REPO
 
 pytestmark = pytest.mark.timeout(120)
@@ -107,12 +107,12 @@ def test_trailing_line_without_newline_and_blank_lines() -> None:
 
 def cli(*args: str) -> list[str]:
     """The whole ``callward proxy`` command, as an MCP client would launch it."""
-    return [sys.executable, "-m", "callward_cli", "proxy", *args]
+    return [sys.executable, "-m", "callward", "proxy", *args]
 
 
 def proxy_only(*args: str) -> list[str]:
     """The proxy without the other components (quicker to start)."""
-    return [sys.executable, "-m", "enforcer.proxy", *args]
+    return [sys.executable, "-m", "callward.enforcer.proxy", *args]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enforcer.proxy.tokens import (
+from callward.enforcer.proxy.tokens import (
     MIN_TOKEN_LENGTH,
     TokensInvalid,
     load_tokens,

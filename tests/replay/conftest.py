@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from enforcer.policy import compile_document
+from callward.enforcer.policy import compile_document
 from tests.replay.recorded import EPOCH_US, Call, simulate_online, write_store
 
 RECORDED_POLICY: dict[str, Any] = {

@@ -17,10 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from collector.schema import TOOL_CALL_SCHEMA
-from collector.store import save_policy, write_tool_calls
-from enforcer.engine import InMemoryLimitState, Request, decide
-from enforcer.policy import CompiledPolicy
+from callward.collector.schema import TOOL_CALL_SCHEMA
+from callward.collector.store import save_policy, write_tool_calls
+from callward.enforcer.engine import InMemoryLimitState, Request, decide
+from callward.enforcer.policy import CompiledPolicy
 
 EPOCH_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 

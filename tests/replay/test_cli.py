@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from replay.cli import register
+from callward.replay.cli import register
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "replay" / "report.schema.json").read_text()
@@ -270,7 +270,7 @@ def test_every_format_parses(store: dict[str, Path]) -> None:
 
 
 def test_hostile_names_are_escaped_in_markdown_and_html(tmp_path: Path) -> None:
-    from enforcer.policy import compile_document
+    from callward.enforcer.policy import compile_document
     from tests.replay.recorded import EPOCH_US, Call, simulate_online, write_store
 
     evil = "<script>alert(1)</script>|x"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replay.gates import GateError, evaluate_gates, parse_gate
+from callward.replay.gates import GateError, evaluate_gates, parse_gate
 
 
 def _report(**over: Any) -> dict[str, Any]:

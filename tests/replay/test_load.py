@@ -16,11 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from collector.schema import PARQUET_DIR, TOOL_CALL_SCHEMA
-from enforcer.policy import compile_document
-from replay import load
-from replay.compare import ReplayRequest, compare
-from replay.load import StoreError, load_calls, load_recorded_policies, parse_time
+from callward.collector.schema import PARQUET_DIR, TOOL_CALL_SCHEMA
+from callward.enforcer.policy import compile_document
+from callward.replay import load
+from callward.replay.compare import ReplayRequest, compare
+from callward.replay.load import StoreError, load_calls, load_recorded_policies, parse_time
 from tests.replay.recorded import EPOCH_US, Call, simulate_online, write_store
 
 POLICY = compile_document(

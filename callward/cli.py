@@ -15,14 +15,14 @@ from typer.core import TyperGroup
 
 # command -> module exposing register(app: typer.Typer)
 COMMANDS: dict[str, str] = {
-    "policy": "enforcer.cli",
-    "enforcer": "enforcer.cli",
-    "proxy": "enforcer.proxy.cli",
-    "collector": "collector.cli",
-    "replay": "replay.cli",
-    "datasets": "datasets.cli",
-    "detect": "detectors.cli",
-    "dashboard": "dashboard.cli",
+    "policy": "callward.enforcer.cli",
+    "enforcer": "callward.enforcer.cli",
+    "proxy": "callward.enforcer.proxy.cli",
+    "collector": "callward.collector.cli",
+    "replay": "callward.replay.cli",
+    "datasets": "callward.datasets.cli",
+    "detect": "callward.detectors.cli",
+    "dashboard": "callward.dashboard.cli",
 }
 
 
@@ -59,8 +59,24 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from callward import __version__
+
+        typer.echo(f"callward {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the installed version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
     """Policy gateway, audit trail and replay for AI-agent tool calls (MCP)."""
 
 
