@@ -35,7 +35,12 @@ def generate_command(
     calls: int | None = typer.Option(
         None, "--calls", min=1, max=200_000_000, help="Approximate number of ordinary calls."
     ),
-    policy: Path = typer.Option(DEMO_POLICY, "--policy", help="Policy that decides the calls."),
+    policy: Path = typer.Option(
+        DEMO_POLICY,
+        "--policy",
+        help="Policy that decides the calls.",
+        show_default="the shipped demo.yaml",
+    ),
     start: str | None = typer.Option(
         None,
         "--start",
