@@ -15,7 +15,8 @@ from rich.console import Console
 from callward.enforcer.errors import PolicyInvalid
 from callward.enforcer.policy import load_policy
 from callward.enforcer.reload import PolicyReloader
-from callward.enforcer.server import EnforcerConfig, EnforcerServer, EnforcerService, ListenFailed
+from callward.enforcer.server import EnforcerServer, EnforcerService, ListenFailed
+from callward.enforcer.server_config import ENV_OF, make_server_config
 from callward.enforcer.telemetry import CallRecorder
 
 out = Console(highlight=False, soft_wrap=True)
@@ -40,7 +41,11 @@ def _recorder(endpoint: str | None) -> CallRecorder:
 
 def enforcer(
     policy: Path = typer.Option(..., "--policy", help="Policy file (JSON or YAML)."),
-    listen: str = typer.Option("127.0.0.1:50051", "--listen", help="HOST:PORT; port 0 picks one."),
+    listen: str | None = typer.Option(
+        None,
+        "--listen",
+        help=f"HOST:PORT; port 0 picks one (default: ${ENV_OF['listen']}, else 127.0.0.1:50051).",
+    ),
     otlp: bool | None = typer.Option(
         None,
         "--otlp/--no-otlp",
@@ -53,10 +58,15 @@ def enforcer(
     reload_interval: float = typer.Option(
         1.0, "--reload-interval", help="Seconds between policy file checks; 0: SIGHUP only."
     ),
-    pending_ttl: float = typer.Option(
-        600.0, "--pending-ttl", help="Seconds an allowed call waits for its Report."
+    pending_ttl: float | None = typer.Option(
+        None,
+        "--pending-ttl",
+        help="Seconds an allowed call waits for its Report "
+        f"(default: ${ENV_OF['pending_ttl_s']}, else 600).",
     ),
-    workers: int = typer.Option(8, "--workers", help="gRPC worker threads."),
+    workers: int | None = typer.Option(
+        None, "--workers", help=f"gRPC worker threads (default: ${ENV_OF['max_workers']}, else 8)."
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Serve Check/Report over gRPC (with health and reflection) for one policy file."""
@@ -71,9 +81,7 @@ def enforcer(
         err.print(f"callward enforcer: {policy} is not a valid policy; not starting", markup=False)
         raise typer.Exit(2) from None
     try:
-        config = EnforcerConfig(
-            listen=listen, max_workers=workers, pending_ttl_s=pending_ttl
-        ).validated()
+        config = make_server_config(listen=listen, max_workers=workers, pending_ttl_s=pending_ttl)
     except ValueError as e:
         err.print(f"callward enforcer: {e}", markup=False)
         raise typer.Exit(2) from None
