@@ -29,6 +29,7 @@ from callward.enforcer.proxy.relay import Relay
 from callward.enforcer.proxy.stdio import stdio_identity
 from callward.enforcer.proxy.upstream import Connector
 from callward.enforcer.telemetry import CallRecorder
+from tests.real import require_real
 
 REPO = Path(__file__).resolve().parents[2]
 SERVERS_DIR = Path(__file__).resolve().parent / "servers"
@@ -40,7 +41,7 @@ def ensure_server(name: str) -> Path:
     try:
         return demo_servers.ensure_server(name)
     except demo_servers.ServerInstallFailed as e:
-        pytest.skip(str(e))
+        require_real(f"the MCP server {name} from PyPI", str(e))
 
 
 @pytest.fixture(scope="session")
