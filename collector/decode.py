@@ -41,6 +41,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from callward import semconv
 from callward.collector.otlp_parse import (
     MalformedRequestError,
     parse_raw_attributes,
@@ -49,8 +50,8 @@ from callward.collector.otlp_parse import (
 from callward.collector.redact import default_redactor
 from callward.collector.schema import COLUMNS, DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
 
-TOOL_OPERATION = "execute_tool"
-POLICY_SPAN_NAME = "callward.policy"
+TOOL_OPERATION = semconv.GEN_AI_OPERATION_EXECUTE_TOOL
+POLICY_SPAN_NAME = semconv.POLICY_SPAN_NAME
 TRUNCATION_MARKER = "[TRUNCATED:{size} bytes]"
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_MAX_FUTURE_SKEW_S = 24 * 3600.0
@@ -58,26 +59,26 @@ MAX_REASONS = 5
 
 # Attribute -> text column. Numbers, arguments and enums are handled separately below.
 _TEXT_COLUMNS = {
-    "gen_ai.tool.call.id": "call_id",
-    "gen_ai.agent.id": "agent_id",
-    "gen_ai.conversation.id": "session_id",
-    "callward.grant": "grant",
-    "callward.server": "server",
-    "gen_ai.tool.name": "tool",
-    "callward.rule": "rule",
-    "callward.message": "message",
-    "callward.policy.version": "policy_version",
-    "error.type": "error_type",
+    semconv.GEN_AI_TOOL_CALL_ID: "call_id",
+    semconv.GEN_AI_AGENT_ID: "agent_id",
+    semconv.GEN_AI_CONVERSATION_ID: "session_id",
+    semconv.CALLWARD_GRANT: "grant",
+    semconv.CALLWARD_SERVER: "server",
+    semconv.GEN_AI_TOOL_NAME: "tool",
+    semconv.CALLWARD_RULE: "rule",
+    semconv.CALLWARD_MESSAGE: "message",
+    semconv.CALLWARD_POLICY_VERSION: "policy_version",
+    semconv.ERROR_TYPE: "error_type",
 }
-_ARGUMENTS = "gen_ai.tool.call.arguments"
-_DECISION = "callward.decision"
-_OUTCOME = "callward.outcome"
-_DURATION = "callward.duration_ms"
-_RESULT_BYTES = "callward.result_bytes"
-_OPERATION = "gen_ai.operation.name"
-_SERVICE_NAME = "service.name"
-_POLICY_VERSION = "callward.policy.version"
-_POLICY_DOCUMENT = "callward.policy.document"
+_ARGUMENTS = semconv.GEN_AI_TOOL_CALL_ARGUMENTS
+_DECISION = semconv.CALLWARD_DECISION
+_OUTCOME = semconv.CALLWARD_OUTCOME
+_DURATION = semconv.CALLWARD_DURATION_MS
+_RESULT_BYTES = semconv.CALLWARD_RESULT_BYTES
+_OPERATION = semconv.GEN_AI_OPERATION_NAME
+_SERVICE_NAME = semconv.SERVICE_NAME
+_POLICY_VERSION = semconv.CALLWARD_POLICY_VERSION
+_POLICY_DOCUMENT = semconv.CALLWARD_POLICY_DOCUMENT
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}")
 # How each attribute key is handled: a column name (text columns) or one of these codes.
 _K_ARGUMENTS, _K_DECISION, _K_OUTCOME, _K_DURATION, _K_RESULT_BYTES, _K_OPERATION = range(6)
@@ -332,7 +333,7 @@ def _policy(attributes: Iterable[KeyValue]) -> PolicyDocument | str:
     attrs = {kv.key: kv.value.string_value for kv in attributes}
     version, document = attrs.get(_POLICY_VERSION, ""), attrs.get(_POLICY_DOCUMENT, "")
     if not _VERSION_RE.fullmatch(version):
-        return "policy span without a valid callward.policy.version"
+        return f"policy span without a valid {_POLICY_VERSION}"
     try:
         canonical = json.dumps(
             json.loads(document), sort_keys=True, separators=(",", ":"), ensure_ascii=False
@@ -412,7 +413,7 @@ def _bounded_attributes(others: dict[str, Any], budget: int) -> str:
             continue
         kept[key] = others[key]
         used += piece
-    kept["callward.collector.dropped_attributes"] = len(others) - len(kept)
+    kept[semconv.CALLWARD_COLLECTOR_DROPPED_ATTRIBUTES] = len(others) - len(kept)
     return _json_text(kept)
 
 
@@ -525,7 +526,7 @@ class Decoder:
             service = self._redaction.plain(_as_text(resource.pop(_SERVICE_NAME, "")))
             resource_key = _json_text(resource) if resource else ""
             for ss in rs.scope_spans:
-                scope = self._redaction.text("otel.scope.name", ss.scope.name)
+                scope = self._redaction.text(semconv.OTEL_SCOPE_NAME, ss.scope.name)
                 spans = self._collect(ss.spans, now_ns, result)
                 if spans.names:
                     tables.append(self._table(spans, service, resource, (scope, resource_key)))
@@ -538,7 +539,7 @@ class Decoder:
         out: dict[str, Any] = {}
         for kv in attributes:
             value = self._redaction.value(kv.key, any_value(kv.value))
-            out[kv.key if kv.key == _SERVICE_NAME else f"resource.{kv.key}"] = value
+            out[kv.key if kv.key == _SERVICE_NAME else semconv.RESOURCE_KEY_PREFIX + kv.key] = value
         return out
 
     def _reject(self, result: DecodeResult, span: Any, reason: str) -> None:
@@ -815,14 +816,16 @@ class Decoder:
         red = self._redaction
         others: dict[str, Any] = {entry[2]: entry[3] for entry in bag}  # type: ignore[misc]
         if odd_name is not None:
-            others["otel.span.name"] = red.text("otel.span.name", odd_name)
+            others[semconv.OTEL_SPAN_NAME] = red.text(semconv.OTEL_SPAN_NAME, odd_name)
         if code:
-            others["otel.status_code"] = "ERROR" if code == Status.STATUS_CODE_ERROR else "OK"
+            others[semconv.OTEL_STATUS_CODE] = "ERROR" if code == Status.STATUS_CODE_ERROR else "OK"
             if message:
-                others["otel.status_description"] = red.text("otel.status_description", message)
+                others[semconv.OTEL_STATUS_DESCRIPTION] = red.text(
+                    semconv.OTEL_STATUS_DESCRIPTION, message
+                )
         scope = context[0]
         if scope:
-            others["otel.scope.name"] = scope
+            others[semconv.OTEL_SCOPE_NAME] = scope
         if resource:
             others.update(resource)
         out = _bounded_attributes(others, self.limits.max_attributes_bytes)

@@ -13,6 +13,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from callward import semconv
 from callward.collector.decode import set_any_value
 
 
@@ -20,7 +21,7 @@ from callward.collector.decode import set_any_value
 class SpanSpec:
     """One span to build; ids are random unless given."""
 
-    name: str = "execute_tool read_file"
+    name: str = semconv.tool_call_span_name("read_file")
     attributes: Mapping[str, Any] = field(default_factory=dict)
     trace_id: bytes = b""
     span_id: bytes = b""
@@ -42,22 +43,22 @@ class SpanSpec:
 def callward_attributes(i: int = 0, **overrides: Any) -> dict[str, Any]:
     """The attributes the enforcer puts on a tool-call span (a realistic default set)."""
     attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "execute_tool",
-        "gen_ai.tool.name": "read_file",
-        "gen_ai.tool.call.id": f"call-{i}",
-        "gen_ai.agent.id": "agent-7",
-        "gen_ai.conversation.id": "session-1",
-        "mcp.method.name": "tools/call",
-        "mcp.session.id": "mcp-1",
-        "gen_ai.tool.call.arguments": json.dumps({"path": f"/srv/data/file-{i}.txt"}),
-        "callward.decision": "allow",
-        "callward.rule": "/tools/read_file",
-        "callward.policy.version": "sha256:0123456789abcdef",
-        "callward.grant": "files-ro",
-        "callward.server": "filesystem",
-        "callward.outcome": "ok",
-        "callward.duration_ms": 1.25,
-        "callward.result_bytes": 512,
+        semconv.GEN_AI_OPERATION_NAME: semconv.GEN_AI_OPERATION_EXECUTE_TOOL,
+        semconv.GEN_AI_TOOL_NAME: "read_file",
+        semconv.GEN_AI_TOOL_CALL_ID: f"call-{i}",
+        semconv.GEN_AI_AGENT_ID: "agent-7",
+        semconv.GEN_AI_CONVERSATION_ID: "session-1",
+        semconv.MCP_METHOD_NAME: semconv.MCP_METHOD_TOOLS_CALL,
+        semconv.MCP_SESSION_ID: "mcp-1",
+        semconv.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"path": f"/srv/data/file-{i}.txt"}),
+        semconv.CALLWARD_DECISION: "allow",
+        semconv.CALLWARD_RULE: "/tools/read_file",
+        semconv.CALLWARD_POLICY_VERSION: "sha256:0123456789abcdef",
+        semconv.CALLWARD_GRANT: "files-ro",
+        semconv.CALLWARD_SERVER: "filesystem",
+        semconv.CALLWARD_OUTCOME: "ok",
+        semconv.CALLWARD_DURATION_MS: 1.25,
+        semconv.CALLWARD_RESULT_BYTES: 512,
     }
     attrs.update(overrides)
     return attrs
@@ -85,7 +86,7 @@ def build_request(
     """One ExportTraceServiceRequest holding ``spans`` under one resource and scope."""
     request = ExportTraceServiceRequest()
     rs = request.resource_spans.add()
-    for key, value in (resource or {"service.name": "callward-enforcer"}).items():
+    for key, value in (resource or {semconv.SERVICE_NAME: "callward-enforcer"}).items():
         set_any_value(rs.resource.attributes.add(key=key).value, value)
     ss = rs.scope_spans.add()
     ss.scope.name = scope

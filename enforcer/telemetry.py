@@ -46,12 +46,13 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from callward import semconv
 from callward.collector.redact import redact_json_text, redact_text
 from callward.enforcer.engine import Decision, Request
 
 log = logging.getLogger("callward.telemetry")
 
-POLICY_SPAN_NAME = "callward.policy"
+POLICY_SPAN_NAME = semconv.POLICY_SPAN_NAME  # re-exported: callers import it from here
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
@@ -153,7 +154,7 @@ def redact_arguments(arguments: Mapping[str, Any], max_chars: int = MAX_ARGUMENT
     if len(text) <= max_chars:
         return text
     return json.dumps(
-        {"callward.truncated": True, "chars": len(text), "prefix": text[: max_chars // 2]},
+        {semconv.CALLWARD_TRUNCATED: True, "chars": len(text), "prefix": text[: max_chars // 2]},
         ensure_ascii=False,
     )
 
@@ -279,13 +280,13 @@ class CallSpan:
         try:
             attrs = self._attributes
             if outcome:
-                attrs["callward.outcome"] = str(outcome)
+                attrs[semconv.CALLWARD_OUTCOME] = str(outcome)
             if duration_ms is not None:
-                attrs["callward.duration_ms"] = float(duration_ms)
+                attrs[semconv.CALLWARD_DURATION_MS] = float(duration_ms)
             if result_bytes is not None:
-                attrs["callward.result_bytes"] = int(result_bytes)
+                attrs[semconv.CALLWARD_RESULT_BYTES] = int(result_bytes)
             if error_type:
-                attrs["error.type"] = str(error_type)
+                attrs[semconv.ERROR_TYPE] = str(error_type)
                 self._status = Status(StatusCode.ERROR, str(error_type))
             self._done = True
             recorder.stats.spans_ended += 1
@@ -315,8 +316,8 @@ def service_resource(default_service_name: str) -> Resource:
     """The resource of our spans: ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` as
     the SDK reads them, with ``default_service_name`` only when the operator set none."""
     resource = Resource.create()
-    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({"service.name": default_service_name}))
+    if str(resource.attributes.get(semconv.SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({semconv.SERVICE_NAME: default_service_name}))
     return resource
 
 
@@ -378,29 +379,29 @@ class CallRecorder:
         """Open the span of one call; returns None (counted) if recording failed."""
         try:
             attrs: dict[str, Any] = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": _attribute_value(req.tool),
-                "mcp.method.name": "tools/call",
-                "gen_ai.tool.call.arguments": redact_arguments(req.arguments),
-                "callward.decision": _attribute_value(decision.decision),
-                "callward.rule": _attribute_value(decision.rule),
-                "callward.policy.version": _attribute_value(decision.policy_version),
+                semconv.GEN_AI_OPERATION_NAME: semconv.GEN_AI_OPERATION_EXECUTE_TOOL,
+                semconv.GEN_AI_TOOL_NAME: _attribute_value(req.tool),
+                semconv.MCP_METHOD_NAME: semconv.MCP_METHOD_TOOLS_CALL,
+                semconv.GEN_AI_TOOL_CALL_ARGUMENTS: redact_arguments(req.arguments),
+                semconv.CALLWARD_DECISION: _attribute_value(decision.decision),
+                semconv.CALLWARD_RULE: _attribute_value(decision.rule),
+                semconv.CALLWARD_POLICY_VERSION: _attribute_value(decision.policy_version),
             }
             if decision.message:
-                attrs["callward.message"] = redact_text(str(decision.message))
+                attrs[semconv.CALLWARD_MESSAGE] = redact_text(str(decision.message))
             for key, value in (
-                ("gen_ai.tool.call.id", req.call_id),
-                ("gen_ai.agent.id", req.agent_id),
-                ("gen_ai.conversation.id", req.session_id),
-                ("mcp.session.id", mcp_session_id),
-                ("callward.grant", req.grant),
-                ("callward.server", req.server),
+                (semconv.GEN_AI_TOOL_CALL_ID, req.call_id),
+                (semconv.GEN_AI_AGENT_ID, req.agent_id),
+                (semconv.GEN_AI_CONVERSATION_ID, req.session_id),
+                (semconv.MCP_SESSION_ID, mcp_session_id),
+                (semconv.CALLWARD_GRANT, req.grant),
+                (semconv.CALLWARD_SERVER, req.server),
             ):
                 if value:
                     attrs[key] = _attribute_value(value)
             if failure_mode:
-                attrs["callward.failure_mode"] = True
-            name = f"execute_tool {req.tool}"
+                attrs[semconv.CALLWARD_FAILURE_MODE] = True
+            name = semconv.tool_call_span_name(req.tool)
             parent = _remote_parent(traceparent) if traceparent else None
             context = self._new_context(name, parent, attrs)
             span = CallSpan(self, name, context, parent, attrs, start_time_ns or time.time_ns())
@@ -449,10 +450,10 @@ class CallRecorder:
             span = self.tracer.start_span(
                 POLICY_SPAN_NAME,
                 attributes={
-                    "callward.policy.version": version,
-                    "callward.policy.document": canonical_document,
-                    "callward.policy.source": source,
-                    "callward.policy.loaded_at": time.time(),
+                    semconv.CALLWARD_POLICY_VERSION: version,
+                    semconv.CALLWARD_POLICY_DOCUMENT: canonical_document,
+                    semconv.CALLWARD_POLICY_SOURCE: source,
+                    semconv.CALLWARD_POLICY_LOADED_AT: time.time(),
                 },
             )
             span.end()
