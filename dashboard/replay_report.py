@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
+from callward.dashboard import charts
 from callward.dashboard.queries import CACHE_TTL_S, CallFilter
 from callward.enforcer.policy import compile_text
 
@@ -52,6 +52,17 @@ def _single(values: tuple[str, ...]) -> str | None:
     return values[0] if len(values) == 1 else None
 
 
+def replay_range(flt: CallFilter) -> str:
+    """The time range a replay covers, named the way ``make demo`` names it: the sidebar's
+    range, which is all recorded calls unless narrowed."""
+    if flt.start is None or flt.end is None:
+        return "all recorded calls"
+    return (
+        f"{flt.start.astimezone(UTC):%Y-%m-%d %H:%M} → {flt.end.astimezone(UTC):%Y-%m-%d %H:%M}"
+        " UTC (the sidebar's time range; All data by default)"
+    )
+
+
 def show(data_dir: str, name: str, text: str, flt: CallFilter) -> None:
     """Replay ``text`` under the page filters and draw the report."""
     try:
@@ -60,6 +71,7 @@ def show(data_dir: str, name: str, text: str, flt: CallFilter) -> None:
         st.info("The replay package is not installed, so the candidate cannot be replayed.")
         return
     agent, tool = _single(flt.agents), _single(flt.tools)
+    st.markdown(f"**Range replayed:** {replay_range(flt)}")
     if len(flt.agents) > 1 or len(flt.tools) > 1 or flt.servers:
         st.caption(
             "Replay narrows by time, one agent and one tool; other filters are not applied "
@@ -102,7 +114,11 @@ def layout(report: dict[str, Any]) -> None:
         st.dataframe(frame, hide_index=True, width="stretch")
         for t in transitions:
             with st.expander(f"{t['name']}: {t['count']:,} call(s), examples"):
-                st.dataframe(pd.DataFrame(t["examples"]), hide_index=True, width="stretch")
+                st.dataframe(
+                    charts.name_missing_agents(pd.DataFrame(t["examples"])),
+                    hide_index=True,
+                    width="stretch",
+                )
 
     affected = report.get("most_affected", {})
     if any(affected.values()):
@@ -115,13 +131,8 @@ def layout(report: dict[str, Any]) -> None:
     points = report.get("newly_denied_over_time", {}).get("points", [])
     if points and any(p["count"] for p in points):
         st.subheader("Newly denied over time")
-        frame = pd.DataFrame(points).assign(start=lambda f: pd.to_datetime(f["start"]))
-        st.altair_chart(
-            alt.Chart(frame)
-            .mark_area(color="#c62828", opacity=0.6)
-            .encode(x=alt.X("start:T", title="time (UTC)"), y=alt.Y("count:Q", title="calls")),
-            width="stretch",
-        )
+        frame = pd.DataFrame(points).assign(start=lambda f: pd.to_datetime(f["start"], utc=True))
+        st.altair_chart(charts.over_time_area(frame, "start", "count"), width="stretch")
     _downloads(report)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from callward.dashboard import findings
+from callward.dashboard import charts, findings
 from callward.dashboard.queries import QueryError
 
 SESSION_SLACK = pd.Timedelta(days=1)  # a session may start before, or end after, a finding
@@ -59,6 +59,7 @@ def table(frame: pd.DataFrame, name: str, max_rows: int | None = None, **kwargs:
     if max_rows is not None and len(frame) > max_rows:
         frame = frame.head(max_rows)
         frame.attrs["truncated"] = True
+    frame = charts.name_missing_agents(frame)
     st.dataframe(frame, hide_index=True, width="stretch", **kwargs)
     truncated_note(frame)
     download(frame, name)
@@ -146,7 +147,7 @@ def pick_finding(frame: pd.DataFrame, key: str) -> pd.Series:
     """A picker over the first findings (most severe first); returns the chosen one's row."""
     frame = frame.head(MAX_PICKABLE)
     labels = [
-        f"{r.severity} · {r.pattern} · {r.agent_id} · {r.session_id or r.trace_id} · "
+        f"{r.severity} · {r.pattern} · {r.agent_id or charts.NO_AGENT} · {r.session_id or r.trace_id} · "
         f"{r.first_seen:%Y-%m-%d %H:%M}"
         for r in frame.itertuples()
     ]

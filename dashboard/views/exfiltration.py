@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
-from callward.dashboard import context, findings, queries, widgets
+from callward.dashboard import charts, context, findings, queries, widgets
 from callward.dashboard.queries import QueryError
 
 LOOKBACK = timedelta(hours=1)  # how far before a finding its flow starts
@@ -81,18 +80,11 @@ def render() -> None:
     if dests.empty:
         st.info("No call named a URL in this range.")
     else:
-        chart = (
-            alt.Chart(dests)
-            .mark_circle(size=90)
-            .encode(
-                x=alt.X("first_used:T", title="first used (UTC)"),
-                y=alt.Y("destination:N", sort=alt.SortField("first_used"), title=None),
-                size=alt.Size("calls:Q"),
-                color=alt.condition("datum.denied > 0", alt.value("#c62828"), alt.value("#546e7a")),
-                tooltip=["destination:N", "first_used:T", "first_agent:N", "calls:Q", "denied:Q"],
-            )
-            .properties(height=max(80, 22 * min(len(dests), 40)))
+        st.caption(
+            "Bigger and redder is more suspicious: a denied send, then a host used only "
+            f"{charts.RARE_CALLS} time(s) or fewer, then ordinary hosts."
         )
+        chart = charts.destinations(dests)
         st.altair_chart(chart, width="stretch")
         widgets.table(dests, "destinations")
 
@@ -102,11 +94,7 @@ def render() -> None:
     else:
         st.caption(f"{total:,} secrets in the arguments were replaced by a marker, by kind:")
         st.altair_chart(
-            alt.Chart(secrets)
-            .mark_bar()
-            .encode(
-                y=alt.Y("kind:N", sort="-x"), x="secrets:Q", tooltip=["kind", "secrets", "calls"]
-            ),
+            charts.count_bars(secrets, "kind", "secrets", ["kind", "secrets", "calls"]),
             width="stretch",
         )
         widgets.table(secrets, "redactions")

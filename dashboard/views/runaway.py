@@ -27,7 +27,7 @@ def evidence(row: pd.Series) -> None:
     )
     st.markdown(f"**{row['explanation'] or row['pattern']}**")
     st.caption(
-        f"{row['severity']} · agent `{row['agent_id']}` · {start:%Y-%m-%d %H:%M:%S} → "
+        f"{row['severity']} · agent `{row['agent_id'] or charts.NO_AGENT}` · {start:%Y-%m-%d %H:%M:%S} → "
         f"{end:%H:%M:%S} UTC · {len(calls):,} calls"
     )
     if not calls.empty:

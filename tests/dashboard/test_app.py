@@ -232,6 +232,10 @@ def test_a_valid_candidate_is_replayed_on_the_page(
     assert figures["Newly denied"] == f"{newly_denied:,}"
     transitions = next(d.value for d in at.dataframe if "name" in d.value.columns)
     assert "allow->deny" in set(transitions["name"])
+    # The page names the range it replayed: by default every recorded call.
+    first = min(table.column("start_time").to_pylist())
+    assert f"**Range replayed:** {first:%Y-%m-%d %H:%M} → " in all_text(at)
+    assert "All data by default" in all_text(at)
 
 
 @pytest.mark.timeout(120)

@@ -5,6 +5,7 @@ and a screenshot of each."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,11 +14,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.dashboard.conftest import REPO
-from tests.dashboard.store_fixture import FixtureStore
+from tests.dashboard.store_fixture import EXFIL_SESSION, FixtureStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -38,6 +40,9 @@ PAGES = {
     "replay": "replay",
     "policies": "policies",
 }
+# A zone far from UTC: a chart that formats in the browser's zone shows other hours.
+BROWSER_TZ = "America/New_York"
+SCREENSHOTS = REPO / "docs" / "screenshots"
 ERROR_BOXES = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 pytestmark = pytest.mark.skipif(
@@ -103,6 +108,56 @@ def dashboard_url(fixture_store: FixtureStore, tmp_path: Path) -> Iterator[str]:
         pass
 
 
+# The labels of every time (UTC) x axis in the page's SVG charts.
+TIME_TICKS_JS = """
+() => [...document.querySelectorAll('[data-testid="stVegaLiteChart"] g.role-axis')]
+  .filter(axis => (axis.getAttribute('aria-label') || '').startsWith('X-axis')
+               && axis.textContent.includes('(UTC)'))
+  .map(axis => [...axis.querySelectorAll('.role-axis-label text')].map(t => t.textContent))
+"""
+
+
+def _loaded(page: Any, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector(
+        '[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000
+    )
+    page.wait_for_selector("h1", timeout=30_000)
+
+
+@pytest.mark.timeout(300)
+def test_time_axes_read_utc_in_a_browser_in_new_york(dashboard_url: str) -> None:
+    """The exfiltration session's calls are at 20:00:00-20:00:09 UTC (15:00 in New York)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                viewport={"width": 1440, "height": 1000}, timezone_id=BROWSER_TZ
+            )
+            page = context.new_page()
+            assert page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone") == BROWSER_TZ
+            _loaded(page, f"{dashboard_url}/sessions?session={EXFIL_SESSION}")
+            page.wait_for_selector('[data-testid="stVegaLiteChart"] g.role-axis', timeout=30_000)
+            axes = page.evaluate(TIME_TICKS_JS)
+            assert len(axes) == 1 and axes[0], axes
+            assert all(label.startswith("20:00") for label in axes[0]), axes[0]
+
+            _loaded(page, dashboard_url)
+            page.wait_for_selector('[data-testid="stVegaLiteChart"] g.role-axis', timeout=30_000)
+            labels = [label for axis in page.evaluate(TIME_TICKS_JS) for label in axis]
+            # Two days from 2026-03-02 00:00 UTC: the second day starts at a UTC midnight,
+            # and every other tick is a 24-hour time.
+            assert "Mar 03" in labels, labels
+            assert all(
+                re.fullmatch(r"[A-Z][a-z]{2} \d{2}|([01]\d|2[0-3]):[0-5]\d", label)
+                for label in labels
+            ), labels
+        finally:
+            browser.close()
+
+
 @pytest.mark.timeout(300)
 def test_every_page_loads_in_a_real_browser_without_an_error_box(
     dashboard_url: str, tmp_path: Path
@@ -116,12 +171,7 @@ def test_every_page_loads_in_a_real_browser_without_an_error_box(
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             for name, path in PAGES.items():
-                page.goto(f"{dashboard_url}/{path}", wait_until="domcontentloaded")
-                page.wait_for_selector(
-                    '[data-testid="stApp"][data-test-script-state="notRunning"]',
-                    timeout=60_000,
-                )
-                page.wait_for_selector("h1", timeout=30_000)
+                _loaded(page, f"{dashboard_url}/{path}")
                 errors = page.locator(ERROR_BOXES)
                 assert errors.count() == 0, f"{name}: {errors.first.inner_text()}"
                 heading = page.locator("h1").first.inner_text()
@@ -131,7 +181,7 @@ def test_every_page_loads_in_a_real_browser_without_an_error_box(
             browser.close()
     saved = sorted(p.stem for p in shots.glob("*.png"))
     assert saved == sorted(PAGES)
-    target = os.environ.get("CALLWARD_SCREENSHOTS_DIR")
-    if target:  # refresh the README's screenshots: CALLWARD_SCREENSHOTS_DIR=docs/screenshots
-        for shot in shots.glob("*.png"):
-            shutil.copy(shot, Path(target) / shot.name)
+    # The screenshots under docs/ are the ones this run took, so they stay current.
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for shot in shots.glob("*.png"):
+        shutil.copy(shot, SCREENSHOTS / shot.name)
