@@ -1,4 +1,4 @@
-"""OTLP spans into tool-call rows (collector/schema.py's TOOL_CALL_SCHEMA).
+"""OTLP spans into tool-call rows (``callward.record.TOOL_CALL_SCHEMA``).
 
 Which spans are tool calls: ``gen_ai.operation.name == "execute_tool"`` or a span name
 starting with ``execute_tool`` (the OTel GenAI convention), whoever emitted them. Spans
@@ -48,7 +48,7 @@ from callward.collector.otlp_parse import (
     repaired_raw_attributes,
 )
 from callward.collector.redact import default_redactor
-from callward.collector.schema import COLUMNS, DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
+from callward.record import COLUMNS, DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
 
 TOOL_OPERATION = semconv.GEN_AI_OPERATION_EXECUTE_TOOL
 POLICY_SPAN_NAME = semconv.POLICY_SPAN_NAME

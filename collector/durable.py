@@ -10,9 +10,9 @@ import os
 import uuid
 from pathlib import Path
 
-# Temp files start with a dot and end in .tmp: no reader glob (*.parquet, *.json) sees them.
-TEMP_PREFIX = "."
-TEMP_SUFFIX = ".tmp"
+from callward.record import TEMP_PREFIX, TEMP_SUFFIX  # the store layout's temp names
+
+__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "atomic_write_bytes", "fsync_dir"]
 
 
 def fsync_dir(path: Path) -> None:

@@ -37,7 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from callward.collector.durable import TEMP_PREFIX, TEMP_SUFFIX, atomic_write_bytes, fsync_dir
-from callward.collector.schema import (
+from callward.collector.view import LOCKED_EXIT, StoreLockedError, apply_view
+from callward.record import (
     DUCKDB_FILE,
     PARQUET_DIR,
     PARTITION_COLUMN,
@@ -45,8 +46,13 @@ from callward.collector.schema import (
     STRING_COLUMNS,
     TABLE,
     TOOL_CALL_SCHEMA,
+    data_files,
+    data_files_glob,
+    partition_dir,
+    partition_files,
+    policy_path,
+    temp_files,
 )
-from callward.collector.view import LOCKED_EXIT, StoreLockedError, apply_view
 
 log = logging.getLogger("callward.collector.store")
 
@@ -116,9 +122,8 @@ def _keys(table: pa.Table) -> list[bytes]:
 
 
 def parquet_files(data_dir: Path) -> list[Path]:
-    """Every visible Parquet file of the store, in a stable order."""
-    root = Path(data_dir) / PARQUET_DIR
-    return sorted(p for p in root.glob("*/*.parquet") if not p.name.startswith("."))
+    """Every visible Parquet file of the store, in a stable order (:func:`record.data_files`)."""
+    return data_files(data_dir)
 
 
 def _empty_view_sql() -> str:
@@ -141,8 +146,8 @@ def _literal(text: str) -> str:
 def view_sql(data_dir: Path) -> str:
     """The ``CREATE VIEW`` statement for ``data_dir`` in its current state."""
     root = Path(data_dir).resolve()
-    if parquet_files(root):
-        glob = str(root / PARQUET_DIR / "**" / "*.parquet")
+    if data_files(root):
+        glob = data_files_glob(root)
         body = (
             f"SELECT * FROM read_parquet({_literal(glob)}, "
             "hive_partitioning = true, union_by_name = true)"
@@ -188,9 +193,7 @@ def ensure_store(data_dir: Path, *, view_in_child: bool = False) -> Path:
     root = Path(data_dir).resolve()
     (root / PARQUET_DIR).mkdir(parents=True, exist_ok=True)
     (root / POLICIES_DIR).mkdir(parents=True, exist_ok=True)
-    for stale in (root / PARQUET_DIR).glob(f"*/{TEMP_PREFIX}*{TEMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
-    for stale in (root / POLICIES_DIR).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+    for stale in temp_files(root):
         stale.unlink(missing_ok=True)
     try:
         (refresh_view_in_child if view_in_child else refresh_view)(root)
@@ -205,9 +208,7 @@ def save_policy(data_dir: Path, version: str, document: str) -> bool:
     The version is a content hash, so an existing file already holds this document.
     Returns True when the file was created now.
     """
-    if "/" in version or version.startswith("."):
-        raise ValueError(f"not a policy version: {version!r}")
-    path = Path(data_dir) / POLICIES_DIR / f"{version}.json"
+    path = policy_path(data_dir, version)
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +217,7 @@ def save_policy(data_dir: Path, version: str, document: str) -> bool:
 
 
 def _write_partition(root: Path, date: str, table: pa.Table) -> Path:
-    part_dir = root / PARQUET_DIR / f"{PARTITION_COLUMN}={date}"
+    part_dir = partition_dir(root, date)
     new_dir = not part_dir.exists()
     part_dir.mkdir(parents=True, exist_ok=True)
     if new_dir:
@@ -269,8 +270,7 @@ class StoreWriter:
             self._seen.move_to_end(date)
             return keys
         keys = set()
-        part_dir = self.root / PARQUET_DIR / f"{PARTITION_COLUMN}={date}"
-        for path in sorted(part_dir.glob("*.parquet")):
+        for path in partition_files(partition_dir(self.root, date)):
             keys.update(_keys(pq.read_table(path, columns=["trace_id", "span_id"])))
         self.partitions_loaded += 1
         self._seen[date] = keys

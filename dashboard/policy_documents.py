@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from callward.collector.schema import POLICIES_DIR
 from callward.enforcer.policy import policy_version
+from callward.record import policy_files
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
@@ -51,10 +51,7 @@ def _read(path: Path) -> PolicyDocument:
 
 def load_all(data_dir: str | Path) -> list[PolicyDocument]:
     """Every policy document in the store, oldest file first."""
-    root = Path(data_dir) / POLICIES_DIR
-    if not root.is_dir():
-        return []
-    files = [p for p in root.glob("*.json") if not p.name.startswith(".")]
+    files = policy_files(data_dir)
     files.sort(key=lambda p: (p.stat().st_mtime, p.name))
     return [_read(p) for p in files]
 

@@ -31,8 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import streamlit as st
 
-from callward.collector.schema import PARQUET_DIR, PARTITION_COLUMN, TABLE, TOOL_CALL_SCHEMA
 from callward.dashboard import rollups
+from callward.record import PARTITION_COLUMN, TABLE, TOOL_CALL_SCHEMA, data_files, data_files_glob
 
 CACHE_TTL_S = 30
 QUERY_TIMEOUT_S = 20.0
@@ -141,11 +141,10 @@ class Store:
     @property
     def glob(self) -> str:
         # The collector writes under dot-prefixed temp names and renames; never read those.
-        return str(self.data_dir / PARQUET_DIR / "*" / "[!.]*.parquet")
+        return data_files_glob(self.data_dir)
 
     def parquet_files(self) -> list[Path]:
-        files = (self.data_dir / PARQUET_DIR).glob("*/*.parquet")
-        return sorted(p for p in files if not p.name.startswith("."))
+        return data_files(self.data_dir)
 
     def refresh(self) -> None:
         """Point the view at the Parquet files once they exist; summarise any new file."""

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import duckdb
 
-from callward.collector.schema import PARQUET_DIR, TABLE
 from callward.detectors.config import DetectorConfig
+from callward.record import TABLE, data_files, data_files_glob
 
 ROLES = ("is_read", "is_egress", "is_untrusted", "is_destructive", "is_side_effect")
 
@@ -75,10 +75,9 @@ def _source_sql(
     # our own connection: row order is never relied on (every query orders explicitly), and
     # dropping it lets DuckDB build the working tables with less memory and time
     con.execute("SET preserve_insertion_order = false")
-    files = [p for p in (root / PARQUET_DIR).glob("*/*.parquet") if not p.name.startswith(".")]
-    if not files:
+    if not data_files(root):
         return con, "", True
-    glob = str(root.resolve() / PARQUET_DIR / "*" / "*.parquet")
+    glob = data_files_glob(root)
     return (
         con,
         f"read_parquet({_literal(glob)}, hive_partitioning = true, union_by_name = true)",

@@ -13,7 +13,6 @@ read and the skipped files are listed in the result (and in every report).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,14 +24,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from callward.collector.schema import PARQUET_DIR, PARTITION_COLUMN, POLICIES_DIR, TOOL_CALL_SCHEMA
 from callward.enforcer.errors import PolicyInvalid
 from callward.enforcer.policy import CompiledPolicy, compile_text, policy_version
+from callward.record import PARQUET_DIR, TOOL_CALL_SCHEMA, data_files, partition_date, policy_files
 
 # A recorded decision that a human changed or confirmed carries an attribute whose name
 # starts with this prefix (``callward.approval.id``, ``callward.approval.granted`` …).
 APPROVAL_ATTRIBUTE_PREFIX = "callward.approval"
-_DATE_DIR = re.compile(rf"^{PARTITION_COLUMN}=(\d{{4}}-\d{{2}}-\d{{2}})$")
 
 CALL_COLUMNS = (
     "start_us",
@@ -94,8 +92,7 @@ def store_files(data_dir: Path) -> list[Path]:
     """The Parquet files of the store, in a stable order; raises StoreError when none."""
     if not data_dir.is_dir():
         raise StoreError(f"data directory {data_dir} does not exist")
-    root = data_dir / PARQUET_DIR
-    files = sorted(p for p in root.glob("*/*.parquet") if not p.name.startswith("."))
+    files = data_files(data_dir)
     if not files:
         raise StoreError(f"no recorded tool calls in {data_dir} (no {PARQUET_DIR}/*/*.parquet)")
     return files
@@ -103,10 +100,9 @@ def store_files(data_dir: Path) -> list[Path]:
 
 def _in_days(path: Path, since: datetime | None, until: datetime | None) -> bool:
     """Partition pruning: whether the file's date partition can hold calls of the range."""
-    m = _DATE_DIR.match(path.parent.name)
-    if m is None:
+    day = partition_date(path)
+    if day is None:
         return True
-    day = m.group(1)
     if since is not None and day < since.strftime("%Y-%m-%d"):
         return False
     return not (until is not None and day > until.strftime("%Y-%m-%d"))
@@ -344,12 +340,9 @@ def fetch_messages(data_dir: Path, span_ids: Sequence[str]) -> dict[str, str]:
 
 def load_recorded_policies(data_dir: Path) -> RecordedPolicies:
     """Compile every ``D/policies/<version>.json`` whose content hashes to its name."""
-    folder = data_dir / POLICIES_DIR
     found: dict[str, CompiledPolicy] = {}
     invalid: list[SkippedFile] = []
-    if not folder.is_dir():
-        return RecordedPolicies()
-    for path in sorted(folder.glob("*.json")):
+    for path in policy_files(data_dir):
         try:
             text = path.read_text(encoding="utf-8")
             policy = compile_text(text, str(path))
