@@ -32,7 +32,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from callward.enforcer.engine import CounterKey, Decision, InMemoryLimitState, Request, decide
+from callward.enforcer.engine import (
+    ALLOW,
+    CounterKey,
+    Decision,
+    InMemoryLimitState,
+    Request,
+    decide,
+)
 from callward.enforcer.policy import CompiledPolicy
 from callward.enforcer.server_config import EnforcerConfig, validate_server_config
 from callward.enforcer.telemetry import CallRecorder, CallSpan
@@ -182,7 +189,7 @@ class EnforcerCore:
                 return pending.decision
             now = self.clock()
             decision = self._decide_and_reserve(req, now)
-            if decision.allowed:
+            if decision[0] == ALLOW:  # Decision.allowed, without the property call
                 entry = _Pending(decision, fingerprint, now + self._ttl)
                 self._pending[call_id] = entry
                 if len(self._pending) > self._max_pending:
