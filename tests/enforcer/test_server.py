@@ -41,6 +41,7 @@ from callward.enforcer.server import (
     UnknownCall,
 )
 from callward.enforcer.server_cli import register
+from callward.enforcer.server_config import ENV_OF
 from callward.enforcer.telemetry import POLICY_SPAN_NAME, CallRecorder
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
@@ -687,6 +688,22 @@ def test_cli_refuses_nonsense_settings(args: tuple[str, ...], says: str) -> None
     got = run_cli("--policy", str(SEED), *args)
     assert got.exit_code == 2
     assert says in got.stderr
+
+
+def test_cli_takes_unset_settings_from_the_environment() -> None:
+    app = typer.Typer()
+    register(app)
+    app.command("unused")(lambda: None)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "", ENV_OF["listen"]: "127.0.0.1:99999"}
+    from_env = CliRunner().invoke(app, ["enforcer", "--policy", str(SEED)], env=env)
+    assert from_env.exit_code == 2
+    assert "'127.0.0.1:99999'" in from_env.stderr  # the environment's address was used
+    env[ENV_OF["max_workers"]] = "0"
+    flag_wins = CliRunner().invoke(
+        app, ["enforcer", "--policy", str(SEED), "--listen", "127.0.0.1:0"], env=env
+    )
+    assert flag_wins.exit_code == 2
+    assert "max_workers must be at least 1" in flag_wins.stderr  # past the listen check
 
 
 def test_threads_are_released_after_stop(serve: Callable[..., Harness]) -> None:
