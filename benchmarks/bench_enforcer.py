@@ -286,7 +286,9 @@ def sequential(call: Callable[[], Any], n: int) -> list[int]:
     return out
 
 
-def grpc_latency(echo: Child, check: Child, rounds: int, per_round: int) -> dict[str, Any]:
+def grpc_latency(
+    echo: Child, check: Child, numbering: Calls, rounds: int, per_round: int
+) -> dict[str, Any]:
     """Echo and Check timed call by call, alternating within each round.
 
     The client code is the same for both: a CheckRequest serialised before the clock
@@ -294,11 +296,11 @@ def grpc_latency(echo: Child, check: Child, rounds: int, per_round: int) -> dict
     is the server's handling (decode, decide, pending map, encode), not the client's.
     Echo and Check alternate call by call (which goes first flips every call), so that
     load from elsewhere falls on both alike; each round gives one p50 ratio and the
-    figure is the median round's ratio.
+    figure is the median round's ratio. ``numbering`` is the one the other workloads on
+    ``check`` use, so that no grant is reused and every Check takes the same allowed path.
     """
     echo_call = echo.channel.unary_unary(ECHO_METHOD)
     check_call = check.channel.unary_unary(CHECK_METHOD)
-    numbering = Calls("lat")
     clock = time.perf_counter_ns
     ratios: list[float] = []
     lat_echo: list[int] = []
@@ -337,9 +339,14 @@ def grpc_latency(echo: Child, check: Child, rounds: int, per_round: int) -> dict
 
 
 def throughput(call: Callable[[], Any], n_per_thread: int, threads: int) -> float:
+    failures: list[BaseException] = []
+
     def worker() -> None:
-        for _ in range(n_per_thread):
-            call()
+        try:
+            for _ in range(n_per_thread):
+                call()
+        except BaseException as e:  # a failed call must fail the run, not inflate its rate
+            failures.append(e)
 
     pool = [threading.Thread(target=worker) for _ in range(threads)]
     t = time.perf_counter()
@@ -347,6 +354,8 @@ def throughput(call: Callable[[], Any], n_per_thread: int, threads: int) -> floa
         th.start()
     for th in pool:
         th.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} caller thread(s) failed") from failures[0]
     return n_per_thread * threads / (time.perf_counter() - t)
 
 
@@ -408,7 +417,9 @@ def run(calls: int, rounds: int, threads: int) -> None:
                 sequential(warm, 300)
             progress.advance(task)
             progress.update(task, description="gRPC latency")
-            results["grpc"] = grpc_latency(echo, plain, rounds, max(1, calls // (10 * rounds)))
+            results["grpc"] = grpc_latency(
+                echo, plain, plain_calls, rounds, max(1, calls // (10 * rounds))
+            )
             progress.advance(task, rounds)
 
             progress.update(task, description="gRPC throughput")
