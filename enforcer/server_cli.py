@@ -103,21 +103,7 @@ def enforcer(
         interval_s=reload_interval,
     )
     reloader.start()
-
-    done = threading.Event()
-
-    def on_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        done.set()
-
-    def on_hup(_signum: int, _frame: FrameType | None) -> None:
-        reloader.request_reload()
-
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGTERM, on_stop)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, on_hup)
-
+    done = _stop_on_signals(reloader)  # before the line a supervisor waits for
     out.print(
         f"callward enforcer listening on {server.address} "
         f"policy {compiled.version} ({len(compiled.tools)} tool rule(s)) from {policy}; "
@@ -132,6 +118,24 @@ def enforcer(
     if recorder is not None:
         recorder.shutdown()  # flushes spans still queued
     out.print("callward enforcer stopped", markup=False)
+
+
+def _stop_on_signals(reloader: PolicyReloader) -> threading.Event:
+    """An event set on SIGINT or SIGTERM; SIGHUP asks ``reloader`` for a reload."""
+    done = threading.Event()
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        done.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        reloader.request_reload()
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+    return done
 
 
 def register(app: typer.Typer) -> None:
