@@ -3,10 +3,13 @@
 Normal traffic is drawn with NumPy, whole arrays at a time: sessions per agent (Poisson,
 placed by the agent's hour-of-day rhythm), calls per session (log-normal around the agent's
 habit), pauses, tools and argument texts from per-(agent, tool) pools. Incidents and hard
-negatives (incidents.py) are scripted call by call and appended. Then, as the real trail
-does: decisions from the enforcer's engine under the example policy (decisions.py),
-arguments redacted by the collector's redaction, rows written by the collector's writer.
-The labels file goes beside the store (labels.py).
+negatives (incidents.py) are scripted call by call and appended. Outcomes (which calls
+fail, how long they run) are drawn next, before any decision, because the live gateway
+gives a failed call's quota back at its end time and that changes later decisions. Then,
+as the real trail does: decisions from the enforcer's batch entry point
+(:func:`enforcer.batch.decide_table`, equal to deciding call by call online) under the
+example policy, arguments redacted by the collector's redaction, rows written by the
+collector's writer. The labels file goes beside the store (labels.py).
 
 The same seed gives the same store, byte for byte in its content.
 """
@@ -21,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -40,11 +44,12 @@ from callward.datasets.catalog import (
     arguments_text,
     result_excerpt,
 )
-from callward.datasets.decisions import CallTable, evaluate
 from callward.datasets.incidents import NONE, SCENARIOS, Scenario, Step
 from callward.datasets.labels import Label, write_labels
+from callward.enforcer.batch import decide_table
 from callward.enforcer.engine import ALLOW
 from callward.enforcer.policy import load_policy
+from callward.enforcer.vectorize import dense_codes, positions
 
 DEMO_POLICY = example_policy("demo.yaml")
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
@@ -347,34 +352,16 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
     span_raw = np.frombuffer(rng.bytes(total * 8), dtype=np.uint8).reshape(total, 8)
     call_raw = np.frombuffer(rng.bytes(total * 12), dtype=np.uint8).reshape(total, 12)
 
-    # ---- decisions (the enforcer's engine, exact)
-    report("policy decisions", 0.0)
-    table = CallTable(
-        texts=texts.values,
-        text_tool=np.asarray(texts.tool, dtype=np.int64),
-        text_agent=np.asarray(texts.agent, dtype=np.int64),
-        tools=TOOLS,
-        servers=[SERVER_OF[t] for t in TOOLS],
-        agent_ids=[a.agent_id for a in agents],
-        grants=[a.archetype.grant for a in agents],
-        session_ids=session_ids.to_pylist(),
-        row_text=all_text,
-        row_session=all_session,
-        row_time=all_time,
-    )
-    decisions = evaluate(policy, table)
-    dec_table = decisions.table
-    executed = np.array([d[0] == ALLOW for d in dec_table])[decisions.code]
-    report("policy decisions", 1.0)
-
-    # ---- outcomes, latency, result sizes
+    # ---- outcomes, latency, result sizes: drawn before deciding, as the world decides them
+    # whatever the policy says, so that a call that fails gives its quota back at its end
+    # time as it does live (a call the policy stops never runs: its draws go unused)
     lat = np.array([LATENCY_MS.get(t, 80.0) for t in TOOLS])[all_tool]
-    duration = np.where(executed, rng.lognormal(np.log(lat), 0.7), rng.uniform(0.05, 0.5, total))
+    run_ms = rng.lognormal(np.log(lat), 0.7)
+    refused_ms = rng.uniform(0.05, 0.5, total)
     rbytes_med = np.array([RESULT_BYTES.get(t, 300.0) for t in TOOLS])[all_tool]
     rbytes = np.round(rng.lognormal(np.log(rbytes_med), 0.9)).astype(np.int64)
     inc_rbytes = np.asarray(inc_rows["rbytes"], dtype=np.int64)
     rbytes[n:] = np.where(inc_rbytes >= 0, inc_rbytes, 0)
-    outcome_err = all_error & executed
     # error types as codes into one small table (no per-call Python strings)
     etypes = ["", *ERROR_TYPES]
     inc_etype_codes = []
@@ -384,6 +371,27 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
         inc_etype_codes.append(etypes.index(e) if e else 1)
     etype_code = rng.integers(1, len(ERROR_TYPES) + 1, total)
     etype_code[n:] = np.asarray(inc_etype_codes, dtype=np.int64)
+    start_us = np.round((all_time) * 1e6).astype(np.int64)
+    run_end_us = start_us + np.round(run_ms * 1e3).astype(np.int64)
+    span_ids = _hex(span_raw)
+
+    # ---- decisions: the enforcer's batch entry point, as the live gateway would decide
+    report("policy decisions", 0.0)
+    calls = _calls_to_decide(
+        agents, texts, session_ids, all_agent, all_tool, all_text, all_session, start_us
+    ).with_columns(
+        pl.Series("end_us", run_end_us),
+        pl.Series("span_id", span_ids),
+        pl.Series("fails", all_error),
+    )
+    decided, stats = decide_table(calls, {policy.version: policy}, policy.version)
+    dec_code, dec_first = dense_codes(*decided.get_columns())
+    dec_table: list[tuple[str, str, str]] = decided[positions(dec_first)].rows()
+    executed = np.array([d[0] == ALLOW for d in dec_table])[dec_code]
+    report("policy decisions", 1.0)
+
+    duration = np.where(executed, run_ms, refused_ms)
+    outcome_err = all_error & executed
     etype_code[~outcome_err] = 0
     outcome_code = np.where(executed, np.where(outcome_err, 2, 1), 0)
     rb_valid = executed & ~outcome_err
@@ -393,7 +401,6 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
     redacted = pa.array([redact_json_text(v) for v in texts.values], type=pa.string())
     report("redaction", 1.0)
 
-    start_us = np.round((all_time) * 1e6).astype(np.int64)
     end_us = start_us + np.round(duration * 1e3).astype(np.int64)
     order = np.lexsort((np.arange(total), start_us))
     lookups = {
@@ -403,9 +410,9 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
         "server": (pa.array([SERVER_OF[t] for t in TOOLS]), all_tool),
         "tool": (pa.array(list(TOOLS)), all_tool),
         "arguments": (redacted, all_text),
-        "decision": (pa.array([d[0] for d in dec_table]), decisions.code),
-        "rule": (pa.array([d[1] for d in dec_table]), decisions.code),
-        "message": (pa.array([d[2] for d in dec_table]), decisions.code),
+        "decision": (pa.array([d[0] for d in dec_table]), dec_code),
+        "rule": (pa.array([d[1] for d in dec_table]), dec_code),
+        "message": (pa.array([d[2] for d in dec_table]), dec_code),
         "outcome": (pa.array(["", "ok", "error"]), outcome_code),
         "error_type": (pa.array(etypes), etype_code),
         "attributes": (pa.array(attrs.values, pa.string()), all_attr),
@@ -422,9 +429,9 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
         columns = {
             "start_time": pa.array(start_us[idx], pa.timestamp("us", tz="UTC")),
             "end_time": pa.array(end_us[idx], pa.timestamp("us", tz="UTC")),
-            "span_id": _hex(span_raw[idx]),
+            "span_id": span_ids.take(pa.array(idx)),
             "call_id": pc.binary_join_element_wise("call_", _hex(call_raw[idx]), ""),
-            "policy_version": pa.array([decisions.policy_version]).take(
+            "policy_version": pa.array([policy.version]).take(
                 pa.array(np.zeros(len(idx), dtype=np.int64))
             ),
             "duration_ms": pa.array(duration[idx]),
@@ -441,10 +448,10 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
 
     # ---- labels beside the store
     labels = _labels(
-        cfg, inc_meta, inc_rows, n, agents, table.session_ids, trace_ids, span_raw, start_us
+        cfg, inc_meta, inc_rows, n, agents, session_ids.to_pylist(), trace_ids, span_raw, start_us
     )
     path = write_labels(Path(cfg.out), labels)
-    counts = np.bincount(decisions.code, minlength=len(dec_table))
+    counts = np.bincount(dec_code, minlength=len(dec_table))
     by_decision: dict[str, int] = {}
     for (d, _, _), c in zip(dec_table, counts.tolist(), strict=True):
         by_decision[d] = by_decision.get(d, 0) + c
@@ -453,9 +460,43 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
         sessions=n_sessions,
         incidents=sum(1 for s, _, _ in inc_meta if s.kind != NONE),
         hard_negatives=sum(1 for s, _, _ in inc_meta if s.kind == NONE),
-        replayed_decisions=decisions.replayed,
+        replayed_decisions=stats.sequential_calls,
         decisions=by_decision,
         labels_path=path,
+    )
+
+
+def _calls_to_decide(
+    agents: list[_Agent],
+    texts: _Texts,
+    session_ids: pa.Array,
+    agent: np.ndarray,
+    tool: np.ndarray,
+    text: np.ndarray,
+    session: np.ndarray,
+    start_us: np.ndarray,
+) -> pl.DataFrame:
+    """The calls as the enforcer sees them (arguments before redaction), in the columns
+    :func:`enforcer.batch.decide_table` reads. Text columns are Categorical, gathered from
+    the small tables by code: the batch numbers calls by those codes without hashing."""
+
+    def column(name: str, values: Sequence[str] | pa.Array, codes: np.ndarray) -> pl.Series:
+        if isinstance(values, pa.Array):
+            table = pl.Series(name, values.to_pylist(), dtype=pl.String)
+        else:
+            table = pl.Series(name, values, dtype=pl.String)
+        return table.cast(pl.Categorical).gather(positions(codes))
+
+    return pl.DataFrame(
+        [
+            pl.Series("start_us", start_us),
+            column("agent_id", [a.agent_id for a in agents], agent),
+            column("session_id", session_ids, session),
+            column("grant", [a.archetype.grant for a in agents], agent),
+            column("server", [SERVER_OF[t] for t in TOOLS], tool),
+            column("tool", list(TOOLS), tool),
+            column("arguments", texts.values, text),
+        ]
     )
 
 
