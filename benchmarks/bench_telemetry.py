@@ -17,7 +17,7 @@ same run (interleaved rounds, medians), so the ratios hold on any machine.
      for an enforcer exporting its own spans.
 2. Redaction per call (``redact_json_text`` on tool arguments), against ``json.dumps`` of
    the same arguments (the serialisation the span needs anyway), and against detect-secrets'
-   line scanner on the same text (why collector/redact.py has its own matcher).
+   line scanner on the same text (why callward/redact.py has its own matcher).
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from callward.collector.redact import redact_json_text  # noqa: E402
 from callward.enforcer.engine import InMemoryLimitState, Request, decide  # noqa: E402
 from callward.enforcer.policy import load_policy  # noqa: E402
 from callward.enforcer.telemetry import CallRecorder  # noqa: E402
+from callward.redact import redact_json_text  # noqa: E402
 
 FIFTY = REPO / "examples" / "policies" / "fifty_tools.yaml"
 console = Console(highlight=False)

@@ -7,7 +7,7 @@ instead of rows. Every other span is accepted and ignored.
 
 What decoding promises:
 
-- Every string that reaches a row is redacted (``collector.redact``), whatever the span's
+- Every string that reaches a row is redacted (``callward.redact``), whatever the span's
   source, and no longer than ``max_value_bytes`` (cut there, with a ``[TRUNCATED:<n>
   bytes]`` marker appended).
 - Odd attribute types never fail a span: a mapped column takes a value of the wrong
@@ -47,8 +47,8 @@ from callward.collector.otlp_parse import (
     parse_raw_attributes,
     repaired_raw_attributes,
 )
-from callward.collector.redact import default_redactor
 from callward.record import COLUMNS, DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
+from callward.redact import default_redactor
 
 TOOL_OPERATION = semconv.GEN_AI_OPERATION_EXECUTE_TOOL
 POLICY_SPAN_NAME = semconv.POLICY_SPAN_NAME

@@ -8,7 +8,7 @@ OTLP exporter, so ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_SERVICE_NAME`` and
 
 Drops are never silent: a failed export, a span the batch queue had no room for, and a
 span ended after shutdown are each counted in :class:`TelemetryStats` and logged once.
-Arguments are redacted (``collector.redact``) before they become an attribute.
+Arguments are redacted (``callward.redact``) before they become an attribute.
 
 Each call span is assembled by :class:`CallSpan` and handed to the SDK processor as a
 ``ReadableSpan`` (see its docstring for why); sampling follows the SDK default
@@ -47,8 +47,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from callward import semconv
-from callward.collector.redact import redact_json_text, redact_text
 from callward.enforcer.engine import Decision, Request
+from callward.redact import redact_json_text, redact_text
 
 log = logging.getLogger("callward.telemetry")
 

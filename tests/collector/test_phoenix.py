@@ -34,7 +34,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from callward.enforcer.engine import Decision, Request
 from callward.enforcer.telemetry import CallRecorder
-from tests.collector.test_redact import PLANTED
+from tests.test_redact import PLANTED
 
 REPO = Path(__file__).resolve().parents[2]
 PHOENIX_VENV = REPO / ".test-venvs" / "phoenix"

@@ -30,7 +30,7 @@ from callward.enforcer.telemetry import (
     service_resource,
 )
 from tests.collector.test_forward import Backend, free_port, wait_until
-from tests.collector.test_redact import PLANTED
+from tests.test_redact import PLANTED
 
 pytestmark = pytest.mark.timeout(120)
 

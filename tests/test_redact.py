@@ -1,4 +1,4 @@
-"""Tests for collector/redact.py: one planted secret of each kind, key-like names, extra
+"""Tests for callward/redact.py: one planted secret of each kind, key-like names, extra
 patterns, hostile input, and the invariants (idempotent, bounded growth, valid JSON stays
 valid JSON, no planted secret survives)."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callward.collector.redact import (
+from callward.redact import (
     BUILTIN_KINDS,
     ENV_PATTERNS,
     Redactor,
