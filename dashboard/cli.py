@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from callward.dashboard.settings import DATA_ENV
 APP = Path(__file__).with_name("app.py")
 err = Console(stderr=True)
 STOP_GRACE_S = 10.0
+DEFAULT_PORT = 8501
 
 
 def streamlit_command(data_dir: Path, port: int, host: str) -> list[str]:
@@ -45,16 +47,42 @@ def streamlit_command(data_dir: Path, port: int, host: str) -> list[str]:
     ]
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be listened on (another server has it)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def dashboard(
-    data: Annotated[Path, typer.Option("--data", help="Data directory of the store to show.")],
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8501,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", "--data-dir", envvar=DATA_ENV, help="Data directory of the store to show."
+        ),
+    ],
+    port: Annotated[
+        int,
+        typer.Option(min=1, max=65535, envvar="CALLWARD_DASHBOARD_PORT", help="Port to listen on."),
+    ] = DEFAULT_PORT,
+    host: Annotated[
+        str, typer.Option(envvar="CALLWARD_DASHBOARD_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Open the dashboard on a store (read-only): findings, sessions, replay and policies."""
     if not data.is_dir():
         err.print(
             f"[red]error:[/red] data directory [bold]{data}[/bold] does not exist. Write one "
             "with `callward collector` or `callward datasets generate`, then pass it as --data."
+        )
+        raise typer.Exit(2)
+    if port_in_use(host, port):
+        err.print(
+            f"[red]error:[/red] port {port} on {host} is already in use. Pick a free one "
+            "with --port (e.g. --port 8502), or stop what is listening there."
         )
         raise typer.Exit(2)
     resolved = data.resolve()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from callward.datasets.generator import DEFAULT_START, DEMO_POLICY, GenerateConfig, generate
+from callward.datasets.generator import DEMO_POLICY, GenerateConfig, generate
 from callward.enforcer.errors import PolicyInvalid
 
 _STAGES = (
@@ -21,6 +21,17 @@ _STAGES = (
     "writing store",
 )
 
+DATA_ENV = "CALLWARD_DATA"
+
+
+def default_start(days: int, today: date | None = None) -> datetime:
+    """The first day when none is given: the data ends today (UTC), so a fresh store shows
+    up in the dashboard's recent ranges and in a replay of the last days."""
+    last = today or datetime.now(UTC).date()
+    first = last - timedelta(days=days - 1)
+    return datetime(first.year, first.month, first.day, tzinfo=UTC)
+
+
 datasets_app = typer.Typer(
     help="Generate labeled agent traffic into a callward store.", no_args_is_help=True
 )
@@ -28,7 +39,14 @@ datasets_app = typer.Typer(
 
 @datasets_app.command("generate")
 def generate_command(
-    out: Path = typer.Option(..., "--out", help="Data directory of the store to create or extend."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "--data",
+        "--data-dir",
+        envvar=DATA_ENV,
+        help="Data directory of the store to create or extend.",
+    ),
     agents: int = typer.Option(7, "--agents", min=1, max=10_000, help="Number of agents."),
     days: int = typer.Option(3, "--days", min=1, max=3650, help="Days of traffic."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same store."),
@@ -44,14 +62,17 @@ def generate_command(
     start: str | None = typer.Option(
         None,
         "--start",
-        help=f"First day, UTC (YYYY-MM-DD) [default: {DEFAULT_START.date().isoformat()}].",
+        help="First day, UTC (YYYY-MM-DD).",
+        show_default="today - days + 1, so the data ends today",
     ),
 ) -> None:
     """Generate multi-agent MCP traffic with labeled runaway and exfiltration incidents."""
     console = Console(stderr=True)
     try:
         first_day = (
-            datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC) if start else DEFAULT_START
+            datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
+            if start
+            else default_start(days)
         )
     except ValueError:
         console.print(f"[red]--start must be a date like 2026-01-05, got {start!r}[/]")

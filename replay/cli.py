@@ -26,6 +26,7 @@ from callward.replay.render import FORMATS, render
 from callward.replay.report import build_report
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE = 0, 1, 2
+DATA_ENV = "CALLWARD_DATA"  # the store directory, as every reading command takes it
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -99,17 +100,31 @@ def write_decisions(c: Comparison, path: Path) -> None:
 
 
 def replay_command(
-    data: Path = typer.Option(..., "--data", help="Data directory of the store."),
+    data: Path = typer.Option(
+        ..., "--data", "--data-dir", envvar=DATA_ENV, help="Data directory of the store."
+    ),
     policy: Path = typer.Option(..., "--policy", help="Candidate policy (JSON or YAML)."),
     baseline: Path | None = typer.Option(
         None, "--baseline", help="Policy to compare with (default: the recorded decisions)."
     ),
-    since: str | None = typer.Option(None, "--since", help="First call time (ISO 8601, UTC)."),
-    until: str | None = typer.Option(None, "--until", help="Calls before this time only."),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="First call time (ISO 8601, UTC).",
+        show_default="the first recorded call",
+    ),
+    until: str | None = typer.Option(
+        None,
+        "--until",
+        help="Calls before this time only.",
+        show_default="after the last recorded call",
+    ),
     agent: str | None = typer.Option(None, "--agent", help="Report only this agent's calls."),
     tool: str | None = typer.Option(None, "--tool", help="Report only calls of this tool."),
     fmt: str = typer.Option("text", "--format", help="text, markdown, json or html."),
-    out: Path | None = typer.Option(None, "--out", help="Write the report to this file."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write the report to this file.", show_default="standard output"
+    ),
     decisions_out: Path | None = typer.Option(
         None, "--decisions-out", help="Write one row per call to this Parquet file."
     ),

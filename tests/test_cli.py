@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 from callward.cli import COMMANDS, app
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -39,3 +42,51 @@ def test_enforcer_does_not_import_the_dashboard_or_the_proxy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _help(*command: str) -> str:
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+HELP_OF = [["policy", "check"], ["policy", "test"], ["datasets", "generate"]] + [
+    [c] for c in sorted(COMMANDS) if c not in ("policy", "datasets")
+]
+
+
+@pytest.mark.parametrize("command", HELP_OF, ids=" ".join)
+def test_help_shows_readable_metavars(command: list[str]) -> None:
+    text = _help(*command)
+    # Typer's own labels are annotations in brackets: <bool> on a flag, <list[Path]>.
+    assert "<bool>" not in text and "<list[" not in text and "<str>" not in text, text
+
+
+def test_bracketed_defaults_and_env_vars_in_help_text_survive() -> None:
+    text = " ".join(_help("collector").split())
+    assert "[default 127.0.0.1:4317, env CALLWARD_COLLECTOR_LISTEN]" in text
+
+
+def test_the_same_option_reads_the_same_in_every_command() -> None:
+    for command in (["replay"], ["proxy"], ["enforcer"], ["datasets", "generate"]):
+        line = next(x for x in _help(*command).splitlines() if "--policy " in x)
+        assert " FILE " in line, (command, line)
+
+
+@pytest.mark.parametrize("spelling", ["--data", "--data-dir"])
+def test_store_readers_take_data_and_data_dir(spelling: str, tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere")
+    dash = runner.invoke(app, ["dashboard", spelling, missing])
+    assert dash.exit_code == 2 and "does not exist" in " ".join(dash.output.split())
+    policy = REPO / "examples" / "policies" / "seed.json"
+    rep = runner.invoke(app, ["replay", spelling, missing, "--policy", str(policy)])
+    assert rep.exit_code == 2, rep.output  # the store is missing, not the option
+
+
+def test_generated_data_ends_today_by_default() -> None:
+    from callward.datasets.cli import default_start
+
+    start = default_start(3, today=date(2026, 3, 1))
+    assert start == datetime(2026, 2, 27, tzinfo=UTC)
+    assert default_start(1, today=date(2026, 3, 1)).date() == date(2026, 3, 1)
+    assert default_start(3).date() + timedelta(days=2) == datetime.now(UTC).date()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -29,3 +30,17 @@ def test_the_server_runs_headless_without_usage_statistics(tmp_path: Path) -> No
     assert "--browser.gatherUsageStats false" in joined
     assert "--server.port 8765" in joined and "--server.address 127.0.0.1" in joined
     assert command[-2:] == ["--data", str(tmp_path)]
+
+
+def test_a_port_in_use_is_a_clear_error_before_any_url(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            app, ["dashboard", "--data", str(tmp_path), "--port", str(port)]
+        )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert f"port {port} on 127.0.0.1 is already in use" in text and "--port" in text
+    assert "http://" not in text

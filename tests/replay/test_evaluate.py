@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from callward.enforcer.batch import _refused_alone
 from callward.enforcer.policy import compile_document
 from callward.replay import load
 from callward.replay.compare import ReplayRequest, compare
-from callward.enforcer.batch import _refused_alone
 from tests.replay.recorded import EPOCH_US, Call, simulate_online, span_ids, write_store
 from tests.replay.strategies import call_fields, policy_documents
 
