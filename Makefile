@@ -15,12 +15,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the browser tests need; installed only when missing.
+# Debian packages the end-to-end tests need; installed only when missing. Under CI
+# (CI=true) a package that cannot be installed stops the run; locally its tests skip.
+SYSTEM_PACKAGES := chromium
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium (headless browser tests)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || echo "warning: could not install chromium; browser tests will be skipped"; }
+	@for pkg in $(SYSTEM_PACKAGES); do \
+	  command -v $$pkg >/dev/null 2>&1 && continue; \
+	  echo "installing $$pkg (Debian package the end-to-end tests need)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null) && continue; \
+	  case "$${CI:-}" in \
+	    1|true|TRUE|True|yes|on) echo "error: could not install $$pkg, which CI needs" >&2; exit 1;; \
+	    *) echo "warning: could not install $$pkg; the tests that need it will be skipped";; \
+	  esac; \
+	done
 
 demo: $(STAMP)
 	$(BIN)/python -m callward.demo

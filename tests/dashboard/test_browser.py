@@ -20,6 +20,7 @@ import pytest
 
 from tests.dashboard.conftest import REPO
 from tests.dashboard.store_fixture import EXFIL_SESSION, FixtureStore
+from tests.real import require_real
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -45,9 +46,11 @@ BROWSER_TZ = "America/New_York"
 SCREENSHOTS = REPO / "docs" / "screenshots"
 ERROR_BOXES = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's chromium is not installed (make test installs it)"
-)
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    if not CHROMIUM.exists():
+        require_real("Chromium", f"{CHROMIUM} is missing (make test installs Debian's chromium)")
 
 
 def free_port() -> int:
