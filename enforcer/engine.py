@@ -19,18 +19,22 @@ Evaluation order for one call (docs/policy.md has the contract):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
-from operator import attrgetter
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
+from callward.enforcer.limits import (
+    CounterKey,
+    InMemoryLimitState,
+    LimitState,
+    counter_key,
+    reserve,
+    scope_key,
+)
 from callward.enforcer.policy import CompiledPolicy, Condition, Limit, Rule, ToolRule
 
 ALLOW = "allow"
 DENY = "deny"
 REQUIRE_APPROVAL = "require_approval"
-
-CounterKey = tuple[str, str, int]
-"""(counter, scope key, window start in epoch seconds, UTC-aligned)."""
 
 
 class Request(NamedTuple):
@@ -65,62 +69,6 @@ def _decision(
 ) -> Decision:
     # Same value as Decision(...), without NamedTuple's Python-level __new__ (hot path).
     return _tuple_new(Decision, (decision, rule, message, version, reserved))
-
-
-class LimitState(Protocol):
-    """Counters of allowed calls, keyed by (counter, scope key, window start)."""
-
-    def count(self, key: CounterKey) -> int: ...
-
-    def add(self, keys: Iterable[CounterKey]) -> None: ...
-
-    def release(self, keys: Iterable[CounterKey]) -> None: ...
-
-
-class InMemoryLimitState:
-    """A dict of counters. Not thread-safe: callers serialise decide+add (the server holds a lock)."""
-
-    __slots__ = ("counts",)
-
-    def __init__(self) -> None:
-        self.counts: dict[CounterKey, int] = {}
-
-    def count(self, key: CounterKey) -> int:
-        return self.counts.get(key, 0)
-
-    def add(self, keys: Iterable[CounterKey]) -> None:
-        c = self.counts
-        for k in keys:
-            c[k] = c.get(k, 0) + 1
-
-    def release(self, keys: Iterable[CounterKey]) -> None:
-        c = self.counts
-        for k in keys:
-            n = c.get(k, 0) - 1
-            if n > 0:
-                c[k] = n
-            else:
-                c.pop(k, None)
-
-    def prune(self, now: float, keep_counters: Mapping[str, int] | None = None) -> int:
-        """Drop counters whose window ended before ``now``; returns how many were dropped.
-
-        ``keep_counters`` maps counter name -> window length; unknown counters are dropped.
-        """
-        dead = []
-        for key in self.counts:
-            length = keep_counters.get(key[0]) if keep_counters is not None else 86400
-            if length is None or key[2] + length <= now:
-                dead.append(key)
-        for key in dead:
-            del self.counts[key]
-        return len(dead)
-
-    def retain_counters(self, names: Iterable[str]) -> None:
-        """Keep only the counters named (a reload keeps the counters of unchanged limits)."""
-        keep = set(names)
-        for key in [k for k in self.counts if k[0] not in keep]:
-            del self.counts[key]
 
 
 # --------------------------------------------------------------------------- predicates
@@ -224,30 +172,7 @@ def rule_holds(rule: Rule, req: Request) -> bool:
 # --------------------------------------------------------------------------- limits
 
 
-def _tool_scope(req: Request) -> str:
-    return f"{req.server}/{req.tool}" if req.server else req.tool
-
-
-def _global_scope(req: Request) -> str:
-    return ""
-
-
-_SCOPE_KEY: Mapping[str, Callable[[Request], str]] = {
-    "grant": attrgetter("grant"),
-    "agent": attrgetter("agent_id"),
-    "session": attrgetter("session_id"),
-    "tool": _tool_scope,
-    "global": _global_scope,
-}
-
-
-def scope_key(limit: Limit, req: Request) -> str:
-    return _SCOPE_KEY.get(limit.scope, _global_scope)(req)
-
-
-def counter_key(limit: Limit, req: Request, now: float) -> CounterKey:
-    w = limit.window_seconds
-    return (limit.counter, scope_key(limit, req), int(now // w) * w)
+# The limit rules themselves (windows, keys, reserve) live in callward.enforcer.limits.
 
 
 def applicable_limits(entry: ToolRule | None, policy: CompiledPolicy) -> tuple[Limit, ...]:
@@ -337,26 +262,16 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
         limits = entry.limits
     if not limits:
         return _decision(ALLOW, allow_rule, "", version)
-    keys: list[CounterKey] = []
-    scope_of = _SCOPE_KEY.get
-    count = state.count
-    for lim in limits:
-        w = lim.window_seconds
-        key = (lim.counter, scope_of(lim.scope, _global_scope)(req), int(now // w) * w)
-        # The same counter may be listed twice (tool and all_tools): count it once.
-        if key in keys:
-            continue
-        if count(key) >= lim.max:
-            return _decision(
-                DENY,
-                lim.pointer,
-                lim.message
-                or f"rate limit {lim.counter!r} reached: {lim.max} per {lim.window} per {lim.scope}",
-                version,
-            )
-        keys.append(key)
-    reserved = tuple(keys)
-    state.add(reserved)
+    reserved = reserve(limits, req, state, now)
+    if not isinstance(reserved, tuple):  # the first full limit; nothing was reserved
+        lim = reserved
+        return _decision(
+            DENY,
+            lim.pointer,
+            lim.message
+            or f"rate limit {lim.counter!r} reached: {lim.max} per {lim.window} per {lim.scope}",
+            version,
+        )
     return _decision(ALLOW, allow_rule, "", version, reserved)
 
 
@@ -383,5 +298,6 @@ __all__ = [
     "holds",
     "lookup",
     "rule_holds",
+    "scope_key",
     "visible_tools",
 ]
