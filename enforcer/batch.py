@@ -27,7 +27,9 @@ executed), in which case the quota comes back at the call's ``end_us``, when the
 receives its Report. A release and a decision at the same microsecond are applied release
 first; calls starting at the same microsecond are taken in ``span_id`` order. When rows
 carry several policy versions, the version in force changes where the timeline's version
-changes, and that switch resets the counters a reload resets (``_surviving_counters``).
+changes, and that switch resets the counters a reload resets
+(:func:`callward.enforcer.limits.carry_over`). Window starts, counter keys, release and the
+reload rule all come from :mod:`callward.enforcer.limits`, as the online engine's do.
 """
 
 from __future__ import annotations
@@ -42,16 +44,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from callward.enforcer.engine import (
-    DENY,
-    CounterKey,
-    Decision,
-    InMemoryLimitState,
-    Request,
-    applicable_limits,
-    counter_key,
-    decide,
-)
+from callward.enforcer import limits as limit_rules
+from callward.enforcer.engine import DENY, Decision, Request, applicable_limits, decide
+from callward.enforcer.limits import CounterKey, InMemoryLimitState, counter_key
 from callward.enforcer.policy import CompiledPolicy, Limit
 from callward.enforcer.vectorize import (
     DECISION_CODES,
@@ -487,7 +482,7 @@ class _GroupedColumns:
                 number = self._times + np.int32(self._base - head * minutes)
                 number //= np.int32(minutes)
             else:
-                absolute = _windows(self._times, seconds, False) // seconds
+                absolute = limit_rules.window_starts(self._times, seconds, False) // seconds
                 head = int(absolute.min()) if absolute.size else 0
                 absolute -= head
                 number = absolute
@@ -505,7 +500,7 @@ class _GroupedColumns:
             minutes = self._times[where].astype(np.int64) + self._base
             return minutes // (seconds // 60) * seconds
         if compact is None:
-            return _windows(self._times[where], seconds, False)
+            return limit_rules.window_starts(self._times[where], seconds, False)
         number, _, head = compact
         return (number[where].astype(np.int64) + head) * seconds
 
@@ -623,7 +618,7 @@ def _exact_keys(
     scope = pl.select(pl.when(pl.Series(kind == 1)).then(pl.lit("")).otherwise(scope)).to_series()
     seconds = np.array([lim.window_seconds for lim in limits], dtype=np.int64)[piece]
     maxima = np.array([lim.max for lim in limits], dtype=np.int64)[piece]
-    window = _windows(starts[rows], seconds, int_windows)
+    window = limit_rules.window_starts(starts[rows], seconds, int_windows)
     key, _ = dense_codes(pl.Series(kind), scope, pl.Series(window))
     attempts = np.bincount(key)
     least = np.full(attempts.size, np.iinfo(np.int64).max, dtype=np.int64)
@@ -640,18 +635,6 @@ def _exact_keys(
         }
     )
     return frame, int(over.sum())
-
-
-def _windows(starts_us: np.ndarray, window_seconds: Any, int_windows: bool) -> np.ndarray:
-    """Window starts as the engine computes them: ``int(now // w) * w`` on float seconds
-    (numpy's float floor division follows Python's, and int64 microseconds up to 2**53
-    convert to float exactly, as ``start_us / 1_000_000`` does in Python). Within
-    ``_EXACT_INT_WINDOWS_US`` of the epoch the rounding of ``start_us / 1e6`` (under a
-    microsecond) never crosses a whole second, so integer division gives the same."""
-    if int_windows:
-        return starts_us // (np.asarray(window_seconds) * 1_000_000) * window_seconds
-    now = starts_us / 1_000_000
-    return np.floor_divide(now, window_seconds).astype(np.int64) * window_seconds
 
 
 def _settle(
@@ -878,16 +861,14 @@ def _sequential(
         arguments_text, fails = row[10:]
         while releases and releases[0][0] <= start:
             _, _, reserved_at, keys = heapq.heappop(releases)
-            state.release(k for k in keys if reset_at.get(k[0], -1) <= reserved_at)
+            limit_rules.release(state, [k for k in keys if reset_at.get(k[0], -1) <= reserved_at])
         while next_switch < len(switches) and switches[next_switch][0] <= start:
             new = switches[next_switch][1]
             if current is not None and new != current:
                 old, now_in_force = policies[versions[current]], policies[versions[new]]
-                kept = _surviving_counters(old, now_in_force)
-                for counter in {k[0] for k in state.counts} | set(old.limit_signatures()):
-                    if counter not in kept:
-                        reset_at[counter] = seq
-                state.retain_counters(kept)
+                _, reset = limit_rules.carry_over(state, old, now_in_force)
+                for counter in reset:
+                    reset_at[counter] = seq
             current = new
             next_switch += 1
         certain_keys = certain.get(index)
@@ -912,13 +893,6 @@ def _sequential(
             progress("sequential pass", seq / total)
     progress("sequential pass", 1.0)
     return decided
-
-
-def _surviving_counters(old: CompiledPolicy, new: CompiledPolicy) -> set[str]:
-    """The counters a reload from ``old`` to ``new`` keeps: those whose (window, max, scope)
-    did not change, as the online enforcer's ``swap_policy`` keeps them."""
-    old_sigs, new_sigs = old.limit_signatures(), new.limit_signatures()
-    return {c for c, sig in new_sigs.items() if old_sigs.get(c) == sig}
 
 
 def _version_switches(calls: pl.DataFrame, codes: _Codes) -> list[tuple[int, int]]:

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from callward.enforcer.engine import Decision, InMemoryLimitState, Request, decide
+from callward.enforcer.engine import Decision, Request, decide
+from callward.enforcer.limits import InMemoryLimitState, release
 from callward.enforcer.policy import CompiledPolicy
 
 DEFAULT_AT = "2026-01-01T00:00:00Z"
@@ -94,7 +95,7 @@ def run_case(policy: CompiledPolicy, case: dict[str, Any]) -> CaseResult:
         for _ in range(int(earlier.get("count", 1))):
             d = decide(policy, req, state, at)
             if earlier.get("outcome") == "error":
-                state.release(d.reserved)
+                release(state, d.reserved)
     now = parse_time(case.get("at", DEFAULT_AT))
     got = decide(policy, to_request(case["request"]), state, now)
     want_rule = case.get("rule")

@@ -40,7 +40,8 @@ class ReloadOutcome:
 class PolicyReloader:
     """Re-reads one policy file and hands each new valid version to ``apply``.
 
-    ``apply`` puts a policy in force and says what changed (``EnforcerService.swap_policy``);
+    ``apply`` puts a policy in force and says what changed (``EnforcerService.swap_policy``,
+    which keeps counters by :func:`callward.enforcer.limits.surviving_counters`);
     ``current`` returns the version in force, so a reload of identical content is a no-op.
     """
 

@@ -19,7 +19,9 @@ What it promises:
 - Telemetry never fails a call: span failures are counted and logged once.
 
 All rate-limit handling sits in four small methods (``_decide_and_reserve``, ``_release``,
-``_carry_over_limits``, ``_prune_windows``), the only places that touch the counters.
+``_carry_over_limits``, ``_prune_windows``), the only places that touch the counters; the
+rules they apply (windows, reserve, release, what a reload keeps) are
+:mod:`callward.enforcer.limits`.
 """
 
 from __future__ import annotations
@@ -32,14 +34,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from callward.enforcer.engine import (
-    ALLOW,
-    CounterKey,
-    Decision,
-    InMemoryLimitState,
-    Request,
-    decide,
-)
+from callward.enforcer import limits
+from callward.enforcer.engine import ALLOW, Decision, Request, decide
+from callward.enforcer.limits import CounterKey, InMemoryLimitState
 from callward.enforcer.policy import CompiledPolicy
 from callward.enforcer.server_config import EnforcerConfig, validate_server_config
 from callward.enforcer.telemetry import CallRecorder, CallSpan
@@ -145,7 +142,7 @@ class EnforcerCore:
         self._lock = threading.Lock()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._policy = policy
-        self._windows = _windows_of(policy)
+        self._windows = limits.window_lengths(policy)
         self._ttl = self.config.pending_ttl_s
         self._max_pending = self.config.max_pending
         self.telemetry_errors = 0
@@ -252,7 +249,7 @@ class EnforcerCore:
             old = self._policy
             kept, reset = self._carry_over_limits(old, new)
             self._policy = new
-            self._windows = _windows_of(new)
+            self._windows = limits.window_lengths(new)
         self._publish(new)
         return PolicySwap(old.version, new.version, kept, reset)
 
@@ -291,21 +288,18 @@ class EnforcerCore:
         return decide(self._policy, req, self.state, now)
 
     def _release(self, reserved: tuple[CounterKey, ...]) -> int:
-        self.state.release(reserved)
-        return len(reserved)
+        return limits.release(self.state, reserved)
 
     def _carry_over_limits(
         self, old: CompiledPolicy, new: CompiledPolicy
     ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Keep the counters of limits unchanged by a reload; returns (kept, reset) names."""
-        old_sigs, new_sigs = old.limit_signatures(), new.limit_signatures()
-        kept = {c for c, sig in new_sigs.items() if old_sigs.get(c) == sig}
-        self.state.retain_counters(kept)
+        kept, reset = limits.carry_over(self.state, old, new)
         # A reset counter must not be decremented later by a call reserved before.
         for entry in self._pending.values():
             if entry.reserved:
-                entry.reserved = tuple(k for k in entry.reserved if k[0] in kept)
-        return tuple(sorted(kept)), tuple(sorted(set(old_sigs) - kept))
+                entry.reserved = limits.surviving_keys(entry.reserved, kept)
+        return tuple(sorted(kept)), tuple(sorted(reset))
 
     def _prune_windows(self, now: float) -> int:
         return self.state.prune(now, self._windows)
@@ -366,10 +360,6 @@ class EnforcerCore:
         if not self._telemetry_logged:
             self._telemetry_logged = True
             log.warning("telemetry failed (decisions are unaffected; counted): %r", error)
-
-
-def _windows_of(policy: CompiledPolicy) -> dict[str, int]:
-    return {lim.counter: lim.window_seconds for lim in policy.all_limits()}
 
 
 __all__ = [

@@ -31,11 +31,11 @@ from callward.enforcer.engine import (
     DENY,
     REQUIRE_APPROVAL,
     Decision,
-    InMemoryLimitState,
     Request,
     decide,
     visible_tools,
 )
+from callward.enforcer.limits import InMemoryLimitState, release
 from callward.enforcer.policy import CompiledPolicy
 from callward.enforcer.telemetry import CallRecorder, CallSpan
 
@@ -92,7 +92,7 @@ class InProcessChecker:
         error_type: str,
     ) -> None:
         if outcome == "error" and decision.reserved:
-            self.state.release(decision.reserved)
+            release(self.state, decision.reserved)
 
 
 class RemoteChecker:
