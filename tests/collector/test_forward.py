@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from callward.collector import forward
 from callward.collector.forward import ENV_HEADERS, Forwarder, count_spans, parse_headers
+from callward.collector.forward_queue import ForwardQueue, ForwardStats
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,7 +142,7 @@ def test_delivers_everything_and_empties_the_queue(backend: Backend, tmp_path: P
     fw.shutdown(2)
     assert sorted(set(backend.receiver.received)) == list(range(120))
     assert fw.stats.queued == 0 and fw.stats.queued_bytes == 0 and fw.stats.dropped == 0
-    assert list((tmp_path / "q").glob("*.seg")) == []
+    assert list((tmp_path / "q").glob("seg-*.log")) == []
 
 
 def test_backend_stopped_and_restarted_mid_stream(backend: Backend, tmp_path: Path) -> None:
@@ -155,7 +157,7 @@ def test_backend_stopped_and_restarted_mid_stream(backend: Backend, tmp_path: Pa
     wait_until(lambda: fw.stats.retries >= 3)
     assert fw.stats.delivered == 60
     assert fw.stats.queued == 90  # waiting on disk while the backend is down
-    assert list((tmp_path / "q").glob("*.seg"))
+    assert list((tmp_path / "q").glob("seg-*.log"))
     backend.start()
     wait_until(lambda: fw.stats.delivered >= 150 and fw.stats.queued == 0)
     fw.shutdown(2)
@@ -210,7 +212,7 @@ def test_queue_survives_a_restart(backend: Backend, tmp_path: Path) -> None:
         first.submit(make_request(i * 3))
     first.shutdown(0.1)
     assert first.stats.delivered == 0
-    assert sorted((tmp_path / "q").glob("*.seg"))
+    assert sorted((tmp_path / "q").glob("seg-*.log"))
 
     second = fast(backend.endpoint, tmp_path / "q")
     second.start()
@@ -218,7 +220,7 @@ def test_queue_survives_a_restart(backend: Backend, tmp_path: Path) -> None:
     wait_until(lambda: second.stats.delivered == 90)
     second.shutdown(2)
     assert set(backend.receiver.received) == set(range(90))
-    assert list((tmp_path / "q").glob("*.seg")) == []
+    assert list((tmp_path / "q").glob("seg-*.log")) == []
 
 
 def test_torn_tail_and_foreign_files_are_ignored_on_recovery(
@@ -230,11 +232,11 @@ def test_torn_tail_and_foreign_files_are_ignored_on_recovery(
     for i in range(5):
         writer.submit(make_request(i * 3))
     writer.shutdown(0)
-    seg = sorted(q.glob("*.seg"))[-1]
+    seg = sorted(q.glob("seg-*.log"))[-1]
     with seg.open("ab") as f:
         f.write(b"\x10\x00\x00\x00garbage")  # a record header cut short by a crash
-    (q / "notes.seg").write_bytes(b"not a segment")
-    (q / "000000000099.seg").write_bytes(b"")
+    (q / "notes.log").write_bytes(b"not a segment")
+    (q / "seg-000000000099.log").write_bytes(b"")
 
     fw = fast(backend.endpoint, q)
     fw.start()
@@ -343,28 +345,59 @@ def test_count_spans() -> None:
     assert count_spans(req) == 3
 
 
-@given(st.lists(st.binary(max_size=64), max_size=8), st.integers(min_value=0, max_value=800))
-def test_segment_framing_recovers_exactly_the_intact_prefix(
-    payloads: list[bytes], cut: int
-) -> None:
-    """Whatever byte a crash cuts a segment at, recovery yields exactly the whole records
-    before it, and concatenated records are the merge of their requests."""
-    import tempfile
-    import zlib
+def legacy_record(request: ExportTraceServiceRequest) -> bytes:
+    """A record of the queue layout before the segment log (``<n>.seg`` files of
+    ``length | crc32 | span count`` + request), assembled by hand."""
+    payload = request.SerializeToString()
+    return struct.pack("<III", len(payload), zlib.crc32(payload), count_spans(request)) + payload
 
-    records = [forward._HEADER.pack(len(p), zlib.crc32(p), i) + p for i, p in enumerate(payloads)]
-    blob = b"".join(records)
-    cut = min(cut, len(blob))
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "000000000000.seg"
-        path.write_bytes(blob[:cut])
-        got = [payload for _end, payload, _n in forward._records(path)]
-    expected, offset = [], 0
-    for p, r in zip(payloads, records, strict=True):
-        offset += len(r)
-        if offset <= cut:
-            expected.append(p)
+
+def test_a_queue_left_in_the_older_layout_is_delivered(backend: Backend, tmp_path: Path) -> None:
+    q = tmp_path / "q"
+    q.mkdir()
+    (q / "000000000000.seg").write_bytes(
+        legacy_record(make_request(0)) + legacy_record(make_request(3))
+    )
+    (q / "000000000001.seg").write_bytes(legacy_record(make_request(6)) + b"\x10\x00torn")
+    fw = fast(backend.endpoint, q)
+    fw.start()
+    wait_until(lambda: fw.stats.delivered == 9)
+    fw.shutdown(2)
+    assert sorted(backend.receiver.received) == list(range(9))
+    assert list(q.glob("*.seg")) == []
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=10),
+    max_batch=st.integers(min_value=1, max_value=2000),
+)
+def test_batches_hold_every_queued_span_once_in_order(
+    tmp_path_factory: pytest.TempPathFactory, sizes: list[int], max_batch: int
+) -> None:
+    """Whatever the batch size, the batches of a segment are its requests in order, and
+    acknowledging them all empties the books."""
+    stats = ForwardStats()
+    queue = ForwardQueue(tmp_path_factory.mktemp("q"), 1 << 24, 1 << 22, stats)
+    queue.open()
+    first, expected = 0, []
+    with queue.lock:
+        for n in sizes:
+            queue.put_locked(make_request(first, n).SerializeToString(), n)
+            expected += list(range(first, first + n))
+            first += n
+        segment = queue.take_locked()
+    assert segment is not None and stats.queued == len(expected)
+    got = []
+    for batch in queue.batches(segment, max_batch):
+        numbers = span_numbers(ExportTraceServiceRequest.FromString(batch.payload))
+        assert len(numbers) == batch.spans
+        got += numbers
+        queue.acknowledge(segment, batch)
     assert got == expected
+    assert stats.queued == 0 and stats.queued_bytes == 0
+    queue.release(segment, finished=True)
+    assert queue.segments == type(queue.segments)()
+    queue.close()
 
 
 def test_concatenated_records_merge_into_one_request() -> None:

@@ -407,13 +407,13 @@ def test_spans_reach_phoenix_across_a_restart_and_no_secret_leaks(
         collector.stub.Export(foreign_down, timeout=30)
         queue_dir = data_dir / "forward-queue"
         wait_until(
-            lambda: any(p.stat().st_size for p in queue_dir.glob("*.seg")),
+            lambda: any(p.stat().st_size for p in queue_dir.glob("seg-*.log")),
             timeout=60,
             what="spans waiting in the forward queue",
         )
         queued_leaks = {
             p.name: leaks_in_bytes(p.read_bytes())
-            for p in queue_dir.glob("*.seg")
+            for p in queue_dir.glob("seg-*.log")
             if leaks_in_bytes(p.read_bytes())
         }
         assert queued_leaks == {}
