@@ -19,6 +19,7 @@ format (``key=value,key2=value2``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -121,6 +122,12 @@ class Forwarder:
         self._transport.close()
         self.queue.close()
 
+    def snapshot(self) -> ForwardStats:
+        """A consistent copy of the counters: ``delivered + dropped + queued`` is the
+        number of spans submitted (and recovered) so far, even while delivery runs."""
+        with self.queue.lock:
+            return dataclasses.replace(self.stats)
+
     # --- producer side -----------------------------------------------------------------
 
     def submit(self, request: ExportTraceServiceRequest) -> None:
@@ -185,26 +192,26 @@ class Forwarder:
             with self.queue.lock:
                 self.stats.last_error = str(e)
                 self.stats.dropped += batch.spans
+                self.queue.acknowledge_locked(segment, batch)
             log.warning(
                 "backend %s refused a batch for good (%s): %d span(s) dropped, not retried",
                 self.endpoint,
                 e,
                 batch.spans,
             )
-            self.queue.acknowledge(segment, batch)
             return True
         if rejected is None:
             return segment.dropped
         with self.queue.lock:
             self.stats.delivered += batch.spans - rejected
             self.stats.rejected += rejected
+            self.queue.acknowledge_locked(segment, batch)
         if rejected:
             log.warning(
                 "backend %s rejected %d span(s) of a batch (partial success)",
                 self.endpoint,
                 rejected,
             )
-        self.queue.acknowledge(segment, batch)
         return True
 
     def _note_retry(self, error: Exception, delay: float) -> None:

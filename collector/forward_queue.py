@@ -9,8 +9,8 @@ Concatenated protobuf messages merge, so a batch is the concatenation of its fra
 requests and is sent without re-encoding.
 
 Delivery is at-least-once: the consumer takes the oldest sealed segment, sends it in
-batches, and :meth:`ForwardQueue.acknowledge` counts each batch off; the segment file is
-deleted only when every batch of it was acknowledged (:meth:`ForwardQueue.finish`).
+batches, and :meth:`ForwardQueue.acknowledge_locked` counts each batch off; the segment
+file is deleted only when every batch of it was acknowledged (:meth:`ForwardQueue.release`).
 After a restart a half-delivered segment is sent again from its start.
 
 Bounded: when the queue would exceed ``max_bytes`` the OLDEST whole segment is dropped and
@@ -242,16 +242,18 @@ class ForwardQueue:
         if parts:
             yield Batch(b"".join(parts), spans, frames, last_end)
 
-    def acknowledge(self, segment: QueuedSegment, batch: Batch) -> None:
-        """Count a delivered (or refused for good) batch off the books."""
-        with self.lock:
-            if segment.dropped:  # already taken off the books
-                return
-            segment.consumed = batch.end_offset
-            segment.spans -= batch.spans
-            segment.size -= batch.frame_bytes
-            self.stats.queued -= batch.spans
-            self.stats.queued_bytes -= batch.frame_bytes
+    def acknowledge_locked(self, segment: QueuedSegment, batch: Batch) -> None:
+        """Count a delivered (or refused for good) batch off the books. The caller holds
+        :attr:`lock` and counts the batch as delivered or dropped in the same step, so
+        that ``delivered + dropped + queued`` is the number submitted whenever the lock
+        is free."""
+        if segment.dropped:  # already taken off the books
+            return
+        segment.consumed = batch.end_offset
+        segment.spans -= batch.spans
+        segment.size -= batch.frame_bytes
+        self.stats.queued -= batch.spans
+        self.stats.queued_bytes -= batch.frame_bytes
 
     def release(self, segment: QueuedSegment, *, finished: bool) -> None:
         """The consumer is done with ``segment``: delete it if every batch was
