@@ -18,10 +18,10 @@ Evaluation order for one call (docs/policy.md has the contract):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from callward.enforcer.conditions import lookup
 from callward.enforcer.limits import (
     CounterKey,
     InMemoryLimitState,
@@ -31,6 +31,7 @@ from callward.enforcer.limits import (
     scope_key,
 )
 from callward.enforcer.policy import CompiledPolicy, Condition, Limit, Rule, ToolRule
+from callward.enforcer.policy_model import default_message
 
 ALLOW = "allow"
 DENY = "deny"
@@ -73,100 +74,18 @@ def _decision(
 
 # --------------------------------------------------------------------------- predicates
 
-_MISSING = object()
-
-
-def lookup(req: Request, path: tuple[str, ...]) -> Any:
-    """The value at a condition path (``args.a.b``, ``tool``, ``agent_id`` …) or a sentinel."""
-    root = path[0]
-    cur: Any
-    if root == "args":
-        cur = req.arguments
-    elif root == "tool":
-        cur = req.tool
-    elif root == "server":
-        cur = req.server
-    elif root == "agent_id":
-        cur = req.agent_id
-    elif root == "session_id":
-        cur = req.session_id
-    elif root == "grant":
-        cur = req.grant
-    else:
-        return _MISSING
-    for seg in path[1:]:
-        # type() first: isinstance against the Mapping ABC is several times slower.
-        if type(cur) is dict or isinstance(cur, Mapping):
-            if seg not in cur:
-                return _MISSING
-            cur = cur[seg]
-        elif isinstance(cur, list) and seg.isdigit():
-            i = int(seg)
-            if i >= len(cur):
-                return _MISSING
-            cur = cur[i]
-        else:
-            return _MISSING
-    return cur
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _json_eq(a: Any, b: Any) -> bool:
-    # JSON equality: true is not 1, 1 equals 1.0.
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    return bool(a == b)
+# What each op means lives in callward.enforcer.conditions, compiled into every
+# Condition (``cond.test``) and Rule (``rule.test``) when the policy loads.
 
 
 def holds(cond: Condition, req: Request) -> bool:
     """Whether one condition holds. A missing path makes every op false except ``exists``."""
-    actual = lookup(req, cond.path)
-    op = cond.op
-    if op == "exists":
-        return (actual is not _MISSING) == cond.value
-    if actual is _MISSING:
-        return False
-    v = cond.value
-    if op == "eq":
-        return _json_eq(actual, v)
-    if op == "neq":
-        return not _json_eq(actual, v)
-    if op == "in":
-        return any(_json_eq(actual, x) for x in v)
-    if op == "not_in":
-        return not any(_json_eq(actual, x) for x in v)
-    if op in ("lt", "lte", "gt", "gte"):
-        if not _num(actual):
-            return False
-        if op == "lt":
-            return bool(actual < v)
-        if op == "lte":
-            return bool(actual <= v)
-        if op == "gt":
-            return bool(actual > v)
-        return bool(actual >= v)
-    if op == "regex":
-        pattern: re.Pattern[str] | None = cond.pattern
-        return (
-            isinstance(actual, str) and pattern is not None and pattern.search(actual) is not None
-        )
-    if op == "contains":
-        if isinstance(actual, str):
-            return isinstance(v, str) and v in actual
-        if isinstance(actual, list):
-            return any(_json_eq(x, v) for x in actual)
-        return False
-    return False
+    return cond.test(req)
 
 
 def rule_holds(rule: Rule, req: Request) -> bool:
-    for c in rule.conditions:
-        if not holds(c, req):
-            return False
-    return True
+    """Whether every condition of ``rule`` holds (a rule without conditions always holds)."""
+    return rule.test(req)
 
 
 # --------------------------------------------------------------------------- limits
@@ -194,64 +113,45 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
     """
     version = policy.version
     entry, hidden = policy.resolve(req.server, req.tool)
+    # Rule matching runs each rule's compiled closure; a deny's text was filled in at load
+    # unless it is the default text of a glob entry, which names the tool called.
     if hidden:
-        return _decision(
-            DENY, _hide_pointer(policy, req), f"tool {req.tool!r} is hidden by policy", version
+        return _tuple_new(
+            Decision,
+            (DENY, _hide_pointer(policy, req), default_message("hidden", req.tool), version, ()),
         )
     if entry is None:
         if policy.default != ALLOW:
-            return _decision(
-                DENY,
-                "/default",
-                f"tool {req.tool!r} is not allowed by policy (default deny)",
-                version,
+            return _tuple_new(
+                Decision, (DENY, "/default", default_message("default", req.tool), version, ())
             )
         allow_rule = "/default"
     else:
         allow_rule = entry.pointer
         if entry.action == DENY:
-            return _decision(
-                DENY,
-                entry.pointer + "/action",
-                entry.message or f"tool {req.tool!r} is denied by policy",
-                version,
-            )
-        for rule in entry.require:
-            if not rule_holds(rule, req):
-                return _decision(
-                    DENY,
-                    rule.pointer,
-                    rule.message
-                    or entry.message
-                    or f"call to {req.tool!r} does not meet a required condition",
-                    version,
-                )
-        approval: Rule | None = None
-        for rule in entry.deny_if:
-            if rule_holds(rule, req):
-                if rule.action == REQUIRE_APPROVAL:
+            message = entry.action_message or default_message("action_deny", req.tool)
+            return _tuple_new(Decision, (DENY, entry.action_pointer, message, version, ()))
+        for test, pointer, text in entry.require_checks:
+            if not test(req):
+                message = text or default_message("require", req.tool)
+                return _tuple_new(Decision, (DENY, pointer, message, version, ()))
+        approval: tuple[str, str | None] | None = None
+        for test, pointer, asks_approval, text in entry.deny_if_checks:
+            if test(req):
+                if asks_approval:
                     if approval is None:
-                        approval = rule
+                        approval = (pointer, text)
                     continue
-                return _decision(
-                    DENY,
-                    rule.pointer,
-                    rule.message or entry.message or f"call to {req.tool!r} matches a deny_if rule",
-                    version,
-                )
+                message = text or default_message("deny_if", req.tool)
+                return _tuple_new(Decision, (DENY, pointer, message, version, ()))
         if approval is not None:
-            return _decision(
-                REQUIRE_APPROVAL,
-                approval.pointer,
-                approval.message or entry.message or f"call to {req.tool!r} requires approval",
-                version,
-            )
+            pointer, text = approval
+            message = text or default_message("approval", req.tool)
+            return _tuple_new(Decision, (REQUIRE_APPROVAL, pointer, message, version, ()))
         if entry.action == REQUIRE_APPROVAL:
-            return _decision(
-                REQUIRE_APPROVAL,
-                entry.pointer + "/action",
-                entry.message or f"call to {req.tool!r} requires human approval",
-                version,
+            message = entry.action_message or default_message("action_approval", req.tool)
+            return _tuple_new(
+                Decision, (REQUIRE_APPROVAL, entry.action_pointer, message, version, ())
             )
     # applicable_limits(), inlined: this is the hottest path of every allowed call.
     if entry is None:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from callward.enforcer.conditions import Test, compile_condition, compile_rule
+
 SUPPORTED_VERSIONS = ("1",)
 OPS = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")
 WINDOWS: Mapping[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
@@ -25,23 +27,52 @@ RULE_ACTIONS = ("deny", "require_approval")
 # Request fields a condition path may start with; ``args`` is PolicyLayer's.
 PATH_ROOTS = ("args", "tool", "server", "agent_id", "session_id", "grant")
 
+# The text of a decision whose rule gives none, by what decided it. Here rather than in
+# the engine so that an entry naming one tool gets its texts filled in once, at load.
+DEFAULT_MESSAGES: Mapping[str, str] = {
+    "hidden": "tool {tool!r} is hidden by policy",
+    "default": "tool {tool!r} is not allowed by policy (default deny)",
+    "action_deny": "tool {tool!r} is denied by policy",
+    "action_approval": "call to {tool!r} requires human approval",
+    "require": "call to {tool!r} does not meet a required condition",
+    "deny_if": "call to {tool!r} matches a deny_if rule",
+    "approval": "call to {tool!r} requires approval",
+}
+
+
+def default_message(kind: str, tool: str) -> str:
+    """The text of a decision of ``kind`` (a key of :data:`DEFAULT_MESSAGES`) on ``tool``."""
+    return DEFAULT_MESSAGES[kind].format(tool=tool)
+
 
 @dataclass(frozen=True, slots=True)
 class Condition:
+    """``path op value``; ``test`` is its compiled closure (:mod:`callward.enforcer.conditions`)."""
+
     path: tuple[str, ...]
     op: str
     value: Any
     pattern: re.Pattern[str] | None = None
+    test: Test = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "test", compile_condition(self.path, self.op, self.value, self.pattern)
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """A ``require`` or ``deny_if`` entry: all conditions must hold."""
+    """A ``require`` or ``deny_if`` entry: all conditions must hold (``test``, compiled)."""
 
     pointer: str
     conditions: tuple[Condition, ...]
     message: str | None
     action: str = "deny"
+    test: Test = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test", compile_rule(tuple(c.test for c in self.conditions)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +86,21 @@ class Limit:
     message: str | None
 
 
+RequireCheck = tuple[Test, str, str | None]
+"""(rule holds, rule pointer, deny text or None for the default text on the call's tool)."""
+DenyIfCheck = tuple[Test, str, bool, str | None]
+"""(rule holds, rule pointer, asks approval, text or None as in :data:`RequireCheck`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ToolRule:
-    """One entry under ``tools``; ``key`` is the name as written (maybe a glob or server/tool)."""
+    """One entry under ``tools``; ``key`` is the name as written (maybe a glob or server/tool).
+
+    The fields after ``message`` are derived, for the engine: each rule as a tuple it
+    unpacks without attribute lookups, and every text that does not depend on the call.
+    A text is ``None`` only when it is the default one and the entry is a glob, whose
+    text names the tool actually called.
+    """
 
     key: str
     pointer: str
@@ -69,6 +112,40 @@ class ToolRule:
     deny_if: tuple[Rule, ...]
     limits: tuple[Limit, ...]
     message: str | None
+    require_checks: tuple[RequireCheck, ...] = field(init=False, repr=False, compare=False)
+    deny_if_checks: tuple[DenyIfCheck, ...] = field(init=False, repr=False, compare=False)
+    action_pointer: str = field(init=False, repr=False, compare=False)
+    action_message: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = self._text
+        setattr_ = object.__setattr__
+        setattr_(
+            self,
+            "require_checks",
+            tuple((r.test, r.pointer, text(r.message, "require")) for r in self.require),
+        )
+        setattr_(
+            self,
+            "deny_if_checks",
+            tuple(
+                (
+                    r.test,
+                    r.pointer,
+                    r.action == "require_approval",
+                    text(r.message, "approval" if r.action == "require_approval" else "deny_if"),
+                )
+                for r in self.deny_if
+            ),
+        )
+        setattr_(self, "action_pointer", self.pointer + "/action")
+        kind = "action_approval" if self.action == "require_approval" else "action_deny"
+        setattr_(self, "action_message", text(None, kind))
+
+    def _text(self, own: str | None, kind: str) -> str | None:
+        if own or self.message:
+            return own or self.message
+        return None if self.is_glob else default_message(kind, self.name_pattern)
 
 
 @dataclass(slots=True)

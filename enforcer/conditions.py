@@ -1,0 +1,205 @@
+"""What each condition op means, compiled once per condition into a closure.
+
+A condition is evaluated on every call that reaches its rule, so the work that depends
+only on the policy (which request field the path starts at, which op, the value's type)
+is done here at load time: :func:`compile_condition` returns one function of the request
+that does only the per-call part. The compiled form builds it when a
+:class:`~callward.enforcer.policy_model.Condition` is made, so every condition that can
+be evaluated already has its closure, and the engine calls it without dispatching on the
+op.
+
+The semantics, which docs/policy.md states, are all here: a missing path makes every op
+false except ``exists``; equality is JSON equality (``true`` is not ``1``, ``1`` equals
+``1.0``); ordering ops need a number; ``regex`` searches a string; ``contains`` is
+substring on a string and membership on a list. The fast paths below are the general
+rule specialised to a value type known at load time, never a different rule; a property
+test holds them equal to a plain interpreter of the same rules.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from callward.enforcer.engine import Request
+
+Test = Callable[["Request"], bool]
+"""A compiled condition or rule: does it hold for this request?"""
+
+MISSING: Any = object()
+"""What :func:`lookup` returns for a path the request does not have."""
+
+# Request fields a path can start at, by the name the policy uses.
+_ROOT_FIELDS = {
+    "args": "arguments",
+    "tool": "tool",
+    "server": "server",
+    "agent_id": "agent_id",
+    "session_id": "session_id",
+    "grant": "grant",
+}
+_ORDER = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}
+
+
+def walk(cur: Any, segments: tuple[str, ...]) -> Any:
+    """Follow ``segments`` into objects and lists (a digit segment indexes a list)."""
+    for seg in segments:
+        # type() first: isinstance against the Mapping ABC is several times slower.
+        if type(cur) is dict or isinstance(cur, Mapping):
+            if seg not in cur:
+                return MISSING
+            cur = cur[seg]
+        elif isinstance(cur, list) and seg.isdigit():
+            i = int(seg)
+            if i >= len(cur):
+                return MISSING
+            cur = cur[i]
+        else:
+            return MISSING
+    return cur
+
+
+def lookup(req: Request, path: tuple[str, ...]) -> Any:
+    """The value at a condition path (``args.a.b``, ``tool``, ``agent_id`` …) or :data:`MISSING`."""
+    name = _ROOT_FIELDS.get(path[0])
+    if name is None:
+        return MISSING
+    return walk(getattr(req, name), path[1:])
+
+
+def json_eq(a: Any, b: Any) -> bool:
+    """JSON equality: true is not 1, 1 equals 1.0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return bool(a == b)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+# --------------------------------------------------------------------------- compiling
+
+
+def compile_condition(
+    path: tuple[str, ...], op: str, value: Any, pattern: re.Pattern[str] | None
+) -> Test:
+    """The closure deciding whether the condition ``path op value`` holds for a request."""
+    get = _getter(path)
+    if op == "exists":
+        return lambda req: (get(req) is not MISSING) == value
+    check = _value_check(op, value, pattern)
+
+    def test(req: Request) -> bool:
+        actual = get(req)
+        return actual is not MISSING and check(actual)
+
+    return test
+
+
+def compile_rule(tests: tuple[Test, ...]) -> Test:
+    """All of ``tests`` hold (true for none), first false one stops the evaluation."""
+    if not tests:
+        return lambda req: True
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        a, b = tests
+        return lambda req: a(req) and b(req)
+
+    def every(req: Request) -> bool:
+        for t in tests:
+            if not t(req):
+                return False
+        return True
+
+    return every
+
+
+def _getter(path: tuple[str, ...]) -> Callable[[Request], Any]:
+    """The value at ``path`` for a request, or MISSING; ``args.<key>`` on a dict is inlined."""
+    name = _ROOT_FIELDS.get(path[0])
+    if name is None:
+        return lambda req: MISSING
+    field = operator.attrgetter(name)
+    rest = path[1:]
+    if not rest:
+        return field
+    if len(rest) == 1:
+        (key,) = rest
+
+        def one(req: Request) -> Any:
+            cur = field(req)
+            if type(cur) is dict:
+                return cur.get(key, MISSING)
+            return walk(cur, rest)
+
+        return one
+    return lambda req: walk(field(req), rest)
+
+
+def _value_check(op: str, v: Any, pattern: re.Pattern[str] | None) -> Callable[[Any], bool]:
+    """The op applied to a present value."""
+    if op in ("eq", "neq", "in", "not_in"):
+        return _equality_check(op, v)
+    if op in _ORDER:
+        cmp = _ORDER[op]
+
+        def ordered(actual: Any) -> bool:
+            t = type(actual)
+            if t is int or t is float or is_number(actual):
+                return bool(cmp(actual, v))
+            return False
+
+        return ordered
+    if op == "regex":
+        if pattern is None:
+            return lambda actual: False
+        search = pattern.search
+        return lambda actual: isinstance(actual, str) and search(actual) is not None
+    if op == "contains":
+        return lambda actual: _contains(actual, v)
+    return lambda actual: False
+
+
+def _equality_check(op: str, v: Any) -> Callable[[Any], bool]:
+    """eq, neq, in, not_in; a plain string value, or a list of them, gets a direct test.
+
+    For a ``str`` value, JSON equality is ``==``: a bool never equals a string, so the
+    bool rule of :func:`json_eq` cannot change the answer.
+    """
+    if op in ("eq", "neq"):
+        if type(v) is str:
+            same: Callable[[Any], bool] = lambda actual: bool(actual == v)  # noqa: E731
+        else:
+            same = lambda actual: json_eq(actual, v)  # noqa: E731
+        if op == "eq":
+            return same
+        return lambda actual: not same(actual)
+    if all(type(x) is str for x in v):
+        strings = frozenset(v)
+
+        def member(actual: Any) -> bool:
+            if type(actual) is str:
+                return actual in strings
+            return any(json_eq(actual, x) for x in v)
+
+    else:
+
+        def member(actual: Any) -> bool:
+            return any(json_eq(actual, x) for x in v)
+
+    if op == "in":
+        return member
+    return lambda actual: not member(actual)
+
+
+def _contains(actual: Any, v: Any) -> bool:
+    if isinstance(actual, str):
+        return isinstance(v, str) and v in actual
+    if isinstance(actual, list):
+        return any(json_eq(x, v) for x in actual)
+    return False
