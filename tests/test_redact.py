@@ -1,6 +1,8 @@
-"""Tests for callward/redact.py: one planted secret of each kind, key-like names, extra
-patterns, hostile input, and the invariants (idempotent, bounded growth, valid JSON stays
-valid JSON, no planted secret survives)."""
+"""Tests for callward/redact.py: one planted secret of each kind, fresh secrets of each
+kind's format drawn by hypothesis and embedded anywhere in text and JSON (each becomes its
+kind's marker, the text around it stays), key-like names, extra patterns, hostile input,
+and the invariants (idempotent, bounded growth, valid JSON stays valid JSON, no planted
+secret survives)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from callward.redact import (
@@ -424,3 +426,187 @@ def test_clean_texts_screens_each_text_as_alone_and_never_hides_a_change(texts: 
 def test_clean_texts_with_extra_patterns_screens_nothing_out() -> None:
     redactor = Redactor({"ticket": r"TICKET-\d+"})
     assert redactor.clean_texts(["TICKET-1", "plain"]) == [False, False]
+
+
+# --- fresh secrets of every kind ----------------------------------------------------------
+#
+# Each strategy draws a new secret in its kind's format and says what the redacted text
+# must be: the marker in place of the secret, and the context a kind keeps (the URL's
+# user and host, the AWS variable name) kept.
+
+_UPPER_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_ALNUM = _UPPER_DIGITS + "abcdefghijklmnopqrstuvwxyz"
+_URLSAFE = _ALNUM + "_-"
+_B64 = _ALNUM + "+/"
+
+
+def _chars(alphabet: str, min_size: int, max_size: int) -> st.SearchStrategy[str]:
+    return st.text(alphabet=alphabet, min_size=min_size, max_size=max_size)
+
+
+def _whole(
+    kind: str, secret: st.SearchStrategy[str]
+) -> tuple[str, st.SearchStrategy[tuple[str, str, str]]]:
+    """A kind that replaces the whole match, and its (kind, secret text, what it must
+    become) strategy."""
+    return kind, secret.map(lambda s: (kind, s, f"[REDACTED:{kind}]"))
+
+
+def _aws_secret_key() -> st.SearchStrategy[tuple[str, str, str]]:
+    name = st.sampled_from(
+        [
+            "aws_secret_access_key",
+            "AWS_SECRET_ACCESS_KEY",
+            "awsSecretKey",
+            "aws.secret",
+            "AWS_PRIVATE",
+        ]
+    )
+    sep = st.sampled_from(["=", ": ", " = ", '="', "='"])
+    return st.tuples(name, sep, _chars(_B64, 40, 40)).map(
+        lambda t: ("aws_secret_key", t[0] + t[1] + t[2], t[0] + t[1] + "[REDACTED:aws_secret_key]")
+    )
+
+
+def _private_key() -> st.SearchStrategy[str]:
+    label = st.sampled_from(["", "RSA ", "EC ", "OPENSSH ", "DSA ", "ENCRYPTED "])
+    lines = st.lists(_chars(_B64 + "=", 1, 64), min_size=1, max_size=6).map("\n".join)
+    return st.tuples(label, lines).map(
+        lambda t: f"-----BEGIN {t[0]}PRIVATE KEY-----\n{t[1]}\n-----END {t[0]}PRIVATE KEY-----"
+    )
+
+
+def _url_password() -> st.SearchStrategy[tuple[str, str, str]]:
+    scheme = st.sampled_from(["postgres", "mysql", "redis", "https", "amqp", "mongodb+srv", "s3"])
+    user = _chars(_ALNUM + "._-", 1, 20)
+    password = _chars(_ALNUM + "-_.!$%*~", 1, 30)
+    host = st.sampled_from(["db.internal", "10.0.0.5:5432", "example.com", "cache:6379/0"])
+    return st.tuples(scheme, user, password, host).map(
+        lambda t: (
+            "url_password",
+            f"{t[0]}://{t[1]}:{t[2]}@{t[3]}",
+            f"{t[0]}://{t[1]}:[REDACTED:url_password]@{t[3]}",
+        )
+    )
+
+
+_FRESH_LIST = [
+    _whole(
+        "aws_access_key",
+        st.tuples(
+            st.sampled_from(["AKIA", "ASIA", "ABIA", "ACCA"]), _chars(_UPPER_DIGITS, 16, 16)
+        ).map("".join)
+        | _chars(_UPPER_DIGITS, 17, 17).map(lambda s: "A3T" + s),
+    ),
+    ("aws_secret_key", _aws_secret_key()),
+    _whole(
+        "github_token",
+        st.tuples(
+            st.sampled_from(["ghp_", "gho_", "ghu_", "ghs_", "ghr_"]), _chars(_ALNUM, 36, 80)
+        ).map("".join)
+        | _chars(_ALNUM + "_", 22, 90).map(lambda s: "github_pat_" + s),
+    ),
+    _whole(
+        "gitlab_token",
+        st.tuples(
+            st.sampled_from(["glpat-", "gldt-", "glft-", "glsoat-", "glrt-", "glcbt-", "glptt-"]),
+            _chars(_URLSAFE, 20, 40),
+        ).map("".join),
+    ),
+    _whole(
+        "slack_token",
+        st.tuples(st.sampled_from("abposr"), _chars(_ALNUM + "-", 10, 50)).map(
+            lambda t: f"xox{t[0]}-{t[1]}"
+        ),
+    ),
+    _whole(
+        "slack_webhook",
+        st.tuples(
+            st.sampled_from(["services", "workflows", "triggers"]), _chars(_URLSAFE + "/+", 16, 60)
+        ).map(lambda t: f"https://hooks.slack.com/{t[0]}/{t[1]}"),
+    ),
+    _whole(
+        "stripe_key",
+        st.tuples(
+            st.sampled_from("rs"), st.sampled_from(["live", "test"]), _chars(_ALNUM, 16, 40)
+        ).map(lambda t: f"{t[0]}k_{t[1]}_{t[2]}"),
+    ),
+    _whole("anthropic_key", _chars(_URLSAFE, 20, 60).map(lambda s: "sk-ant-" + s)),
+    _whole(
+        "openai_key",
+        st.tuples(
+            st.sampled_from(["", "proj-", "svcacct-", "admin-"]),
+            _chars(_URLSAFE, 20, 60).filter(lambda s: not s.startswith("ant-")),
+        ).map(lambda t: f"sk-{t[0]}{t[1]}"),
+    ),
+    _whole(
+        "jwt",
+        st.tuples(_chars(_URLSAFE, 4, 60), _chars(_URLSAFE, 4, 120), _chars(_URLSAFE, 0, 86)).map(
+            lambda t: f"eyJ{t[0]}.eyJ{t[1]}.{t[2]}"
+        ),
+    ),
+    _whole("private_key", _private_key()),
+    ("url_password", _url_password()),
+]
+# kind -> a strategy of fresh secrets of that kind (all built-in kinds, checked below)
+FRESH: dict[str, st.SearchStrategy[tuple[str, str, str]]] = dict(_FRESH_LIST)
+FRESH_SECRETS = st.sampled_from(sorted(FRESH)).flatmap(lambda kind: FRESH[kind])
+
+
+# Text around a secret: words and punctuation that hold no secret and no ``name: value``
+# (those would rightly redact the neighbourhood too). Asserted, not assumed: see below.
+_PLAIN = st.text(
+    alphabet=st.sampled_from(list(_ALNUM + " .,!?()-_\n")) | st.characters(min_codepoint=0xC0),
+    max_size=60,
+)
+_BOUNDARY = st.sampled_from([" ", "\n", "\t", " (", ") ", ", ", "; ", " <", "> ", " | "])
+_JSON_KEYS = st.sampled_from(["query", "body", "note", "command", "path", "text", "args"])
+
+
+def test_fresh_secrets_cover_every_builtin_kind() -> None:
+    assert set(FRESH) == {k.kind for k in BUILTIN_KINDS}
+
+
+@given(FRESH_SECRETS, _PLAIN, _BOUNDARY, _BOUNDARY, _PLAIN)
+def test_a_fresh_secret_in_text_becomes_its_marker_and_the_rest_stays(
+    secret: tuple[str, str, str], prefix: str, sep_a: str, sep_b: str, suffix: str
+) -> None:
+    _kind, text, expected = secret
+    assume(redact_text(prefix) == prefix and redact_text(suffix) == suffix)
+    out = redact_text(prefix + sep_a + text + sep_b + suffix)
+    assert out == prefix + sep_a + expected + sep_b + suffix
+
+
+@given(
+    FRESH_SECRETS,
+    _PLAIN,
+    _PLAIN,
+    st.dictionaries(_JSON_KEYS, _PLAIN, max_size=4),
+    _JSON_KEYS,
+    st.integers(min_value=0, max_value=2),
+    st.booleans(),
+)
+def test_a_fresh_secret_in_json_becomes_its_marker_and_the_rest_stays(
+    secret: tuple[str, str, str],
+    prefix: str,
+    suffix: str,
+    others: dict[str, str],
+    key: str,
+    depth: int,
+    alone: bool,
+) -> None:
+    """Anywhere in a document: nested in objects and lists, the whole string or part of it."""
+    _kind, text, expected = secret
+    assume(all(redact_text(t) == t for t in (prefix, suffix, *others.values())))
+
+    def nest(value: object) -> object:
+        for _ in range(depth):
+            value = {"args": [value]}
+        return value
+
+    document = dict(others)
+    document[key] = nest(text if alone else f"{prefix} {text} {suffix}")  # type: ignore[assignment]
+    out = json.loads(redact_json_text(json.dumps(document)))
+    wanted = dict(others)
+    wanted[key] = nest(expected if alone else f"{prefix} {expected} {suffix}")  # type: ignore[assignment]
+    assert out == wanted
