@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -15,9 +16,15 @@ from rich.markup import escape
 
 from callward.collector.config import ENV_VARS, load_config
 
+if TYPE_CHECKING:
+    from callward.collector.service import Collector
+
 console = Console(stderr=True)
 
 
+# Longer than 60 lines only because typer declares each option in the signature (the
+# docstring below is the command's help text); the body loads the config and hands over
+# to _serve_until_signalled.
 def collector(
     data_dir: Path = typer.Option(
         None, "--data-dir", help=f"Store directory [env {ENV_VARS['data_dir']}]."
@@ -80,7 +87,11 @@ def collector(
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
 
-    service = Collector(config)
+    _serve_until_signalled(Collector(config), config.listen)
+
+
+def _serve_until_signalled(service: Collector, listen: str) -> None:
+    """Start ``service``, print the bound port, and stop it cleanly on SIGTERM or SIGINT."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -97,7 +108,7 @@ def collector(
     except OSError as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(1) from None
-    host = config.listen.rpartition(":")[0]
+    host = listen.rpartition(":")[0]
     # One plain line on stdout that scripts (and tests) can read the bound port from.
     print(f"callward collector listening on {host}:{port}", flush=True)
     console.print(f"data in [bold]{service.data_dir}[/bold]; Ctrl-C or SIGTERM to stop")

@@ -599,42 +599,53 @@ class Decoder:
             out.blobs.extend(blobs)
         return out
 
-    def _table(
-        self, spans: _Spans, service: str, resource: dict[str, Any], context: tuple[str, str]
-    ) -> pa.Table:
-        """The rows of ``spans`` as an Arrow table in TOOL_CALL_SCHEMA."""
+    def _attribute_columns(
+        self, spans: _Spans
+    ) -> tuple[dict[int, pa.Array], list[_Entry], list[bytes], np.ndarray, np.ndarray]:
+        """The columns that come from attributes, with what :meth:`_bags` needs: each
+        distinct attribute blob's entry, the blobs, each attribute's blob code and the
+        span owning it."""
         n = len(spans.names)
         columns: dict[int, pa.Array] = {}
         entries: list[_Entry] = []
         uniques: list[bytes] = []
         codes = np.zeros(0, dtype=np.int64)
         owner = np.zeros(0, dtype=np.int64)
-        if spans.blobs:
-            encoded = pa.array(spans.blobs, type=pa.binary()).dictionary_encode()
-            codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-            cached = self._entries.get
-            uniques = encoded.dictionary.to_pylist()
-            found = [cached(blob) for blob in uniques]
-            entries = self._complete(found, uniques) if None in found else found  # type: ignore[assignment]
-            owner = np.repeat(np.arange(n), np.asarray(spans.counts, dtype=np.int64))
-            entry_column = np.fromiter((e[0] for e in entries), np.int64, len(entries))
-            at_column = entry_column[codes]
-            members: dict[int, list[int]] = {}  # column -> codes of its distinct values
-            for k, entry in enumerate(entries):
-                if entry[0] >= 0:
-                    members.setdefault(entry[0], []).append(k)
-            local = np.empty(len(entries), dtype=np.int64)
-            for column, ks in members.items():
-                local[ks] = np.arange(len(ks))
-                columns[column] = _last_per_span(
-                    [entries[k][1] for k in ks],
-                    local,
-                    TOOL_CALL_SCHEMA.field(column).type,
-                    np.flatnonzero(at_column == column),
-                    codes,
-                    owner,
-                    n,
-                )
+        if not spans.blobs:
+            return columns, entries, uniques, codes, owner
+        encoded = pa.array(spans.blobs, type=pa.binary()).dictionary_encode()
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        cached = self._entries.get
+        uniques = encoded.dictionary.to_pylist()
+        found = [cached(blob) for blob in uniques]
+        entries = self._complete(found, uniques) if None in found else found  # type: ignore[assignment]
+        owner = np.repeat(np.arange(n), np.asarray(spans.counts, dtype=np.int64))
+        entry_column = np.fromiter((e[0] for e in entries), np.int64, len(entries))
+        at_column = entry_column[codes]
+        members: dict[int, list[int]] = {}  # column -> codes of its distinct values
+        for k, entry in enumerate(entries):
+            if entry[0] >= 0:
+                members.setdefault(entry[0], []).append(k)
+        local = np.empty(len(entries), dtype=np.int64)
+        for column, ks in members.items():
+            local[ks] = np.arange(len(ks))
+            columns[column] = _last_per_span(
+                [entries[k][1] for k in ks],
+                local,
+                TOOL_CALL_SCHEMA.field(column).type,
+                np.flatnonzero(at_column == column),
+                codes,
+                owner,
+                n,
+            )
+        return columns, entries, uniques, codes, owner
+
+    def _table(
+        self, spans: _Spans, service: str, resource: dict[str, Any], context: tuple[str, str]
+    ) -> pa.Table:
+        """The rows of ``spans`` as an Arrow table in TOOL_CALL_SCHEMA."""
+        n = len(spans.names)
+        columns, entries, uniques, codes, owner = self._attribute_columns(spans)
         for column, spec in enumerate(TOOL_CALL_SCHEMA):
             if column in columns and pa.types.is_string(spec.type):
                 columns[column] = columns[column].fill_null("")
