@@ -112,7 +112,9 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
     failed upstream call gives back through ``state.release``.
     """
     version = policy.version
-    entry, hidden = policy.resolve(req.server, req.tool)
+    entry, hidden = policy.resolved.get((req.server, req.tool)) or policy.resolve(
+        req.server, req.tool
+    )
     # Rule matching runs each rule's compiled closure; a deny's text was filled in at load
     # unless it is the default text of a glob entry, which names the tool called.
     if hidden:
@@ -126,6 +128,8 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
                 Decision, (DENY, "/default", default_message("default", req.tool), version, ())
             )
         allow_rule = "/default"
+    elif entry.unconditional:
+        allow_rule = entry.pointer
     else:
         allow_rule = entry.pointer
         if entry.action == DENY:

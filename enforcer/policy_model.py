@@ -9,6 +9,7 @@ except :class:`CompiledPolicy`, whose only mutable part is its name-resolution c
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import re
@@ -40,6 +41,7 @@ DEFAULT_MESSAGES: Mapping[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def default_message(kind: str, tool: str) -> str:
     """The text of a decision of ``kind`` (a key of :data:`DEFAULT_MESSAGES`) on ``tool``."""
     return DEFAULT_MESSAGES[kind].format(tool=tool)
@@ -116,6 +118,8 @@ class ToolRule:
     deny_if_checks: tuple[DenyIfCheck, ...] = field(init=False, repr=False, compare=False)
     action_pointer: str = field(init=False, repr=False, compare=False)
     action_message: str | None = field(init=False, repr=False, compare=False)
+    unconditional: bool = field(init=False, repr=False, compare=False)
+    """Allowed with nothing to check but limits: ``decide`` goes straight to them."""
 
     def __post_init__(self) -> None:
         text = self._text
@@ -139,6 +143,9 @@ class ToolRule:
             ),
         )
         setattr_(self, "action_pointer", self.pointer + "/action")
+        setattr_(
+            self, "unconditional", self.action == "allow" and not self.require and not self.deny_if
+        )
         kind = "action_approval" if self.action == "require_approval" else "action_deny"
         setattr_(self, "action_message", text(None, kind))
 
@@ -161,8 +168,12 @@ class CompiledPolicy:
     canonical: str
     _exact: dict[tuple[str | None, str], ToolRule] = field(default_factory=dict, repr=False)
     _globs: tuple[ToolRule, ...] = ()
-    _resolve_cache: dict[tuple[str, str], tuple[ToolRule | None, bool]] = field(
-        default_factory=dict, repr=False
+    resolved: dict[tuple[str, str], tuple[ToolRule | None, bool]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """:meth:`resolve`'s answers by (server, tool); ``decide`` reads it first, a call saved."""
+    _hidden_by: dict[tuple[str, str], str | None] = field(
+        default_factory=dict, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
@@ -181,7 +192,7 @@ class CompiledPolicy:
         before bare, longer literal part first, then file order). Cached per name.
         """
         key = (server, tool)
-        hit = self._resolve_cache.get(key)
+        hit = self.resolved.get(key)
         if hit is not None:
             return hit
         entry = self._exact.get((server, tool)) if server else None
@@ -196,12 +207,24 @@ class CompiledPolicy:
                     break
         hidden = self.hide_rule(server, tool) is not None
         result = (entry, hidden)
-        if len(self._resolve_cache) < 65536:
-            self._resolve_cache[key] = result
+        if len(self.resolved) < 65536:
+            self.resolved[key] = result
         return result
 
     def hide_rule(self, server: str, tool: str) -> str | None:
-        """The pointer of the first ``hide`` entry matching the tool or ``server/tool``, if any."""
+        """The pointer of the first ``hide`` entry matching the tool or ``server/tool``, if any.
+
+        Cached per name like :meth:`resolve`: a hidden tool's every call needs its pointer.
+        """
+        key = (server, tool)
+        if key in self._hidden_by:
+            return self._hidden_by[key]
+        pointer = self._first_hide(server, tool)
+        if len(self._hidden_by) < 65536:
+            self._hidden_by[key] = pointer
+        return pointer
+
+    def _first_hide(self, server: str, tool: str) -> str | None:
         for i, h in enumerate(self.document.get("hide", ())):
             if h == "*" or fnmatch.fnmatchcase(tool, h):
                 return f"/hide/{i}"
