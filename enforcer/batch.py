@@ -482,7 +482,7 @@ class _GroupedColumns:
                 number = self._times + np.int32(self._base - head * minutes)
                 number //= np.int32(minutes)
             else:
-                absolute = limit_rules.window_starts(self._times, seconds, False) // seconds
+                absolute = limit_rules.window_numbers(self._times, seconds, False)
                 head = int(absolute.min()) if absolute.size else 0
                 absolute -= head
                 number = absolute

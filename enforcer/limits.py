@@ -1,6 +1,7 @@
 """Rate limits, written once: windows, counter keys, reserve, release, and reload.
 
-Public names: :func:`window_start`, :func:`window_starts`, :func:`scope_key`,
+Public names: :func:`window_start`, :func:`window_starts`, :func:`window_numbers`,
+:func:`scope_key`,
 :func:`counter_key`, :class:`LimitState`, :class:`InMemoryLimitState`, :func:`reserve`,
 :func:`release`, :func:`surviving_counters`, :func:`carry_over`, :func:`surviving_keys`,
 :func:`window_lengths`, ``SCOPE_KEY`` and ``CounterKey``.
@@ -50,10 +51,11 @@ def window_start(now: float, window_seconds: int) -> int:
     return int(now // window_seconds) * window_seconds
 
 
-def window_starts(starts_us: np.ndarray, window_seconds: Any, exact_int: bool) -> np.ndarray:
-    """:func:`window_start` over an array of call start times in integer microseconds.
+def window_numbers(starts_us: np.ndarray, window_seconds: Any, exact_int: bool) -> np.ndarray:
+    """``int(now // w)`` over an array of call start times in integer microseconds: the
+    window number, which :func:`window_starts` multiplies by the length.
 
-    Equal to ``window_start(start_us / 1_000_000, w)`` row by row: numpy's float floor
+    Equal to ``window_start(start_us / 1_000_000, w) // w`` row by row: numpy's float floor
     division follows Python's, and int64 microseconds up to 2**53 convert to float
     exactly, as ``start_us / 1_000_000`` does in Python. ``exact_int`` says every time is
     close enough to the epoch (the batch uses 2**32 s) that the rounding of
@@ -61,9 +63,15 @@ def window_starts(starts_us: np.ndarray, window_seconds: Any, exact_int: bool) -
     division gives the same result, faster.
     """
     if exact_int:
-        return starts_us // (np.asarray(window_seconds) * 1_000_000) * window_seconds
+        return starts_us // (np.asarray(window_seconds) * 1_000_000)
     now = starts_us / 1_000_000
-    return np.floor_divide(now, window_seconds).astype(np.int64) * window_seconds
+    return np.floor_divide(now, window_seconds).astype(np.int64)
+
+
+def window_starts(starts_us: np.ndarray, window_seconds: Any, exact_int: bool) -> np.ndarray:
+    """:func:`window_start` over an array of call start times in integer microseconds
+    (see :func:`window_numbers` for when ``exact_int`` may be set)."""
+    return window_numbers(starts_us, window_seconds, exact_int) * window_seconds
 
 
 # --------------------------------------------------------------------------- keys
@@ -245,6 +253,7 @@ __all__ = [
     "surviving_counters",
     "surviving_keys",
     "window_lengths",
+    "window_numbers",
     "window_start",
     "window_starts",
 ]

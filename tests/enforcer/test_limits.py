@@ -1,0 +1,405 @@
+"""The rate-limit rules of enforcer.limits against an oracle written here, from the contract.
+
+The oracle counts allowed calls per (counter, scope value, window number) with integer
+microseconds (``t_us // (w * 1_000_000)``), never with the module's own keys, gives a
+failed call's units back to the windows it took them from, and applies the reload rule
+from docs/policy.md itself. The engine side is ``decide`` plus the module's ``release``,
+``carry_over`` and ``surviving_keys``, as the service core drives them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import tokenize
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import event, given, settings, target
+from hypothesis import strategies as st
+
+from callward.enforcer import limits
+from callward.enforcer.engine import Request, decide
+from callward.enforcer.limits import InMemoryLimitState
+from callward.enforcer.policy import compile_document
+
+REPO = Path(__file__).resolve().parents[2]
+BASE_US = 1_700_000_000 // 86400 * 86400 * 1_000_000  # a UTC midnight, in microseconds
+WINDOW_LEN = {"minute": 60, "hour": 3600, "day": 86400}
+SCOPE_FIELD = {"grant": "grant", "agent": "agent_id", "session": "session_id", "global": None}
+COUNTERS = ("c1", "c2", "c3")
+TOOLS = ("a", "b", "c")  # "c" never has an entry: the default decides it
+CASES = ("met a denial", "contended window", "release", "reload", "reload reset a counter in use")
+
+
+# --------------------------------------------------------------------------- the oracle
+
+
+def scope_value(scope: str, req: Request) -> str:
+    if scope == "tool":
+        return f"{req.server}/{req.tool}" if req.server else req.tool
+    name = SCOPE_FIELD[scope]
+    return "" if name is None else str(getattr(req, name))
+
+
+@dataclass
+class Oracle:
+    """The contract of docs/policy.md, counted by hand."""
+
+    doc: dict[str, Any]
+    counts: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+
+    def settings(self) -> dict[str, tuple[str, int, str]]:
+        return {c: (s["window"], s["max"], s["scope"]) for c, s in _settings_of(self.doc).items()}
+
+    def applicable(self, tool: str) -> list[tuple[str, dict[str, Any]]] | None:
+        """(pointer, limit) in checking order; None when the default denies the call."""
+        tools = self.doc["tools"]
+        if tool in tools:
+            own = [(f"/tools/{tool}/limits/{i}", x) for i, x in enumerate(tools[tool]["limits"])]
+        elif self.doc["default"] == "allow":
+            own = []
+        else:
+            return None
+        shared = self.doc.get("all_tools", {}).get("limits", [])
+        return own + [(f"/all_tools/limits/{i}", x) for i, x in enumerate(shared)]
+
+    def decide(self, req: Request, t_us: int) -> tuple[str, str, list[tuple[str, str, int]]]:
+        """(decision, rule, keys taken as (counter, scope value, window start in s))."""
+        applicable = self.applicable(req.tool)
+        if applicable is None:
+            return "deny", "/default", []
+        keys: list[tuple[str, str, int]] = []
+        seen: set[str] = set()
+        for pointer, lim in applicable:
+            if lim["counter"] in seen:  # one shared counter listed twice is counted once
+                continue
+            seen.add(lim["counter"])
+            w = WINDOW_LEN[lim["window"]]
+            key = (lim["counter"], scope_value(lim["scope"], req), t_us // (w * 1_000_000) * w)
+            if self.counts[key] >= lim["max"]:
+                return "deny", pointer, []
+            keys.append(key)
+        for key in keys:
+            self.counts[key] += 1
+        return "allow", "/tools/" + req.tool if req.tool in self.doc["tools"] else "/default", keys
+
+    def release(self, keys: list[tuple[str, str, int]]) -> None:
+        for key in keys:
+            self.counts[key] -= 1
+            assert self.counts[key] >= 0
+
+    def reload(self, new_doc: dict[str, Any]) -> set[str]:
+        """Keep the counters whose (window, max, scope) is the same in both; returns them."""
+        old, self.doc = self.settings(), new_doc
+        kept = {c for c, s in self.settings().items() if old.get(c) == s}
+        self.counts = Counter({k: n for k, n in self.counts.items() if k[0] in kept})
+        return kept
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def _settings_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for lim in doc.get("all_tools", {}).get("limits", []):
+        out[lim["counter"]] = lim
+    for entry in doc["tools"].values():
+        for lim in entry["limits"]:
+            out[lim["counter"]] = lim
+    return out
+
+
+FIELDS: dict[str, list[Any]] = {
+    "window": list(WINDOW_LEN),
+    "max": [0, 1, 2, 3],
+    "scope": [*SCOPE_FIELD, "tool"],
+}
+setting_st = st.fixed_dictionaries({k: st.sampled_from(v) for k, v in FIELDS.items()})
+
+
+@st.composite
+def documents(draw: st.DrawFn, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A limits-only policy. Given ``previous``, each counter's setting is kept or redrawn,
+    so a reload changes some counters and leaves others."""
+    settings_by_name: dict[str, dict[str, Any]] = {}
+    before = _settings_of(previous) if previous is not None else {}
+    for name in COUNTERS:
+        if name not in before:
+            settings_by_name[name] = draw(setting_st)
+            continue
+        # Keep the setting, or change exactly one field of it (so a reload that changes only
+        # a window, only a max or only a scope is common).
+        kept = {k: before[name][k] for k in ("window", "max", "scope")}
+        change = draw(st.sampled_from([None, "window", "max", "scope"]))
+        if change is not None:
+            kept[change] = draw(st.sampled_from([v for v in FIELDS[change] if v != kept[change]]))
+        settings_by_name[name] = kept
+
+    def limit_list(max_size: int) -> list[dict[str, Any]]:
+        names = draw(st.lists(st.sampled_from(COUNTERS), max_size=max_size, unique=True))
+        return [{"counter": n, **settings_by_name[n]} for n in names]
+
+    doc: dict[str, Any] = {
+        "version": "1",
+        "default": draw(st.sampled_from(["allow", "deny"])),
+        "tools": {t: {"limits": limit_list(2)} for t in draw(st.sets(st.sampled_from(TOOLS[:2])))},
+    }
+    shared = limit_list(2)
+    if shared:
+        doc["all_tools"] = {"limits": shared}
+    return doc
+
+
+# Offsets into a few minutes after a midnight: exact boundaries, a microsecond before them,
+# and anywhere in between, so that calls share windows and cross them.
+offset_st = st.one_of(
+    st.sampled_from([0, 59_999_999, 60_000_000, 119_999_999, 120_000_000]),
+    st.integers(0, 180_000_000),
+)
+call_st = st.fixed_dictionaries(
+    {
+        "tool": st.sampled_from(TOOLS),
+        "grant": st.sampled_from(["g1", "g2"]),
+        "agent_id": st.sampled_from(["x", "y"]),
+        "session_id": st.just("s1"),
+        "t": offset_st,
+        # None: the call succeeds; else it fails and is reported this many µs later.
+        "report_after": st.one_of(st.none(), st.sampled_from([0, 1, 30_000_000, 61_000_000])),
+    }
+)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
+    """A first policy and a timeline of ("call", call) and ("reload", document) events."""
+    first = draw(documents())
+    calls = draw(st.lists(call_st, min_size=1, max_size=40))
+    reload_times = draw(st.lists(offset_st, max_size=2))
+    docs, doc = [], first
+    for _ in reload_times:
+        doc = draw(documents(previous=doc))
+        docs.append(doc)
+    events: list[tuple[int, Any]] = [(c["t"], ("call", c)) for c in calls]
+    # A reload at time t comes before the calls at t (it happened first).
+    events += [(t, ("reload", d)) for t, d in zip(sorted(reload_times), docs, strict=True)]
+    events.sort(key=lambda e: (e[0], e[1][0] != "reload"))
+    return first, events
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(scenario: tuple[dict[str, Any], list[tuple[int, Any]]]) -> Counter[str]:
+    """Drive the engine and the oracle through one timeline; assert they agree call by call.
+
+    Returns which of ``CASES`` the run reached (and how many denials)."""
+    first, events = scenario
+    policy = compile_document(first)
+    state = InMemoryLimitState()
+    oracle = Oracle(first)
+    reached: Counter[str] = Counter()
+    # (time, seq, engine keys, oracle keys) of failed calls waiting for their Report.
+    pending: list[tuple[int, int, tuple[Any, ...], list[Any]]] = []
+
+    def report_until(t_us: int) -> None:
+        while pending and pending[0][0] <= t_us:  # a release at the same µs comes first
+            _, _, engine_keys, oracle_keys = heapq.heappop(pending)
+            limits.release(state, engine_keys)
+            oracle.release(oracle_keys)
+            reached["release"] += 1
+
+    for seq, (offset, (kind, item)) in enumerate(events):
+        t_us = BASE_US + offset
+        report_until(t_us)
+        if kind == "reload":
+            new = compile_document(item)
+            held = {k[0] for k in state.counts}
+            kept, _ = limits.carry_over(state, policy, new)
+            policy = new
+            assert kept == oracle.reload(item)
+            if held - kept:
+                reached["reload reset a counter in use"] += 1
+            pending = [
+                (at, s, limits.surviving_keys(ek, kept), [k for k in ok if k[0] in kept])
+                for at, s, ek, ok in pending
+            ]
+            heapq.heapify(pending)
+            reached["reload"] += 1
+            continue
+        req = Request(
+            item["tool"], {}, grant=item["grant"], agent_id=item["agent_id"], session_id="s1"
+        )
+        if any(oracle.counts[k] for k in _oracle_keys(oracle, req, t_us)):
+            reached["contended window"] += 1
+        want, want_rule, want_keys = oracle.decide(req, t_us)
+        got = decide(policy, req, state, t_us / 1_000_000)
+        assert (got.decision, got.rule) == (want, want_rule), (item, offset)
+        assert list(got.reserved) == want_keys
+        if want == "deny" and want_rule != "/default":
+            reached["met a denial"] += 1
+        if got.reserved and item["report_after"] is not None:
+            heapq.heappush(
+                pending, (t_us + item["report_after"], seq, got.reserved, list(want_keys))
+            )
+        assert state.counts == {k: n for k, n in oracle.counts.items() if n}
+    return reached
+
+
+def _oracle_keys(oracle: Oracle, req: Request, t_us: int) -> list[tuple[str, str, int]]:
+    out = []
+    for _, lim in oracle.applicable(req.tool) or []:
+        w = WINDOW_LEN[lim["window"]]
+        out.append((lim["counter"], scope_value(lim["scope"], req), t_us // (w * 1_000_000) * w))
+    return out
+
+
+@given(scenarios())
+def test_engine_counts_as_the_contract_says(scenario: Any) -> None:
+    reached = run(scenario)
+    for case in CASES:
+        if reached[case]:
+            event(case)
+    target(float(reached["met a denial"]), label="denials")
+
+
+def test_the_scenarios_reach_every_case() -> None:
+    """A fixed sample of the strategy meets denials, shared windows, releases and reloads;
+    fails if a change to the strategy stops it reaching one of them."""
+    seen: Counter[str] = Counter()
+
+    @settings(derandomize=True, max_examples=100, database=None)
+    @given(scenarios())
+    def sample(scenario: Any) -> None:
+        seen.update({case for case, n in run(scenario).items() if n})
+
+    sample()
+    for case in CASES:
+        assert seen[case] > 0, (case, seen)
+
+
+# --------------------------------------------------------------------------- boundaries
+
+
+def _one_limit(maximum: int) -> Any:
+    return compile_document(
+        {
+            "version": "1",
+            "default": "deny",
+            "tools": {
+                "t": {
+                    "limits": [
+                        {"counter": "n", "window": "minute", "max": maximum, "scope": "global"}
+                    ]
+                }
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize("maximum", [1, 2, 3])
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_max_minus_one_max_and_max_plus_one_calls(maximum: int, extra: int) -> None:
+    policy, state = _one_limit(maximum), InMemoryLimitState()
+    now = BASE_US / 1e6 + 10
+    got = [decide(policy, Request("t", {}), state, now).decision for _ in range(maximum + extra)]
+    allowed = min(maximum, maximum + extra)
+    assert got == ["allow"] * allowed + ["deny"] * (maximum + extra - allowed)
+
+
+def test_a_call_on_the_boundary_opens_a_new_window_and_a_microsecond_before_does_not() -> None:
+    policy, state = _one_limit(1), InMemoryLimitState()
+    boundary_us = BASE_US + 60_000_000
+    assert decide(policy, Request("t", {}), state, (boundary_us - 30_000_000) / 1e6).allowed
+    before = decide(policy, Request("t", {}), state, (boundary_us - 1) / 1e6)
+    assert (before.decision, before.rule) == ("deny", "/tools/t/limits/0")
+    on = decide(policy, Request("t", {}), state, boundary_us / 1e6)
+    assert on.allowed and on.reserved == (("n", "", boundary_us // 1_000_000),)
+
+
+def test_a_release_after_the_window_turned_gives_back_to_the_old_window() -> None:
+    policy, state = _one_limit(1), InMemoryLimitState()
+    first = decide(policy, Request("t", {}), state, BASE_US / 1e6 + 59)
+    assert decide(policy, Request("t", {}), state, BASE_US / 1e6 + 61).allowed
+    assert limits.release(state, first.reserved) == 1
+    assert state.counts == {("n", "", BASE_US // 1_000_000 + 60): 1}
+    assert decide(policy, Request("t", {}), state, BASE_US / 1e6 + 59.5).allowed
+
+
+@given(st.integers(-(2**40), 2**52), st.sampled_from(list(WINDOW_LEN.values())))
+def test_window_start_is_the_floor_of_the_time_in_microseconds(t_us: int, w: int) -> None:
+    # Python's float floor division, against integer floor division in microseconds; they
+    # agree at microsecond resolution as long as the float keeps the microsecond.
+    if abs(t_us) < 2**50:
+        assert limits.window_start(t_us / 1e6, w) == t_us // (w * 1_000_000) * w
+    one = np.array([t_us], dtype=np.int64)
+    exact = abs(t_us) < 2**32 * 1_000_000
+    for exact_int in {False, exact}:
+        assert limits.window_starts(one, w, exact_int)[0] == limits.window_start(t_us / 1e6, w)
+
+
+def test_a_reload_keeps_exactly_the_unchanged_counters() -> None:
+    def doc(window: str, maximum: int, scope: str) -> dict[str, Any]:
+        return {
+            "version": "1",
+            "tools": {
+                "t": {
+                    "limits": [
+                        {"counter": "same", "window": "hour", "max": 2, "scope": "grant"},
+                        {"counter": "moved", "window": window, "max": maximum, "scope": scope},
+                    ]
+                }
+            },
+        }
+
+    old = compile_document(doc("minute", 2, "grant"))
+    for changed in (doc("hour", 2, "grant"), doc("minute", 3, "grant"), doc("minute", 2, "agent")):
+        assert limits.surviving_counters(old, compile_document(changed)) == {"same"}
+    assert limits.surviving_counters(old, compile_document(doc("minute", 2, "grant"))) == {
+        "same",
+        "moved",
+    }
+
+
+# --------------------------------------------------------------------------- one home
+
+
+_WINDOWISH = {"w", "seconds", "window_seconds", "length"}
+
+
+def _window_arithmetic(path: Path) -> list[str]:
+    """Lines of code (strings and comments ignored) with window arithmetic or a reload's
+    counter filtering."""
+    found = []
+    tokens = [
+        t
+        for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        if t.type not in (tokenize.STRING, tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE)
+    ]
+    for i, tok in enumerate(tokens):
+        prev = tokens[i - 1].string if i else ""
+        nxt = tokens[i + 1].string if i + 1 < len(tokens) else ""
+        if (
+            (tok.string == "//" and (prev == "now" or nxt in _WINDOWISH))
+            or (tok.string in ("floor", "floor_divide") and prev == ".")
+            or tok.string in ("retain_counters", "limit_signatures")
+        ):
+            found.append(f"{path.relative_to(REPO)}:{tok.start[0]}: {tok.line.strip()}")
+    return found
+
+
+def test_window_arithmetic_lives_only_in_limits() -> None:
+    # limits.py is the home; the policy modules define the signatures it compares.
+    own = {REPO / "enforcer" / n for n in ("limits.py", "policy.py", "policy_model.py")}
+    offenders = [
+        hit
+        for folder in ("enforcer", "replay", "datasets")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        if path not in own and "_pb2" not in path.name
+        for hit in _window_arithmetic(path)
+    ]
+    assert offenders == []
