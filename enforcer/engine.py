@@ -110,6 +110,9 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
 
     ``now`` is epoch seconds (UTC). The returned ``reserved`` keys are what a
     failed upstream call gives back through ``state.release``.
+
+    One function, not split: it reads top to bottom in the order of the module docstring's
+    contract, and each helper call would add a frame to the path every call takes.
     """
     version = policy.version
     entry, hidden = policy.resolved.get((req.server, req.tool)) or policy.resolve(
