@@ -1,4 +1,9 @@
-"""Invariants of the engine for any policy and any traffic (hypothesis)."""
+"""Invariants of the engine for any policy and any traffic (hypothesis).
+
+Limits are counted here from the document itself (window numbers in integer microseconds,
+scope values read off the request), never from the keys ``decide`` reserves, so an engine
+that gave every call its own window, or ignored releases, fails.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callward.enforcer.engine import InMemoryLimitState, Request, decide
+from callward.enforcer.engine import Request, decide
+from callward.enforcer.limits import InMemoryLimitState, release
 from callward.enforcer.policy import compile_document
 
 TOOLS = ["a", "b", "c"]
@@ -73,8 +79,9 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
         "default": draw(st.sampled_from(["allow", "deny"])),
         "tools": draw(st.dictionaries(st.sampled_from(TOOLS), tool_st, max_size=3)),
     }
-    if draw(st.booleans()):
-        doc["all_tools"] = {"limits": draw(st.lists(limit_st, max_size=2))}
+    # Three times in four, every allowed call is also under all_tools limits.
+    if draw(st.integers(0, 3)):
+        doc["all_tools"] = {"limits": draw(st.lists(limit_st, min_size=1, max_size=2))}
     # The same counter name must keep one setting: make them consistent.
     seen: dict[str, dict[str, Any]] = {}
     for lim in [
@@ -86,12 +93,15 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
+BASE_S = 1_700_000_000 // 86400 * 86400  # a UTC midnight
+
 call_st = st.tuples(
     st.sampled_from(TOOLS),
     st.sampled_from(GRANTS),
     st.sampled_from(AGENTS),
     st.sampled_from(["s1", "s2"]),
-    st.floats(0, 3 * 86400, allow_nan=False),
+    # Microseconds after BASE_S: mostly within a few minutes, so that calls share windows.
+    st.one_of(st.integers(0, 180_000_000), st.integers(0, 3 * 86400 * 1_000_000)),
     st.fixed_dictionaries(
         {}, optional={"n": st.integers(-1, 6), "s": st.sampled_from(["a", "xb", "ab", ""])}
     ),
@@ -104,6 +114,35 @@ def _scope_value(scope: str, r: Request) -> str:
     return "" if field is None else getattr(r, field)
 
 
+def _limits_of(doc: dict[str, Any], tool: str) -> list[tuple[str, dict[str, Any]]]:
+    """(pointer, limit) that apply to an allowed call of ``tool``, as the document says."""
+    own = doc["tools"][tool].get("limits", []) if tool in doc["tools"] else []
+    shared = doc.get("all_tools", {}).get("limits", [])
+    return [(f"/tools/{tool}/limits/{i}", x) for i, x in enumerate(own)] + [
+        (f"/all_tools/limits/{i}", x) for i, x in enumerate(shared)
+    ]
+
+
+def _independent_keys(
+    doc: dict[str, Any], r: Request, t_us: int
+) -> list[tuple[str, tuple[str, str, int], int]]:
+    """(pointer, (counter, scope value, window number), max) per counter, in checking order,
+    computed from the document and integer microseconds, never from the engine's keys."""
+    out, seen = [], set()
+    for pointer, lim in _limits_of(doc, r.tool):
+        if lim["counter"] in seen:
+            continue
+        seen.add(lim["counter"])
+        window = t_us // (WINDOW_LEN[lim["window"]] * 1_000_000)
+        out.append((pointer, (lim["counter"], _scope_value(lim["scope"], r), window), lim["max"]))
+    return out
+
+
+def _without_limits(doc: dict[str, Any]) -> dict[str, Any]:
+    tools = {t: {k: v for k, v in e.items() if k != "limits"} for t, e in doc["tools"].items()}
+    return {k: v for k, v in doc.items() if k != "all_tools"} | {"tools": tools}
+
+
 @given(policies(), st.lists(call_st, max_size=60))
 def test_no_key_gets_more_than_max_allowed_calls_in_a_window(
     doc: dict[str, Any], calls: list[Any]
@@ -111,42 +150,60 @@ def test_no_key_gets_more_than_max_allowed_calls_in_a_window(
     p = compile_document(doc)
     state = InMemoryLimitState()
     net: Counter[tuple[str, str, int]] = Counter()
-    limits = {lim.counter: lim for lim in p.all_limits()}
-    for tool, grant, agent, session, t, args, failed in sorted(calls, key=lambda c: c[4]):
+    for tool, grant, agent, session, t_us, args, failed in sorted(calls, key=lambda c: c[4]):
         r = Request(tool, args, grant=grant, agent_id=agent, session_id=session)
-        d = decide(p, r, state, 1_700_000_000 + t)
-        for key in d.reserved:
-            net[key] += 1
-        if failed and d.reserved:
-            state.release(d.reserved)
-            for key in d.reserved:
-                net[key] -= 1
-        for key, n in net.items():
-            assert n <= limits[key[0]].max
+        d = decide(p, r, state, BASE_S + t_us / 1_000_000)
         assert d.decision in ("allow", "deny", "require_approval")
-        if d.reserved:
-            assert d.allowed
+        if not d.allowed:
+            assert d.reserved == ()
+            continue
+        keys = _independent_keys(doc, r, t_us)
+        for _, key, maximum in keys:
+            net[key] += 1
+            assert net[key] <= maximum, key
+        if failed:
+            release(state, d.reserved)
+            for _, key, _ in keys:
+                net[key] -= 1
 
 
 @given(policies(), st.lists(call_st, max_size=40))
-def test_same_inputs_same_decisions(doc: dict[str, Any], calls: list[Any]) -> None:
-    p1, p2 = compile_document(doc), compile_document(doc)
-    s1, s2 = InMemoryLimitState(), InMemoryLimitState()
-    for tool, grant, agent, session, t, args, _ in calls:
+def test_decisions_are_the_condition_verdict_then_the_counted_limits(
+    doc: dict[str, Any], calls: list[Any]
+) -> None:
+    """Every decision is what the same policy without limits decides, unless that is an
+    allow and an independently counted limit is full: then that limit denies."""
+    p, bare = compile_document(doc), compile_document(_without_limits(doc))
+    state, unlimited = InMemoryLimitState(), InMemoryLimitState()
+    counts: Counter[tuple[str, str, int]] = Counter()
+    for tool, grant, agent, session, t_us, args, failed in sorted(calls, key=lambda c: c[4]):
         r = Request(tool, args, grant=grant, agent_id=agent, session_id=session)
-        assert decide(p1, r, s1, t) == decide(p2, r, s2, t)
-    assert s1.counts == s2.counts
+        verdict = decide(bare, r, unlimited, BASE_S + t_us / 1_000_000)
+        got = decide(p, r, state, BASE_S + t_us / 1_000_000)
+        if not verdict.allowed:
+            assert (got.decision, got.rule) == (verdict.decision, verdict.rule)
+            continue
+        keys = _independent_keys(doc, r, t_us)
+        full = [pointer for pointer, key, maximum in keys if counts[key] >= maximum]
+        if full:
+            assert (got.decision, got.rule) == ("deny", full[0])
+            continue
+        assert (got.decision, got.rule) == ("allow", verdict.rule)
+        if failed:
+            release(state, got.reserved)
+        else:
+            for _, key, _ in keys:
+                counts[key] += 1
 
 
 @given(policies(), st.lists(call_st, max_size=40))
 def test_denied_calls_never_change_state(doc: dict[str, Any], calls: list[Any]) -> None:
     p = compile_document(doc)
     state = InMemoryLimitState()
-    for tool, grant, agent, session, t, args, _ in calls:
+    for tool, grant, agent, session, t_us, args, _ in calls:
         before = dict(state.counts)
-        d = decide(
-            p, Request(tool, args, grant=grant, agent_id=agent, session_id=session), state, t
-        )
+        r = Request(tool, args, grant=grant, agent_id=agent, session_id=session)
+        d = decide(p, r, state, BASE_S + t_us / 1_000_000)
         if not d.allowed:
             assert state.counts == before
             assert d.reserved == ()
