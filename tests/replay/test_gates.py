@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callward.replay.gates import GateError, evaluate_gates, parse_gate
+from callward.replay.gates import MAX_GATE_CHARS, GateError, evaluate_gates, parse_gate
 
 
 def _report(**over: Any) -> dict[str, Any]:
@@ -87,3 +87,44 @@ def test_any_text_parses_or_raises_gate_error(text: str) -> None:
         return
     [result] = evaluate_gates([gate], _report())
     assert isinstance(result["failed"], bool)
+
+
+_OP_HOLDS = {
+    ">=": lambda v, t: v >= t,
+    "<=": lambda v, t: v <= t,
+    "==": lambda v, t: v == t,
+    "!=": lambda v, t: v != t,
+    ">": lambda v, t: v > t,
+    "<": lambda v, t: v < t,
+}
+
+
+@pytest.mark.parametrize("op", list(_OP_HOLDS))
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_each_comparison_one_below_at_and_one_above_its_threshold(op: str, delta: int) -> None:
+    # changed = 10 in the report; the threshold sits at 10 - delta, so the value is one
+    # below, at, and one above it.
+    threshold = 10 - delta
+    [result] = evaluate_gates([parse_gate(f"changed{op}{threshold}")], _report())
+    assert result["value"] == 10 and result["threshold"] == threshold
+    assert result["failed"] is _OP_HOLDS[op](10, threshold)
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_percent_and_fidelity_thresholds_around_their_value(delta: int) -> None:
+    # newly_denied is 6 of 200 calls (3 %); fidelity 0.995 (99.5 %).
+    [pct] = evaluate_gates([parse_gate(f"newly_denied>={3 + delta}%")], _report())
+    assert pct["failed"] is (delta <= 0)
+    [fid] = evaluate_gates([parse_gate(f"fidelity<{99.5 + delta / 10}%")], _report())
+    assert fid["failed"] is (delta > 0)
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_gate_length_limit_one_below_at_and_one_above(delta: int) -> None:
+    text = "changed>1" + " " * (MAX_GATE_CHARS + delta - len("changed>1"))
+    assert len(text) == MAX_GATE_CHARS + delta
+    if delta <= 0:
+        assert parse_gate(text).threshold == 1
+    else:
+        with pytest.raises(GateError, match="limit"):
+            parse_gate(text)
