@@ -1,4 +1,4 @@
-"""Every runaway count threshold tried one below, at and one above its value.
+"""Every count threshold of the detectors tried one below, at and one above its value.
 
 The property tests in test_runaway.py draw counts at random and may never land on
 threshold - 1; these cases name the three values around each threshold of
@@ -6,6 +6,8 @@ threshold - 1; these cases name the three values around each threshold of
 """
 
 from __future__ import annotations
+
+import json
 
 import duckdb
 import pytest
@@ -118,4 +120,34 @@ def test_long_session_around_long_session_min_calls(delta: int) -> None:
         for i in range(n)
     ]
     found = _found(rows, "long_session", "circles")
+    assert bool(found) == (delta >= 0)
+
+
+LATER = 40 * 3600.0  # after the day and a half of history
+
+
+def _bulk_then_send(reads: int, send_chars: int) -> list:
+    rows = history()
+    rows += [
+        call("read_file", {"path": f"/w/src/f{i}.py"}, LATER + i, session="bulk")
+        for i in range(reads)
+    ]
+    head = json.dumps({"to": ["team@acme.test"], "body": ""})
+    body = "x" * (send_chars - len(head))
+    send = call("send_email", {"to": ["team@acme.test"], "body": body}, LATER + 60, session="bulk")
+    assert len(send["arguments"]) == send_chars
+    return [*rows, send]
+
+
+@pytest.mark.parametrize("delta", AROUND)
+def test_bulk_read_around_bulk_reads(delta: int) -> None:
+    rows = _bulk_then_send(CFG.bulk_reads + delta, 3 * CFG.large_send_bytes)
+    found = _found(rows, "bulk_read_then_large_send", "bulk")
+    assert bool(found) == (delta >= 0)
+
+
+@pytest.mark.parametrize("delta", AROUND)
+def test_large_send_around_large_send_bytes(delta: int) -> None:
+    rows = _bulk_then_send(CFG.bulk_reads + 2, CFG.large_send_bytes + delta)
+    found = _found(rows, "bulk_read_then_large_send", "bulk")
     assert bool(found) == (delta >= 0)
