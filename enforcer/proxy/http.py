@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import uvicorn
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -46,6 +46,12 @@ log = logging.getLogger("callward.proxy")
 AGENT_HEADER = "x-callward-agent"
 MCP_PATH = "/mcp"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# An Origin header as browsers serialize it (RFC 6454): scheme, host and, only when
+# not the default, a port of ASCII digits. Anything else, such as "http://localhost:"
+# or a path, is not an origin a browser sends and is refused.
+_SERIALIZED_ORIGIN = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[^/:@?#\[\]]+)(?::(?P<port>[0-9]{1,5}))?"
+)
 _MAX_HEADER_VALUE = 256
 
 
@@ -62,15 +68,13 @@ def origin_allowed(origin: str | None, allowed: Sequence[str] = ()) -> bool:
     for entry in allowed:
         if entry.endswith(":*") and origin.startswith(entry[:-1]):
             rest = origin[len(entry) - 1 :]
-            if rest.isdigit():
+            if rest.isascii() and rest.isdigit():
                 return True
-    try:
-        parts = urlsplit(origin)
-        host = parts.hostname
-        _ = parts.port  # raises on a malformed port
-    except ValueError:
+    match = _SERIALIZED_ORIGIN.fullmatch(origin)
+    if match is None or int(match["port"] or 0) > 65535:
         return False
-    return parts.scheme in ("http", "https") and host in LOOPBACK_HOSTS and not parts.path
+    host = match["host"].strip("[]")
+    return match["scheme"] in ("http", "https") and host in LOOPBACK_HOSTS
 
 
 class _RelayServer:

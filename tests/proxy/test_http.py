@@ -273,8 +273,9 @@ def test_only_loopback_or_listed_origins_pass(scheme: str, host: str, port: Any,
     good_port = (
         port is None
         or (isinstance(port, int) and port <= 65535)
-        or (isinstance(port, str) and port.isdigit() and int(port) <= 65535)
+        or (isinstance(port, str) and port.isascii() and port.isdigit() and int(port) <= 65535)
     )
+    # A browser never sends an empty port ("http://localhost:") or non-ASCII digits.
     expected = scheme in ("http", "https") and loopback and good_port and tail == ""
     assert allowed == expected, origin
     assert origin_allowed(origin, [origin])
