@@ -8,9 +8,10 @@ Not a test: it prints figures, each next to a baseline measured in the same run.
 1. Builds (once, cached under var/bench-replay/, gitignored) a store of ``--calls`` calls
    over 14 days against examples/policies/fifty_tools.yaml: 50 tools on 12 servers, unknown
    and hidden tools, 300 agents, 60 000 sessions, argument pools that hit every predicate
-   both ways, and bursts that fill rate limits. Recorded decisions are those of a looser
-   "recorded" variant of the policy (kept in D/policies), so the candidate changes things
-   and fidelity is measured over every call.
+   both ways, and bursts that fill rate limits. Recorded decisions are those of the online
+   engine (``decide`` per call in time order, real limit state, failed calls releasing
+   their quota at their end, as the gateway runs) under a looser "recorded" variant of the
+   policy (kept in D/policies), so the candidate changes things.
 2. Runs ``callward replay`` in a child process, timing it and reading its peak RSS.
 3. Baseline: a Python loop that calls ``enforcer.engine.decide`` per call, in time order,
    with the limit state and failed-call releases, on the first ``--loop-sample`` calls;
@@ -18,6 +19,8 @@ Not a test: it prints figures, each next to a baseline measured in the same run.
    in-memory calls (one policy, like the loop). The two run in turns, ``--rounds`` times
    each, and their medians are compared (the machine's load moves both by tens of per
    cent from minute to minute); every round and the first replay() call are printed.
+4. Fidelity: replay() under the recorded policy, call by call against the online engine's
+   recorded decisions and rules; prints equal / total and exits 1 below 100 %.
 """
 
 from __future__ import annotations
@@ -211,14 +214,10 @@ def build_store(data: Path, calls: int, seed: int = 7) -> None:
             "failed": failed,
         }
     )
-    # Recorded decisions: the looser policy, replayed with the engine where limits bind.
-    # Allowed calls that fail give their quota back: replay reads that from the outcome.
-    rec = frame.with_columns(
-        pl.lit("allow").alias("decision"),
-        pl.when(pl.col("failed")).then(pl.lit("error")).otherwise(pl.lit("ok")).alias("outcome"),
-    )
-    decided, _ = replay(rec, {recorded.version: recorded}, recorded.version)
-    decided = decided.cast(pl.String)
+    # Recorded decisions: the online engine, call by call in time order under the looser
+    # policy, as the gateway runs. Outcomes are drawn before deciding: an allowed call that
+    # fails gives its quota back at its end, as live; a call not allowed has no outcome.
+    decided = online_decisions(frame, recorded, frame["failed"])
     frame = frame.hstack(decided).with_columns(
         pl.when(pl.col("r_decision") == "allow")
         .then(pl.when(pl.col("failed")).then(pl.lit("error")).otherwise(pl.lit("ok")))
@@ -262,8 +261,44 @@ def build_store(data: Path, calls: int, seed: int = 7) -> None:
     (VAR / "recorded.yaml").write_text(yaml.safe_dump(recorded.document))
 
 
+def online_decisions(calls: pl.DataFrame, policy: CompiledPolicy, fails: pl.Series) -> pl.DataFrame:
+    """The online engine over ``calls``: ``decide`` per call in time order with real limit
+    state, an allowed call whose ``fails`` is true releasing its quota at its end.
+
+    Returns ``r_decision``, ``r_rule``, ``r_message`` in the row order of ``calls``.
+    """
+    order = calls.with_row_index("__row").with_columns(fails.alias("__fails"))
+    order = order.sort("start_us", "span_id")
+    n = calls.height
+    decisions: list[str] = [""] * n
+    rules: list[str] = [""] * n
+    messages: list[str] = [""] * n
+    state = InMemoryLimitState()
+    releases: list[tuple[int, int, tuple[Any, ...]]] = []
+    for seq, r in enumerate(order.iter_rows(named=True)):
+        while releases and releases[0][0] <= r["start_us"]:
+            state.release(heapq.heappop(releases)[2])
+        req = Request(
+            r["tool"],
+            json.loads(r["arguments"]),
+            r["server"],
+            r["grant"],
+            r["agent_id"],
+            r["session_id"],
+        )
+        d = decide(policy, req, state, r["start_us"] / 1_000_000)
+        if d.reserved and r["__fails"]:
+            heapq.heappush(releases, (r["end_us"], seq, d.reserved))
+        i = r["__row"]
+        decisions[i], rules[i], messages[i] = d.decision, d.rule, d.message
+    return pl.DataFrame(
+        {"r_decision": decisions, "r_rule": rules, "r_message": messages},
+        schema=dict.fromkeys(("r_decision", "r_rule", "r_message"), pl.String),
+    )
+
+
 def engine_loop(calls: pl.DataFrame, policy: CompiledPolicy) -> float:
-    """The naive replay: decide each call in time order, releasing failed calls at their end."""
+    """The baseline: decide each call in time order, releasing failed calls at their end."""
     rows = calls.sort("start_us", "span_id")
     t = time.perf_counter()
     state = InMemoryLimitState()
@@ -285,13 +320,24 @@ def engine_loop(calls: pl.DataFrame, policy: CompiledPolicy) -> float:
     return time.perf_counter() - t
 
 
+def replay_fidelity(calls: pl.DataFrame, recorded: CompiledPolicy) -> tuple[int, int]:
+    """Calls on which ``replay()`` under the recorded policy gives the recorded decision and
+    rule (those of the online engine), and the number of calls."""
+    decided, _ = replay(calls, {recorded.version: recorded}, recorded.version)
+    same = (decided["r_decision"].cast(pl.String) == calls["decision"].cast(pl.String)) & (
+        decided["r_rule"].cast(pl.String).fill_null("")
+        == calls["rule"].cast(pl.String).fill_null("")
+    )
+    return int(same.fill_null(False).sum()), calls.height
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=10_000_000)
     ap.add_argument("--loop-sample", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3, help="replay() and loop runs, in turns")
     args = ap.parse_args()
-    data = VAR / f"store-{args.calls}"
+    data = VAR / f"store-online-{args.calls}"
     VAR.mkdir(parents=True, exist_ok=True)
     if not (data / PARQUET_DIR).is_dir():
         out.print(f"building a store of {args.calls:,} calls in {data} (once)")
@@ -361,6 +407,17 @@ def main() -> None:
     )
     out.print(f"speed-up, replay() vs loop     {loop_full_s / replay_s:>12.1f} x   target >= 50 x")
     out.print(f"speed-up, whole command vs loop {loop_full_s / cli_s:>11.1f} x")
+
+    # 3. Fidelity against the online engine: replay() under the recorded policy, call by
+    # call against the decisions (and rules) the engine loop recorded.
+    recorded = compile_document(_recorded_variant(policy.document))
+    equal, total = replay_fidelity(calls, recorded)
+    out.print(
+        f"fidelity, replay() vs the online engine {equal:,} / {total:,} "
+        f"= {100 * equal / total:.4f} %   target 100 %"
+    )
+    if equal != total:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
