@@ -38,8 +38,8 @@ import streamlit as st  # noqa: E402
 from callward.collector.schema import PARQUET_DIR, POLICIES_DIR, TOOL_CALL_SCHEMA  # noqa: E402
 from callward.dashboard import findings, queries  # noqa: E402
 from callward.dashboard.filters import resolve  # noqa: E402
-from callward.dashboard.settings import DATA_ENV  # noqa: E402
 from callward.enforcer.policy import canonical_json, policy_version  # noqa: E402
+from callward.paths import DATA_ENV  # noqa: E402
 
 console = Console()
 T0 = datetime(2026, 1, 5, tzinfo=UTC)

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from callward.dashboard.settings import DATA_ENV
+from callward.paths import DATA_ENV, DATA_OPTIONS
 
 APP = Path(__file__).with_name("app.py")
 err = Console(stderr=True)
@@ -60,9 +60,7 @@ def port_in_use(host: str, port: int) -> bool:
 def dashboard(
     data: Annotated[
         Path,
-        typer.Option(
-            "--data", "--data-dir", envvar=DATA_ENV, help="Data directory of the store to show."
-        ),
+        typer.Option(*DATA_OPTIONS, envvar=DATA_ENV, help="Data directory of the store to show."),
     ],
     port: Annotated[
         int,

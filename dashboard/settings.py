@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-DATA_ENV = "CALLWARD_DATA"
+from callward.paths import DATA_ENV, DATA_OPTIONS
 
 
 def data_dir(
@@ -17,7 +17,7 @@ def data_dir(
 ) -> Path | None:
     """The data directory the app was started on, or None when none was given."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--data", default=None)
+    parser.add_argument(*DATA_OPTIONS, dest="data", default=None)
     args, _ = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     env = os.environ if environ is None else environ
     value = args.data or env.get(DATA_ENV) or None

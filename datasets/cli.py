@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from callward.datasets.generator import DEMO_POLICY, GenerateConfig, generate
 from callward.enforcer.errors import PolicyInvalid
+from callward.paths import DATA_ENV, DATA_OPTIONS
 
 _STAGES = (
     "argument pools",
@@ -20,8 +21,6 @@ _STAGES = (
     "redaction",
     "writing store",
 )
-
-DATA_ENV = "CALLWARD_DATA"
 
 
 def default_start(days: int, today: date | None = None) -> datetime:
@@ -42,8 +41,7 @@ def generate_command(
     out: Path = typer.Option(
         ...,
         "--out",
-        "--data",
-        "--data-dir",
+        *DATA_OPTIONS,
         envvar=DATA_ENV,
         help="Data directory of the store to create or extend.",
     ),

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from callward.detectors.findings import detect_report, findings_json
+from callward.paths import DATA_ENV, DATA_OPTIONS
 
 _STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "dim"}
 
@@ -25,7 +26,9 @@ def _time(value: str | None, name: str) -> datetime | None:
 
 
 def detect_command(
-    data: Path = typer.Option(..., "--data", help="Data directory of the store."),
+    data: Path = typer.Option(
+        ..., *DATA_OPTIONS, envvar=DATA_ENV, help="Data directory of the store."
+    ),
     since: str | None = typer.Option(None, "--since", help="Only calls at or after (ISO 8601)."),
     until: str | None = typer.Option(None, "--until", help="Only calls before (ISO 8601)."),
     output: str = typer.Option("table", "--format", help="table or json."),

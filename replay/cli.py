@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from callward.enforcer.errors import PolicyInvalid
 from callward.enforcer.policy import CompiledPolicy, load_policy
+from callward.paths import DATA_ENV, DATA_OPTIONS
 from callward.replay.compare import Comparison, ReplayRequest, compare
 from callward.replay.evaluate import Progress as ProgressFn
 from callward.replay.gates import Gate, GateError, evaluate_gates, parse_gate
@@ -26,7 +27,6 @@ from callward.replay.render import FORMATS, render
 from callward.replay.report import build_report
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_USAGE = 0, 1, 2
-DATA_ENV = "CALLWARD_DATA"  # the store directory, as every reading command takes it
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -101,7 +101,7 @@ def write_decisions(c: Comparison, path: Path) -> None:
 
 def replay_command(
     data: Path = typer.Option(
-        ..., "--data", "--data-dir", envvar=DATA_ENV, help="Data directory of the store."
+        ..., *DATA_OPTIONS, envvar=DATA_ENV, help="Data directory of the store."
     ),
     policy: Path = typer.Option(..., "--policy", help="Candidate policy (JSON or YAML)."),
     baseline: Path | None = typer.Option(

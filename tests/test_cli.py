@@ -81,6 +81,24 @@ def test_store_readers_take_data_and_data_dir(spelling: str, tmp_path: Path) -> 
     policy = REPO / "examples" / "policies" / "seed.json"
     rep = runner.invoke(app, ["replay", spelling, missing, "--policy", str(policy)])
     assert rep.exit_code == 2, rep.output  # the store is missing, not the option
+    det = runner.invoke(app, ["detect", spelling, missing])
+    assert det.exit_code == 2 and "nowhere" in det.output, det.output
+
+
+@pytest.mark.parametrize(
+    "command", [["detect"], ["dashboard"], ["replay", "--policy", "examples/policies/seed.json"]]
+)
+def test_store_readers_take_the_store_from_the_environment(
+    command: list[str], tmp_path: Path
+) -> None:
+    from callward.paths import DATA_ENV
+
+    missing = tmp_path / "nowhere"
+    args = [command[0], *(str(REPO / a) if a.endswith(".json") else a for a in command[1:])]
+    without = runner.invoke(app, args, env={DATA_ENV: ""})
+    assert without.exit_code == 2 and "Missing option" in " ".join(without.output.split())
+    withenv = runner.invoke(app, args, env={DATA_ENV: str(missing)})
+    assert withenv.exit_code == 2 and "Missing option" not in withenv.output, withenv.output
 
 
 def test_generated_data_ends_today_by_default() -> None:

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from callward.dashboard.settings import DATA_ENV
+from callward.paths import DATA_ENV
 from tests.dashboard.conftest import APP
 from tests.dashboard.store_fixture import EXFIL_HOST, EXFIL_SESSION, FixtureStore
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from callward.dashboard.settings import DATA_ENV, data_dir
+from callward.dashboard.settings import data_dir
+from callward.paths import DATA_ENV
 
 
 def test_the_argument_beats_the_environment() -> None:
