@@ -29,8 +29,11 @@ system-deps:
 	  esac; \
 	done
 
+# `make demo PORT=8600` when 8501 is taken; `make demo DEMO_ARGS=--no-dashboard` to skip it.
+PORT ?= 8501
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/python -m callward.demo
+	$(BIN)/python -m callward.demo --port $(PORT) $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
