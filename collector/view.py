@@ -19,6 +19,13 @@ class StoreLockedError(RuntimeError):
     """The DuckDB file is held by another read-write process; the view was not refreshed."""
 
 
+# The view file holds nothing but the view's SQL, so it is written in the oldest storage
+# format that can hold it: any DuckDB CLI or client from 1.0 on opens it, whatever
+# version of the Python package wrote it (a file in the newest format is refused by
+# every older reader).
+VIEW_STORAGE_VERSION = "v1.0.0"
+
+
 def apply_view(path: Path, sql: str, *, attempts: int = 5, wait_s: float = 0.1) -> None:
     """Run the ``CREATE VIEW`` statement ``sql`` in the DuckDB file ``path``, holding the
     file open only briefly. Raises StoreLockedError when another process keeps it open
@@ -28,7 +35,9 @@ def apply_view(path: Path, sql: str, *, attempts: int = 5, wait_s: float = 0.1) 
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            con = duckdb.connect(str(path))
+            con = duckdb.connect(
+                str(path), config={"storage_compatibility_version": VIEW_STORAGE_VERSION}
+            )
         except duckdb.IOException as e:  # lock held by another process
             last = e
             time.sleep(wait_s * (attempt + 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from io import StringIO
 from typing import Any
 
@@ -127,6 +128,20 @@ def _print_store_notes(con: Console, report: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- markdown
 
 
+def _code(text: Any, *, cell: bool = False) -> str:
+    """A code span. Its content is shown literally (CommonMark), so it is not HTML-escaped
+    (``&gt;`` would be shown as is); the fence is one backtick longer than any run inside,
+    and a table cell's pipes are escaped, as GFM tables need even inside code."""
+    s = ("" if text is None else str(text)).replace("\n", " ")
+    if cell:
+        s = s.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", s)), default=0) + 1)
+    # CommonMark strips one space from each end of a span that starts and ends with one.
+    edge = s[:1] + s[-1:]
+    pad = " " if "`" in edge or (edge == "  " and s.strip(" ")) else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
 def _md(text: Any) -> str:
     """Table-cell text: pipes escaped, newlines flattened, HTML neutralised."""
     s = "" if text is None else str(text)
@@ -136,7 +151,7 @@ def _md(text: Any) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     cand = report["candidate"]
     lines = [
-        f"### Policy replay: `{_md(cand['source'])}` ({_md(cand['version'])})",
+        f"### Policy replay: {_code(cand['source'])} ({_md(cand['version'])})",
         "",
         f"**{_headline(report)}**",
         "",
@@ -160,7 +175,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             for ex in tr["examples"]:
                 lines.append(
                     f"| {_md(ex['start_time'])} | {_md(ex['agent_id'])} | {_md(ex['tool'])} | "
-                    f"`{_md(ex['from_rule'])}` | {_md(ex['from_message'])} | `{_md(ex['to_rule'])}` | "
+                    f"{_code(ex['from_rule'], cell=True)} | {_md(ex['from_message'])} | {_code(ex['to_rule'], cell=True)} | "
                     f"{_md(ex['to_message'])} |"
                 )
             lines += ["", "</details>", ""]
@@ -184,9 +199,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"Newly denied over time: `{sparkline([p['count'] for p in points])}`", ""]
     for g in report["gates"]:
         mark = "❌" if g["failed"] else "✅"
-        lines.append(f"- {mark} gate `{_md(g['rule'])}` (value {g['value']})")
+        lines.append(f"- {mark} gate {_code(g['rule'])} (value {g['value']})")
     for s in report["store"]["skipped_files"]:
-        lines.append(f"- skipped unreadable file `{_md(s['path'])}`: {_md(s['reason'])}")
+        lines.append(f"- skipped unreadable file {_code(s['path'])}: {_md(s['reason'])}")
     return "\n".join(lines).rstrip() + "\n"
 
 
