@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from callward.collector.config import ENV_VARS, load_config
+from callward.paths import keep_files_private
 
 if TYPE_CHECKING:
     from callward.collector.service import Collector
@@ -68,6 +69,7 @@ def collector(
     from callward.collector.service import Collector
 
     keep_pandas_out()  # this process is the collector's alone
+    keep_files_private()
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from callward.datasets.generator import DEMO_POLICY, GenerateConfig, generate
 from callward.enforcer.errors import PolicyInvalid
-from callward.paths import DATA_ENV, DATA_OPTIONS
+from callward.paths import DATA_ENV, DATA_OPTIONS, keep_files_private
 
 _STAGES = (
     "argument pools",
@@ -66,6 +66,7 @@ def generate_command(
 ) -> None:
     """Generate multi-agent MCP traffic with labeled runaway and exfiltration incidents."""
     console = Console(stderr=True)
+    keep_files_private()
     try:
         first_day = (
             datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
