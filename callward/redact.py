@@ -100,6 +100,36 @@ BUILTIN_KINDS: tuple[SecretKind, ...] = (
         r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
         ("eyJ",),
     ),
+    SecretKind("google_api_key", r"AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])", ("AIza",)),
+    SecretKind("huggingface_token", r"(?<![A-Za-z0-9_])hf_[A-Za-z]{34}(?![A-Za-z0-9_])", ("hf_",)),
+    SecretKind("npm_token", r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36}(?![A-Za-z0-9])", ("npm_",)),
+    SecretKind(
+        "sendgrid_key", r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])", ("SG.",)
+    ),
+    SecretKind(
+        "azure_client_secret",
+        r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.-]{31,34}(?![A-Za-z0-9_~.-])",
+        ("Q~",),
+    ),
+    SecretKind(
+        "azure_storage_key",
+        r"(?i:AccountKey)=(?P<secret>[A-Za-z0-9+/]{86}==)",
+        ("accountkey=",),
+        fold_case=True,
+        secret_group="secret",
+    ),
+    # Credentials on a command line: curl's -u/--user user:password, mysql's -pPASSWORD
+    # (no space: with one, mysql prompts) and --password VALUE of many tools.
+    SecretKind(
+        "cli_password",
+        r"(?:(?<![\w-])(?:-u|--user)[ \t]+[^\s:\"']{1,128}:"
+        r"|(?<![\w-])(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n]{0,512}?[ \t]-p"
+        r"|(?<![\w-])--pass(?:word)?[ \t]+)"
+        r"(?P<secret>(?!\[REDACTED:)[^\s\"'(),;|&<>]{1,256})",
+        ("-u ", "-u\t", "--user", "mysql", "mariadb", "--pass"),
+        fold_case=True,
+        secret_group="secret",
+    ),
     SecretKind(
         "url_password",
         r"\b[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s:/?#@\[\]\"']{1,256}:"
@@ -110,14 +140,14 @@ BUILTIN_KINDS: tuple[SecretKind, ...] = (
 )
 
 # Names whose value is a secret whatever it looks like (passwords are often low-entropy).
-_PASSWORD_NAME = r"pass(?:word|wd|phrase)?|pwd"
+_PASSWORD_NAME = r"pass(?:word|wd|phrase)?|pwd|pw"
 # Names whose value is a secret when it looks random.
 _SECRET_NAME = (
     r"secret|token|api[_-]?key|apikey|access[_-]?key|auth|authorization|credentials?"
     r"|private[_-]?key|client[_-]?secret|session[_-]?key|cookie|signature|bearer"
 )
 _NAME_TRIGGERS = (
-    "pass", "pwd", "secret", "token", "key", "auth", "credential", "cookie", "signature",
+    "pass", "pw", "secret", "token", "key", "auth", "credential", "cookie", "signature",
     "bearer",
 )  # fmt: skip
 # Any text whose lower-cased form contains none of these holds nothing to redact; a few
@@ -312,8 +342,11 @@ class Redactor:
         if isinstance(value, str):
             return self._redact_string_under(key, value)
         if isinstance(value, dict):
+            named = _pair_name(value)
             return {
-                self.redact_text(k) if isinstance(k, str) else k: self.redact_value(str(k), v)
+                self.redact_text(k) if isinstance(k, str) else k: self.redact_value(
+                    named if named and str(k).lower() == "value" else str(k), v
+                )
                 for k, v in value.items()
             }
         if isinstance(value, list):
@@ -354,8 +387,29 @@ class Redactor:
         return json.dumps(redacted, ensure_ascii=False)
 
 
+def _pair_name(obj: Mapping[Any, Any]) -> str:
+    """The name of a ``{"name": "DB_PASSWORD", "value": ...}`` pair (Kubernetes env
+    entries, AWS tags and parameters, HTTP header lists), so its value is judged as if it
+    stood under that name; ``""`` for any other object."""
+    if len(obj) > 8:
+        return ""
+    keys = {str(k).lower(): v for k, v in obj.items()}
+    if "value" not in keys:
+        return ""
+    for field in ("name", "key"):
+        name = keys.get(field)
+        if isinstance(name, str):
+            return name
+    return ""
+
+
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
 def _is_password_key(key: str) -> bool:
-    return bool(_PASSWORD_KEY_RE.search(key))
+    """``password``, ``db_password``, ``DB-PASS``, ``dbPassword``, ``pw``: a password
+    name as a word of the key, in any casing, camelCase humps counting as word breaks."""
+    return bool(_PASSWORD_KEY_RE.search(_CAMEL_HUMP.sub("_", key)))
 
 
 @lru_cache(maxsize=256)

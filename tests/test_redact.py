@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,34 @@ PLANTED: dict[str, tuple[str, str]] = {
         "MIIEowIBAAKCAQEAq7BFUpkGp3+XQ",
     ),
     "url_password": ("postgres://admin:Tr0ub4dor-3xyz@db.internal:5432/app", "Tr0ub4dor-3xyz"),
+    "google_api_key": (
+        "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+        "SyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+    ),
+    "huggingface_token": (
+        "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",
+        "jDfKLsmQoPzXwVnBtRyUiOaSeDfGhJkLzX",
+    ),
+    "npm_token": (
+        "npm_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8",
+        "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8",
+    ),
+    "sendgrid_key": (
+        "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",
+        "TwL2iGABf9DHoTf-09kqeF8tAmbihYzrnopKc-1s5cr",
+    ),
+    "azure_client_secret": (
+        "xAb8Q~Zq3vN7rT2yW9kL4mP6sD1fG5hJ8cV0bX",
+        "Zq3vN7rT2yW9kL4mP6sD1fG5hJ8cV0bX",
+    ),
+    "azure_storage_key": (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey="
+        + "Kq9wXz3Vb7Nm2Lp5Rt8Yu1Io4Ps6Df0Gh" * 2
+        + "Kq9wXz3Vb7Nm2Lp5Rt8Y=="
+        + ";EndpointSuffix=core.windows.net",
+        "Kq9wXz3Vb7Nm2Lp5Rt8Yu1Io4Ps6Df0GhKq9w",
+    ),
+    "cli_password": ("curl -u alice:Wint3r-is-coming https://api.example.com", "Wint3r-is-coming"),
 }
 EXTRA_TEXT_CASES = {
     "github_pat": ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "github_token"),
@@ -476,6 +505,31 @@ def _private_key() -> st.SearchStrategy[str]:
     )
 
 
+def _azure_storage_key() -> st.SearchStrategy[tuple[str, str, str]]:
+    return _chars(_B64, 86, 86).map(
+        lambda k: (
+            "azure_storage_key",
+            f"AccountName=acct;AccountKey={k}==",
+            "AccountName=acct;AccountKey=[REDACTED:azure_storage_key]",
+        )
+    )
+
+
+def _cli_password() -> st.SearchStrategy[tuple[str, str, str]]:
+    secret = _chars(_ALNUM + "-_.!$%*~@#", 1, 30)
+    forms = st.sampled_from(
+        [
+            "curl -u alice:{}",
+            "curl --user ci-bot:{}",
+            "mysql -h db -u root -p{}",
+            "app --password {}",
+        ]
+    )
+    return st.tuples(forms, secret).map(
+        lambda t: ("cli_password", t[0].format(t[1]), t[0].format("[REDACTED:cli_password]"))
+    )
+
+
 def _url_password() -> st.SearchStrategy[tuple[str, str, str]]:
     scheme = st.sampled_from(["postgres", "mysql", "redis", "https", "amqp", "mongodb+srv", "s3"])
     user = _chars(_ALNUM + "._-", 1, 20)
@@ -547,6 +601,25 @@ _FRESH_LIST = [
     ),
     _whole("private_key", _private_key()),
     ("url_password", _url_password()),
+    _whole("google_api_key", _chars(_URLSAFE, 35, 35).map(lambda s: "AIza" + s)),
+    _whole("huggingface_token", _chars(string.ascii_letters, 34, 34).map(lambda s: "hf_" + s)),
+    _whole("npm_token", _chars(_ALNUM, 36, 36).map(lambda s: "npm_" + s)),
+    _whole(
+        "sendgrid_key",
+        st.tuples(_chars(_URLSAFE, 22, 22), _chars(_URLSAFE, 43, 43)).map(
+            lambda t: f"SG.{t[0]}.{t[1]}"
+        ),
+    ),
+    _whole(
+        "azure_client_secret",
+        st.tuples(
+            _chars(_ALNUM + "_~.", 3, 3),
+            st.sampled_from("0123456789"),
+            _chars(_URLSAFE + "~.", 31, 34),
+        ).map(lambda t: f"{t[0]}{t[1]}Q~{t[2]}"),
+    ),
+    ("azure_storage_key", _azure_storage_key()),
+    ("cli_password", _cli_password()),
 ]
 # kind -> a strategy of fresh secrets of that kind (all built-in kinds, checked below)
 FRESH: dict[str, st.SearchStrategy[tuple[str, str, str]]] = dict(_FRESH_LIST)
@@ -610,3 +683,25 @@ def test_a_fresh_secret_in_json_becomes_its_marker_and_the_rest_stays(
     wanted = dict(others)
     wanted[key] = nest(expected if alone else f"{prefix} {expected} {suffix}")  # type: ignore[assignment]
     assert out == wanted
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ('{"dbPassword": "hunter2"}', "hunter2"),
+        ('{"pw": "hunter2"}', "hunter2"),
+        ("PW=hunter2 ./run", "hunter2"),
+        ('{"env": [{"name": "DB_PASSWORD", "value": "hunter2"}]}', "hunter2"),
+        ('[{"Key": "db-pass", "Value": "hunter2"}]', "hunter2"),
+        ('{"command": "mysql -h db -u root -phunter2x app"}', "hunter2x"),
+        ('{"command": "curl -u admin:hunter2 https://x"}', "hunter2"),
+    ],
+)
+def test_password_names_in_any_casing_pairs_and_command_lines(text: str, secret: str) -> None:
+    out = redact_json_text(text)
+    assert secret not in out and "[REDACTED:" in out, out
+
+
+def test_a_pair_whose_name_is_no_secret_keeps_its_value() -> None:
+    text = '{"env": [{"name": "HOME", "value": "/root"}, {"name": "pwd", "value": "/srv"}]}'
+    assert "/root" in redact_json_text(text)
