@@ -7,15 +7,15 @@ both directions, with three exceptions:
 * a ``tools/call`` request goes through the :class:`~enforcer.proxy.gate.Gate` first; a
   refused call is answered here and never reaches the server;
 * a ``resources/read``, ``prompts/get`` or ``completion/complete`` request, which reads
-  or expands server content, is decided the same way, as the pseudo-tool named by its
-  method with its params (without ``_meta``) as arguments (:func:`decided_call`); a
+  or expands server content, is decided the same way, as the pseudo-tool
+  :data:`PSEUDO_TOOLS` names for its method, with its params (without ``_meta``) as arguments (:func:`decided_call`); a
   refusal is a JSON-RPC error :data:`POLICY_REFUSED`;
 * a ``tools/list`` response loses the tools the policy hides (every time, so a tool stays
   hidden after ``notifications/tools/list_changed``);
 * failures are answered here: a malformed message, an upstream that closes or crashes
   mid-call, or one that does not answer within ``call_timeout``.
 
-What the relay refuses with ``-32600`` and never forwards (see ``docs/security.md``):
+What the relay refuses with ``-32600`` and never forwards:
 
 * a client message whose shape the spec does not allow (:mod:`enforcer.proxy.framing`,
   applied again here to what the transport parsed, so that a transport without a raw
@@ -82,7 +82,16 @@ REFUSED_METHOD = "callward/refused"
 """Stands in for a message the transport's classifier refused; ``params`` carries the
 error (``code``, ``message``) and the id to answer (or null)."""
 
-DECIDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get", "completion/complete"})
+PSEUDO_TOOLS = {
+    "resources/read": "resources:read",
+    "prompts/get": "prompts:get",
+    "completion/complete": "completion:complete",
+}
+"""Methods other than ``tools/call`` that read or expand server content, and the name
+under which the policy judges each. A colon, which MCP tool names never hold, keeps
+them apart from real tools, and no ``/`` keeps them nameable in a policy (``/`` there
+qualifies a tool by its server: ``github/resources:read``)."""
+DECIDED_METHODS = frozenset({"tools/call", *PSEUDO_TOOLS})
 """Client requests that go through the gate: they run a tool or read or expand server
 content, so a default-deny policy must be able to refuse them."""
 PRE_INIT_METHODS = frozenset({"initialize", "ping"})
@@ -667,16 +676,17 @@ class Relay:
 def decided_call(method: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     """The (pseudo-)tool and arguments under which a decided request is judged.
 
-    ``tools/call`` is its tool; the other decided methods are judged as the tool named
-    by the method (``resources/read``, ``prompts/get``, ``completion/complete``) with
-    their params without ``_meta`` as arguments, so ``args.uri`` of ``resources/read``
-    and ``args.name`` of ``prompts/get`` are what a rule's conditions look at.
+    ``tools/call`` is its tool; the other decided methods are judged as their
+    :data:`PSEUDO_TOOLS` name (``resources:read``, ``prompts:get``,
+    ``completion:complete``) with their params without ``_meta`` as arguments, so
+    ``args.uri`` of ``resources/read`` and ``args.name`` of ``prompts/get`` are what a
+    rule's conditions look at.
     """
     params = params or {}
     if method == "tools/call":
         name, arguments = params.get("name"), params.get("arguments")
         return str(name), arguments if isinstance(arguments, dict) else {}
-    return method, {k: v for k, v in params.items() if k != "_meta"}
+    return PSEUDO_TOOLS[method], {k: v for k, v in params.items() if k != "_meta"}
 
 
 def _progress_token(params: dict[str, Any] | None) -> Any:
@@ -694,6 +704,7 @@ __all__ = [
     "OVERSIZE_METHOD",
     "PARSE_ERROR",
     "POLICY_REFUSED",
+    "PSEUDO_TOOLS",
     "REFUSED_METHOD",
     "UPSTREAM_TIMEOUT",
     "UPSTREAM_UNAVAILABLE",
