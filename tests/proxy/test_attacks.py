@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp.types import JSONRPCMessage
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from callward.enforcer.policy import compile_document
 from callward.enforcer.proxy.framing import INVALID_REQUEST, classify, usable_id
@@ -33,7 +34,8 @@ from callward.enforcer.proxy.relay import POLICY_REFUSED
 from callward.enforcer.proxy.stdio import BoundedLines
 from callward.enforcer.proxy.tokens import parse_tokens
 from callward.enforcer.proxy.upstream import command_upstream
-from tests.proxy.conftest import REPO, SERVERS_DIR, http_proxy
+from callward.enforcer.telemetry import CallRecorder
+from tests.proxy.conftest import REPO, SERVERS_DIR, attrs, http_proxy, raw_relay, spans_by_tool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -410,3 +412,42 @@ def test_every_line_the_sdk_gets_is_a_message_it_can_read(lines: list[bytes], si
 
     for line in anyio.run(collect):
         JSONRPCMessage.model_validate_json(line)
+
+
+# --------------------------------------------------------------------------- audit of reads
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_read_methods_are_audited_and_conditions_see_their_params(
+    recorder: CallRecorder, exporter: InMemorySpanExporter, record_log: Path
+) -> None:
+    """A decided read gets a span like a tool call, and ``args.uri`` is what a rule sees."""
+    doc = {
+        "version": "1",
+        "default": "allow",
+        "tools": {
+            "resources:read": {
+                "deny_if": [
+                    {"conditions": [{"path": "args.uri", "op": "contains", "value": "passwd"}]}
+                ]
+            }
+        },
+    }
+    policy = compile_document(doc)
+    gate = Gate(
+        InProcessChecker(policy, clock=lambda: 1_800_000_000.0), policy=policy, recorder=recorder
+    )
+    upstream = command_upstream(sys.executable, [str(RECORDING)])
+    async with raw_relay(gate, upstream) as (client, _relay):
+        await client.handshake()
+        denied = await client.request(1, "resources/read", {"uri": "file:///etc/passwd"})
+        allowed = await client.request(2, "resources/read", {"uri": "file:///x"})
+    assert denied["error"]["code"] == POLICY_REFUSED
+    assert allowed["result"]["contents"][0]["text"] == "server content"
+    spans = spans_by_tool(exporter, "resources:read")
+    assert sorted(attrs(s)["callward.decision"] for s in spans) == ["allow", "deny"]
+    reads = [
+        d["params"]["uri"] for d in recorded(record_log) if d.get("method") == "resources/read"
+    ]
+    assert reads == ["file:///x"]
