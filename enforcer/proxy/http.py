@@ -13,6 +13,13 @@ In front of it, two checks answer before any MCP processing:
 * ``Authorization: Bearer <token>`` when a tokens file is configured: a missing or
   unknown token gets 401 with ``WWW-Authenticate: Bearer``. A session stays bound to
   the token that opened it (the SDK answers 404 to another credential).
+
+Then a POST body is classified by :mod:`enforcer.proxy.framing` from its raw bytes; a
+body the gateway cannot accept (a ``tools/call`` with an unusable id, a batch, deep
+nesting, a repeated key, text that is not UTF-8 …) is answered with its JSON-RPC error
+and status 400, and never reaches the SDK or the upstream. A session's identity is
+pinned by the relay at ``initialize``: a later request with another
+``X-Callward-Agent`` header is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from callward.enforcer.proxy.framing import classify
 from callward.enforcer.proxy.gate import Gate, Identity
 from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT, Relay
 from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
@@ -137,6 +145,7 @@ class ProxyHTTP:
     ):
         self.tokens = tokens
         self.grant = grant
+        self.max_message_bytes = max_message_bytes
         self.allowed_origins = tuple(allowed_origins)
         self.server = _RelayServer(gate, connector, call_timeout)
         self.manager = StreamableHTTPSessionManager(
@@ -185,6 +194,16 @@ class ProxyHTTP:
             scope["callward.grant"] = bearer.grant
         else:
             scope["callward.grant"] = self.grant
+        if request.method == "POST":
+            body = await _read_body(receive, self.max_message_bytes)
+            receive = _replay(body, receive)
+            refusal = classify(body) if len(body) <= self.max_message_bytes else None
+            if refusal is not None:
+                log.warning("refused a message from the client: %s", refusal.reason)
+                error = {"code": refusal.code, "message": refusal.reason}
+                answer = {"jsonrpc": "2.0", "id": refusal.id, "error": error}
+                await JSONResponse(answer, status_code=400)(scope, receive, send)
+                return
         await self.manager.handle_request(scope, receive, send)
 
 
@@ -197,6 +216,33 @@ class _ASGIEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.handler(scope, receive, send)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The request body, read up to one byte past ``limit`` (the SDK answers 413 to that)."""
+    body = bytearray()
+    while len(body) <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    return bytes(body)
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """A ``receive`` that hands the already read body on, then the connection's own."""
+    sent = False
+
+    async def receive() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return receive
 
 
 async def _refuse(

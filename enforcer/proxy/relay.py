@@ -6,10 +6,27 @@ both directions, with three exceptions:
 
 * a ``tools/call`` request goes through the :class:`~enforcer.proxy.gate.Gate` first; a
   refused call is answered here and never reaches the server;
+* a ``resources/read``, ``prompts/get`` or ``completion/complete`` request, which reads
+  or expands server content, is decided the same way, as the pseudo-tool
+  :data:`PSEUDO_TOOLS` names for its method, with its params (without ``_meta``) as arguments (:func:`decided_call`); a
+  refusal is a JSON-RPC error :data:`POLICY_REFUSED`;
 * a ``tools/list`` response loses the tools the policy hides (every time, so a tool stays
   hidden after ``notifications/tools/list_changed``);
 * failures are answered here: a malformed message, an upstream that closes or crashes
   mid-call, or one that does not answer within ``call_timeout``.
+
+What the relay refuses with ``-32600`` and never forwards:
+
+* a client message whose shape the spec does not allow (:mod:`enforcer.proxy.framing`,
+  applied again here to what the transport parsed, so that a transport without a raw
+  classifier still cannot slip a ``tools/call`` through as a notification);
+* a request whose id is already in flight in the same direction (ids compare as text,
+  as the SDK's HTTP transport routes answers by ``str(id)``), answered with ``id: null``
+  because an answer carrying that id would be taken for the answer to the first request;
+* a second ``initialize``: the first one fixes the session's identity (``clientInfo``
+  name, and over HTTP the agent header and grant), and a later request claiming another
+  agent or grant is refused; requests other than ``ping`` before ``initialize`` are
+  refused too, so that no call is decided under an identity the session never declared.
 
 Request ids are not rewritten. Client and server each own their id space and the proxy
 never originates a request of its own, except one: after the upstream died, the next
@@ -39,6 +56,8 @@ from mcp.types import (
     RequestId,
 )
 
+from callward.enforcer.proxy.framing import Refusal, classify_document, usable_id
+from callward.enforcer.proxy.framing import parse as parse_json
 from callward.enforcer.proxy.gate import Gate, Identity, Verdict, refusal_result
 from callward.enforcer.proxy.upstream import Connector
 
@@ -53,9 +72,29 @@ UPSTREAM_TIMEOUT = -32002
 """The upstream server did not answer within the proxy's per-call timeout."""
 MESSAGE_TOO_LARGE = -32003
 """A message over the proxy's size limit (see :mod:`enforcer.proxy.stdio`)."""
+POLICY_REFUSED = -32010
+"""A decided request other than ``tools/call`` that the policy refused; ``error.data``
+holds ``{decision, rule, policy_version}`` as a refused call's ``structuredContent``."""
 
 OVERSIZE_METHOD = "callward/oversize"
 """Stands in for a message too large to read; the relay answers it with an error."""
+REFUSED_METHOD = "callward/refused"
+"""Stands in for a message the transport's classifier refused; ``params`` carries the
+error (``code``, ``message``) and the id to answer (or null)."""
+
+PSEUDO_TOOLS = {
+    "resources/read": "resources:read",
+    "prompts/get": "prompts:get",
+    "completion/complete": "completion:complete",
+}
+"""Methods other than ``tools/call`` that read or expand server content, and the name
+under which the policy judges each. A colon, which MCP tool names never hold, keeps
+them apart from real tools, and no ``/`` keeps them nameable in a policy (``/`` there
+qualifies a tool by its server: ``github/resources:read``)."""
+DECIDED_METHODS = frozenset({"tools/call", *PSEUDO_TOOLS})
+"""Client requests that go through the gate: they run a tool or read or expand server
+content, so a default-deny policy must be able to refuse them."""
+PRE_INIT_METHODS = frozenset({"initialize", "ping"})
 
 DEFAULT_CALL_TIMEOUT = 120.0
 """Seconds an upstream gets to answer one request before the client gets an error."""
@@ -111,7 +150,10 @@ class Relay:
         self.stats = RelayStats()
         self.client_name = ""
         self._init: JSONRPCRequest | None = None
+        self._pinned: Identity | None = None
         self._inflight: dict[RequestId, Inflight] = {}
+        self._inflight_keys: set[str] = set()
+        self._server_inflight: set[str] = set()
         self._progress: dict[Any, RequestId] = {}
         self._up_write: ObjectSendStream[SessionMessage] | None = None
         self._client_write: ObjectSendStream[SessionMessage] | None = None
@@ -226,36 +268,109 @@ class Relay:
             await self._answer_malformed(item)
             return
         root = item.message.root
+        if isinstance(root, JSONRPCNotification) and root.method == REFUSED_METHOD:
+            await self._answer_stand_in(root)
+            return
+        if (
+            isinstance(root, JSONRPCRequest | JSONRPCNotification)
+            and root.method == OVERSIZE_METHOD
+        ):
+            await self._answer_oversize(root)
+            return
+        refusal = classify_document(item.message.model_dump(by_alias=True, exclude_unset=True))
+        if refusal is not None:
+            await self._refuse(refusal)
+            return
         if isinstance(root, JSONRPCRequest):
             await self._client_request(item, root)
         elif isinstance(root, JSONRPCNotification):
-            if root.method == OVERSIZE_METHOD:
-                self._count("oversize")
-                return
             if root.method == "notifications/cancelled":
                 await self._client_cancelled(root)
             await self._send_up(item.message)
         else:  # the client's answer to a server->client request (sampling, roots, elicitation)
+            key = str(root.id)
+            if key not in self._server_inflight:
+                self._count("unsolicited_response")
+                log.warning("dropped a client answer to no pending server request")
+                return
+            self._server_inflight.discard(key)
             await self._send_up(item.message)
 
-    async def _client_request(self, item: SessionMessage, req: JSONRPCRequest) -> None:
-        if req.method == OVERSIZE_METHOD:
-            params = req.params or {}
-            self._count("oversize")
-            await self._error(
-                req.id,
-                MESSAGE_TOO_LARGE,
-                f"message of {params.get('bytes', '?')} bytes is over the proxy's limit "
-                f"of {params.get('limit', '?')} bytes",
+    async def _answer_oversize(self, root: JSONRPCRequest | JSONRPCNotification) -> None:
+        self._count("oversize")
+        if isinstance(root, JSONRPCNotification):
+            return
+        params = root.params or {}
+        await self._error(
+            root.id,
+            MESSAGE_TOO_LARGE,
+            f"message of {params.get('bytes', '?')} bytes is over the proxy's limit "
+            f"of {params.get('limit', '?')} bytes",
+        )
+
+    async def _answer_stand_in(self, note: JSONRPCNotification) -> None:
+        params = note.params or {}
+        code = params.get("code")
+        rid = params.get("id")
+        await self._refuse(
+            Refusal(
+                code if isinstance(code, int) else INVALID_REQUEST,
+                str(params.get("message", "invalid request")),
+                rid if isinstance(rid, str | int) else None,
             )
+        )
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        """Answer a message that is not forwarded (-32700/-32600, id null when unusable)."""
+        self._count("parse_error" if refusal.code == PARSE_ERROR else "invalid_request")
+        log.warning("refused a message from the client: %s", refusal.reason)
+        await self._error(refusal.id, refusal.code, refusal.reason)
+
+    def _session_refusal(self, item: SessionMessage, req: JSONRPCRequest) -> Refusal | None:
+        """Lifecycle and identity rules of one session (see the module docstring)."""
+        key = str(req.id)
+        if key in self._inflight_keys or (self._reinit_id is not None and key == self._reinit_id):
+            return Refusal(
+                INVALID_REQUEST, f"invalid request: id {key[:64]!r} is already in flight"
+            )
+        if req.method == "initialize":
+            if self._init is not None:
+                return Refusal(
+                    INVALID_REQUEST,
+                    "invalid request: this session is already initialized; "
+                    "its identity is fixed by the first initialize",
+                    req.id,
+                )
+            return None
+        if self._pinned is None:
+            if req.method in PRE_INIT_METHODS:
+                return None
+            return Refusal(
+                INVALID_REQUEST, f"invalid request: {req.method} before initialize", req.id
+            )
+        now = self.identify(item, self.client_name)
+        if (now.agent_id, now.grant) != (self._pinned.agent_id, self._pinned.grant):
+            return Refusal(
+                INVALID_REQUEST,
+                "invalid request: this session's identity was fixed at initialize; "
+                "a request claiming another agent is refused",
+                req.id,
+            )
+        return None
+
+    async def _client_request(self, item: SessionMessage, req: JSONRPCRequest) -> None:
+        refusal = self._session_refusal(item, req)
+        if refusal is not None:
+            await self._refuse(refusal)
             return
         if req.method == "initialize":
             self._init = req
             info = (req.params or {}).get("clientInfo")
             if isinstance(info, dict) and isinstance(info.get("name"), str):
                 self.client_name = info["name"]
+            self._pinned = self.identify(item, self.client_name)
         verdict: Verdict | None = None
-        if req.method == "tools/call":
+        if req.method in DECIDED_METHODS:
             checked = await self._check_call(item, req)
             if checked is None:
                 return
@@ -273,6 +388,7 @@ class Relay:
         token = _progress_token(req.params)
         deadline = anyio.current_time() + timeout
         self._inflight[req.id] = Inflight(req.method, deadline, timeout, verdict, token)
+        self._inflight_keys.add(str(req.id))
         if token is not None:
             self._progress[token] = req.id
         if not await self._send_up(item.message):
@@ -288,12 +404,14 @@ class Relay:
         self.stats.forwarded += 1
 
     async def _check_call(self, item: SessionMessage, req: JSONRPCRequest) -> Verdict | None:
-        """Gate a ``tools/call``; None when it was answered here (refused or malformed)."""
+        """Gate a decided request; None when it was answered here (refused or malformed)."""
         params = req.params or {}
         identity = self.identify(item, self.client_name)
         meta = params.get("_meta")
         traceparent = meta.get("traceparent", "") if isinstance(meta, dict) else ""
         traceparent = traceparent if isinstance(traceparent, str) else ""
+        if req.method != "tools/call":
+            return await self._check_read(req, identity, traceparent)
         name = params.get("name")
         arguments = params.get("arguments")
         arguments = {} if arguments is None else arguments
@@ -326,6 +444,23 @@ class Relay:
         )
         return None
 
+    async def _check_read(
+        self, req: JSONRPCRequest, identity: Identity, traceparent: str
+    ) -> Verdict | None:
+        name, arguments = decided_call(req.method, req.params)
+        verdict = await self.gate.check(name, arguments, identity, traceparent)
+        if verdict.forward:
+            return verdict
+        self.stats.refused += 1
+        refused = refusal_result(verdict)
+        error = ErrorData(
+            code=POLICY_REFUSED,
+            message=refused["content"][0]["text"],
+            data=refused["structuredContent"],
+        )
+        await self._to_client(JSONRPCMessage(JSONRPCError(jsonrpc="2.0", id=req.id, error=error)))
+        return None
+
     async def _client_cancelled(self, note: JSONRPCNotification) -> None:
         """The client gave up on a request: close its span. Quota stays spent (the call may
         have run; giving it back would let an agent bypass a limit by cancelling)."""
@@ -338,24 +473,24 @@ class Relay:
             await self.gate.report(entry.verdict, "ok", duration, 0, "cancelled")
 
     async def _answer_malformed(self, exc: Exception) -> None:
-        """JSON-RPC says: -32700 for text that is not JSON, -32600 for JSON that is not a
-        valid request; with the request's id when it can be read, else null."""
+        """The transport could not parse a message: answer as :mod:`framing` would (with
+        the request's id when it can be read, else null)."""
         self._count("malformed")
         raw = self.on_malformed(exc) if self.on_malformed is not None else None
-        rid: RequestId | None = None
-        code, why = PARSE_ERROR, "parse error: the message is not valid JSON"
+        refusal = Refusal(PARSE_ERROR, "parse error: the message is not valid JSON")
         if raw is not None:
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                pass
+            doc = parse_json(raw.encode("utf-8", errors="surrogateescape"))
+            if isinstance(doc, Refusal):
+                refusal = doc
             else:
-                code, why = INVALID_REQUEST, "invalid request: not a valid JSON-RPC 2.0 message"
-                candidate = doc.get("id") if isinstance(doc, dict) else None
-                if isinstance(candidate, str | int) and not isinstance(candidate, bool):
-                    rid = candidate
-        log.warning("malformed message from the client: %s", why)
-        await self._error(rid, code, why)
+                rid = doc.get("id") if isinstance(doc, dict) else None
+                refusal = Refusal(
+                    INVALID_REQUEST,
+                    "invalid request: not a valid JSON-RPC 2.0 message",
+                    rid if usable_id(rid) else None,
+                )
+        log.warning("malformed message from the client: %s", refusal.reason)
+        await self._error(refusal.id, refusal.code, refusal.reason)
 
     # ------------------------------------------------------------------ upstream -> client
 
@@ -384,6 +519,20 @@ class Relay:
                 return
             await self._to_client(message)
             return
+        if isinstance(root, JSONRPCRequest):
+            key = str(root.id)
+            if key in self._server_inflight:
+                self._count("upstream_duplicate_id")
+                error = ErrorData(
+                    code=INVALID_REQUEST, message=f"id {key[:64]!r} is already in flight"
+                )
+                await self._send_up(
+                    JSONRPCMessage(
+                        JSONRPCError.model_construct(jsonrpc="2.0", id=None, error=error)
+                    )
+                )
+                return
+            self._server_inflight.add(key)
         related: RequestId | None = None
         if isinstance(root, JSONRPCNotification) and root.method == "notifications/progress":
             related = self._progress.get((root.params or {}).get("progressToken"))
@@ -455,7 +604,9 @@ class Relay:
     async def _fail_all(self, why: str) -> None:
         pending = list(self._inflight.items())
         self._inflight.clear()
+        self._inflight_keys.clear()
         self._progress.clear()
+        self._server_inflight.clear()  # the new server knows nothing of the old one's asks
         for rid, entry in pending:
             await self._fail_request(rid, entry.method, entry.verdict, why, "upstream_closed")
 
@@ -480,6 +631,8 @@ class Relay:
 
     def _pop(self, rid: RequestId) -> Inflight | None:
         entry = self._inflight.pop(rid, None)
+        if entry is not None:
+            self._inflight_keys.discard(str(rid))
         if entry is not None and entry.progress_token is not None:
             self._progress.pop(entry.progress_token, None)
         return entry
@@ -520,6 +673,22 @@ class Relay:
         await self._to_client(JSONRPCMessage.model_construct(root=root))
 
 
+def decided_call(method: str, params: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The (pseudo-)tool and arguments under which a decided request is judged.
+
+    ``tools/call`` is its tool; the other decided methods are judged as their
+    :data:`PSEUDO_TOOLS` name (``resources:read``, ``prompts:get``,
+    ``completion:complete``) with their params without ``_meta`` as arguments, so
+    ``args.uri`` of ``resources/read`` and ``args.name`` of ``prompts/get`` are what a
+    rule's conditions look at.
+    """
+    params = params or {}
+    if method == "tools/call":
+        name, arguments = params.get("name"), params.get("arguments")
+        return str(name), arguments if isinstance(arguments, dict) else {}
+    return PSEUDO_TOOLS[method], {k: v for k, v in params.items() if k != "_meta"}
+
+
 def _progress_token(params: dict[str, Any] | None) -> Any:
     meta = (params or {}).get("_meta")
     token = meta.get("progressToken") if isinstance(meta, dict) else None
@@ -527,13 +696,19 @@ def _progress_token(params: dict[str, Any] | None) -> Any:
 
 
 __all__ = [
+    "DECIDED_METHODS",
     "DEFAULT_CALL_TIMEOUT",
     "INVALID_PARAMS",
+    "INVALID_REQUEST",
     "MESSAGE_TOO_LARGE",
     "OVERSIZE_METHOD",
     "PARSE_ERROR",
+    "POLICY_REFUSED",
+    "PSEUDO_TOOLS",
+    "REFUSED_METHOD",
     "UPSTREAM_TIMEOUT",
     "UPSTREAM_UNAVAILABLE",
     "IdentityResolver",
     "Relay",
+    "decided_call",
 ]

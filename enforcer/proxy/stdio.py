@@ -7,6 +7,12 @@ hostile one) could exhaust the proxy's memory. A line over ``max_message_bytes``
 skipped without being buffered and stands in as a ``callward/oversize`` message, which
 the relay answers with a JSON-RPC error carrying the request's id when the id can be
 read from the line's first bytes (clients write ``id`` before ``params``).
+
+Every line within the bound is classified from its raw bytes by
+:mod:`enforcer.proxy.framing` before the SDK sees it: a line the gateway cannot accept
+(deep nesting, invalid UTF-8, a repeated key, a ``tools/call`` with an unusable id, a
+batch …) never reaches the SDK's parser and stands in as a ``callward/refused``
+notification that the relay answers with the refusal's JSON-RPC error.
 """
 
 from __future__ import annotations
@@ -15,14 +21,21 @@ import json
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any, cast
 
 import anyio
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 
+from callward.enforcer.proxy.framing import Refusal, classify
 from callward.enforcer.proxy.gate import Gate, Identity
-from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT, OVERSIZE_METHOD, Relay
+from callward.enforcer.proxy.relay import (
+    DEFAULT_CALL_TIMEOUT,
+    OVERSIZE_METHOD,
+    REFUSED_METHOD,
+    Relay,
+)
 from callward.enforcer.proxy.upstream import Connector
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -36,13 +49,22 @@ _PREFIX_BYTES = 512
 class BoundedLines:
     """Lines of a byte source, at most ``limit`` bytes each, as an async iterator of text.
 
-    ``last_line`` is the most recent line handed out: the SDK reader parses one line
+    ``screen`` (framing's :func:`classify` unless told otherwise) judges each line;
+    a refused line is replaced by its stand-in. ``last_line`` is the most recent line
+    handed out: the SDK reader parses one line
     and waits until its (unbuffered) stream is read before taking the next, so when the
     relay receives a parse error, ``last_line`` is the text that failed.
     """
 
-    def __init__(self, source: Any, limit: int = DEFAULT_MAX_MESSAGE_BYTES, chunk: int = 65536):
+    def __init__(
+        self,
+        source: Any,
+        limit: int = DEFAULT_MAX_MESSAGE_BYTES,
+        chunk: int = 65536,
+        screen: Callable[[bytes], Refusal | None] | None = classify,
+    ):
         self.source = source
+        self.screen = screen
         self.limit = limit
         self.chunk = chunk
         self.last_line = ""
@@ -70,17 +92,24 @@ class BoundedLines:
                 del self._buf[: nl + 1]
                 if not raw.strip():
                     continue
-                self.last_line = raw.decode("utf-8", errors="replace")
-                return self.last_line
+                return self._checked(raw)
             if nl > self.limit or len(self._buf) > self.limit:
                 return await self._skip_oversize()
             if not await self._fill():
                 if self._buf.strip():
                     raw = bytes(self._buf)
                     self._buf.clear()
-                    self.last_line = raw.decode("utf-8", errors="replace")
-                    return self.last_line
+                    return self._checked(raw)
                 raise StopAsyncIteration
+
+    def _checked(self, raw: bytes) -> str:
+        """The line itself when framing accepts it, else its refusal's stand-in."""
+        refusal = self.screen(raw) if self.screen is not None else None
+        if refusal is not None:
+            self.last_line = ""
+            return refused_stand_in(refusal)
+        self.last_line = raw.decode("utf-8", errors="replace")
+        return self.last_line
 
     async def _skip_oversize(self) -> str:
         prefix = bytes(self._buf[:_PREFIX_BYTES])
@@ -112,6 +141,12 @@ def oversize_stand_in(prefix: bytes, size: int, limit: int) -> str:
             msg = {"jsonrpc": "2.0", "id": rid, "method": OVERSIZE_METHOD, "params": params}
             return json.dumps(msg) + "\n"
     return json.dumps({"jsonrpc": "2.0", "method": OVERSIZE_METHOD, "params": params}) + "\n"
+
+
+def refused_stand_in(refusal: Refusal) -> str:
+    """The JSON-RPC message that replaces a line framing refused."""
+    params = {"code": refusal.code, "message": refusal.reason, "id": refusal.id}
+    return json.dumps({"jsonrpc": "2.0", "method": REFUSED_METHOD, "params": params}) + "\n"
 
 
 def stdio_identity(grant: str, session_id: str | None = None) -> Any:
@@ -150,6 +185,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "BoundedLines",
     "oversize_stand_in",
+    "refused_stand_in",
     "serve_stdio",
     "stdio_identity",
 ]

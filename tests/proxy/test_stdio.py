@@ -46,7 +46,9 @@ async def _collect(lines: BoundedLines) -> list[str]:
 
 
 def read_all(data: bytes, limit: int, sizes: list[int]) -> list[str]:
-    return anyio.run(_collect, BoundedLines(ChunkedBytes(data, sizes), limit, chunk=4096))
+    return anyio.run(
+        _collect, BoundedLines(ChunkedBytes(data, sizes), limit, chunk=4096, screen=None)
+    )
 
 
 line_text = st.text(
