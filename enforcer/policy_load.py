@@ -56,6 +56,10 @@ class _Locator:
     def __init__(self, text: str, file: str):
         self.file = file
         self.marks: dict[tuple[Any, ...], tuple[int, int]] = {}
+        # Keys written twice in one mapping, each at its second place. A parser keeps one
+        # of the two silently (the last, for both json and PyYAML), so what the author
+        # reads and what is enforced differ: an error, never a choice made for them.
+        self.duplicates: list[tuple[str, int, int]] = []
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError:
@@ -66,8 +70,12 @@ class _Locator:
     def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
         self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
             for k, v in node.value:
                 key = k.value
+                if isinstance(key, str) and key in seen and key != "<<":
+                    self.duplicates.append((key, k.start_mark.line + 1, k.start_mark.column + 1))
+                seen.add(key)
                 self.marks[(*path, key, "__key__")] = (
                     k.start_mark.line + 1,
                     k.start_mark.column + 1,
@@ -128,11 +136,44 @@ def _parse_text(text: str, file: str) -> tuple[dict[str, Any], _Locator]:
             raise PolicyInvalid(
                 [PolicyError(Location(file, line, col), "syntax", f"invalid YAML: {problem}")]
             ) from None
+    if loc.duplicates:
+        raise PolicyInvalid(
+            [
+                PolicyError(
+                    Location(file, line, col), "duplicate_key", f"key {key!r} is given twice"
+                )
+                for key, line, col in loc.duplicates
+            ]
+        )
+    if stripped.startswith("{") and _has_duplicate_keys(text):
+        # A JSON document the YAML composer could not read (it is stricter on some
+        # whitespace): the duplicate is known, its place is not.
+        raise PolicyInvalid(
+            [PolicyError(Location(file, 1, 1), "duplicate_key", "a key is given twice")]
+        )
     if not isinstance(doc, dict):
         raise PolicyInvalid(
             [PolicyError(Location(file, 1, 1), "type", "a policy must be a JSON/YAML object")]
         )
     return doc, loc
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise _DuplicateKey
+    return dict(pairs)
+
+
+def _has_duplicate_keys(text: str) -> bool:
+    try:
+        json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey:
+        return True
+    return False
 
 
 def load_policy(path: str | Path) -> CompiledPolicy:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from callward.cli import app
@@ -123,3 +126,55 @@ def test_deeply_nested_policy_is_refused_cleanly(text: str) -> None:
     with pytest.raises(PolicyInvalid) as e:
         compile_text(text, "deep")
     assert [err.code for err in e.value.errors] == ["too_deep"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ('{"version": "1", "default": "deny",\n "default": "allow"}', 2, "default"),
+        (
+            '{"version": "1", "default": "deny", "tools": {\n'
+            '  "rm": {"action": "deny"},\n  "rm": {"action": "allow"}}}',
+            3,
+            "rm",
+        ),
+        (
+            'version: "1"\ndefault: deny\ntools:\n  rm: {action: deny}\n  rm: {action: allow}\n',
+            5,
+            "rm",
+        ),
+        ('version: "1"\ndefault: deny\ntools:\n  rm: {action: deny, action: allow}\n', 4, "action"),
+    ],
+)
+def test_a_key_given_twice_is_an_error_at_its_second_place(text: str, line: int, key: str) -> None:
+    """json and PyYAML both keep the last value silently; the author may have read the first."""
+    with pytest.raises(PolicyInvalid) as info:
+        compile_text(text, "p")
+    errors = info.value.errors
+    assert [(e.code, e.location.line) for e in errors] == [("duplicate_key", line)]
+    assert repr(key) in errors[0].message
+
+
+_KEYS = st.sampled_from(["version", "default", "tools", "action", "limits", "message", "x"])
+_DOCS = st.recursive(
+    st.sampled_from(["deny", "allow", 1, True]),
+    lambda inner: st.dictionaries(_KEYS, inner, min_size=1, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_DOCS.filter(lambda d: isinstance(d, dict)), st.data())
+def test_any_duplicated_key_anywhere_refuses_the_whole_policy(
+    doc: dict[str, object], data: st.DataObject
+) -> None:
+    import json
+
+    text = json.dumps({"version": "1", "default": "deny", "tools": {"t": doc}})
+    # Repeat one existing key-value pair of some object in place: text still valid JSON.
+    pairs = re.findall(r'"[a-z]+": (?:"[a-z]+"|\d+|true)', text)
+    pair = data.draw(st.sampled_from(pairs))
+    at = text.index(pair)
+    doubled = text[:at] + pair + ", " + text[at:]
+    with pytest.raises(PolicyInvalid) as info:
+        compile_text(doubled, "p")
+    assert "duplicate_key" in {e.code for e in info.value.errors}
