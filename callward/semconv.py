@@ -13,6 +13,7 @@ or written as a literal in the emitter or the decoder.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 # --- OTel GenAI semantic conventions -------------------------------------------------
@@ -109,6 +110,11 @@ POLICY_SPAN_NAME: Final = "callward.policy"
 """Name of the span that publishes one policy version's canonical document."""
 
 CALLWARD_POLICY_VERSION: Final = "callward.policy.version"
+# Its value: "sha256:" and the first 16 hex digits of the SHA-256 of the canonical policy
+# (enforcer.policy_model.policy_version). The collector accepts no other form: the version
+# names a file in the store, so anything looser lets a span choose a file name.
+POLICY_DIGEST_HEX: Final = 16
+POLICY_VERSION_FORM: Final = re.compile(rf"sha256:[0-9a-f]{{{POLICY_DIGEST_HEX}}}")
 """Content hash of the policy (column ``policy_version``; also on the policy span)."""
 
 CALLWARD_POLICY_DOCUMENT: Final = "callward.policy.document"

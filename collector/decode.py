@@ -27,7 +27,6 @@ import itertools
 import json
 import math
 import operator
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -79,7 +78,7 @@ _OPERATION = semconv.GEN_AI_OPERATION_NAME
 _SERVICE_NAME = semconv.SERVICE_NAME
 _POLICY_VERSION = semconv.CALLWARD_POLICY_VERSION
 _POLICY_DOCUMENT = semconv.CALLWARD_POLICY_DOCUMENT
-_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}")
+_VERSION_RE = semconv.POLICY_VERSION_FORM
 # How each attribute key is handled: a column name (text columns) or one of these codes.
 _K_ARGUMENTS, _K_DECISION, _K_OUTCOME, _K_DURATION, _K_RESULT_BYTES, _K_OPERATION = range(6)
 _KIND: dict[str, str | int] = {
@@ -340,8 +339,8 @@ def _policy(attributes: Iterable[KeyValue]) -> PolicyDocument | str:
         )
     except (ValueError, RecursionError):
         return "policy span whose document is not JSON"
-    algo, _, digest = version.partition(":")
-    if algo == "sha256" and not hashlib.sha256(canonical.encode()).hexdigest().startswith(digest):
+    digest = version.partition(":")[2]
+    if hashlib.sha256(canonical.encode()).hexdigest()[: len(digest)] != digest:
         return "policy document does not match its content-hash version"
     return PolicyDocument(version, canonical)
 

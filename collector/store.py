@@ -50,6 +50,7 @@ from callward.record import (
     data_files_glob,
     partition_dir,
     partition_files,
+    policy_files,
     policy_path,
     temp_files,
 )
@@ -202,14 +203,29 @@ def ensure_store(data_dir: Path, *, view_in_child: bool = False) -> Path:
     return root
 
 
+# A span can carry any document with its matching hash, so the folder is bounded: past
+# this many documents new ones are refused (and logged), never the store's rows. A real
+# deployment changes its policy a few times a day.
+MAX_POLICY_DOCUMENTS = 1000
+
+
 def save_policy(data_dir: Path, version: str, document: str) -> bool:
     """Keep a policy document as ``D/policies/<version>.json`` (written once, atomically).
 
     The version is a content hash, so an existing file already holds this document.
-    Returns True when the file was created now.
+    Returns True when the file was created now; False when it existed, or when the folder
+    is full (:data:`MAX_POLICY_DOCUMENTS`).
     """
     path = policy_path(data_dir, version)
     if path.exists():
+        return False
+    if len(policy_files(data_dir)) >= MAX_POLICY_DOCUMENTS:
+        log.warning(
+            "policy %s not kept: %s already holds %d documents",
+            version,
+            path.parent,
+            MAX_POLICY_DOCUMENTS,
+        )
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, document.encode("utf-8"))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from callward.enforcer.conditions import Test, compile_condition, compile_rule
+from callward.semconv import POLICY_DIGEST_HEX
 
 SUPPORTED_VERSIONS = ("1",)
 OPS = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")
@@ -250,7 +251,8 @@ def pointer_escape(token: str) -> str:
 
 def policy_version(document: Mapping[str, Any]) -> str:
     """Content hash of the canonical policy: the same rules always get the same version."""
-    return "sha256:" + hashlib.sha256(canonical_json(document).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(canonical_json(document).encode()).hexdigest()
+    return "sha256:" + digest[:POLICY_DIGEST_HEX]
 
 
 def canonical_json(document: Mapping[str, Any]) -> str:

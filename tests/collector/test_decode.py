@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -435,10 +436,45 @@ def test_the_clean_batch_path_and_the_span_by_span_path_agree(
     else:
         extra = SpanSpec(
             name="callward.policy",
-            attributes={"callward.policy.version": "v1", "callward.policy.document": "{}"},
+            attributes={
+                "callward.policy.version": "sha256:" + hashlib.sha256(b"{}").hexdigest()[:16],
+                "callward.policy.document": "{}",
+            },
         )
     clean = Decoder().decode(build_request(tool_specs), NOW)
     mixed = Decoder().decode(build_request([*tool_specs, extra]), NOW)
     assert mixed.table.to_pylist() == clean.table.to_pylist()
     assert mixed.spans_seen == clean.spans_seen + 1
     assert mixed.rejected == (1 if odd == "bad" else 0)
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        "md5:0123456789abcdef",
+        "sha256:",
+        "sha256:ABCDEF0123456789",
+        "sha256:0123456789abcdef0",
+        "v1",
+    ],
+)
+def test_policy_span_with_a_version_the_enforcer_never_writes_is_refused(version: str) -> None:
+    """md5:, a truncated or upper-case digest: only the enforcer's form names a file."""
+    doc = json.dumps({"version": "1", "default": "deny"})
+    result = decode(
+        SpanSpec(
+            name="callward.policy",
+            attributes={"callward.policy.version": version, "callward.policy.document": doc},
+        )
+    )
+    assert result.policies == []
+
+
+def test_the_policies_folder_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from callward.collector import store
+    from callward.record import policy_files
+
+    monkeypatch.setattr(store, "MAX_POLICY_DOCUMENTS", 3)
+    kept = [store.save_policy(tmp_path, f"sha256:{i:016x}", "{}") for i in range(5)]
+    assert kept == [True, True, True, False, False]
+    assert len(policy_files(tmp_path)) == 3
