@@ -271,6 +271,18 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def _files_with_untimed_calls(files: list[Path]) -> list[str]:
+    found = []
+    for f in files:
+        try:
+            nulls = pl.scan_parquet(f).select(pl.col("start_time").null_count()).collect().item()
+        except (pl.exceptions.PolarsError, OSError):
+            continue
+        if nulls:
+            found.append(str(f))
+    return found
+
+
 def load_calls(
     data_dir: Path,
     *,
@@ -306,6 +318,18 @@ def load_calls(
     # to align chunks at the first query over the combined frame.
     # Column by column, so that only one column is ever held twice.
     frame = frame.select(CALL_COLUMNS)
+    untimed = frame.get_column("start_us").null_count()
+    if untimed:
+        # The collector never writes such a row (its schema says not null): a call with
+        # no time has no place in the time order the limits are replayed in.
+        where = _files_with_untimed_calls(files)
+        if not skip_bad_files:
+            raise StoreError(
+                f"{untimed} call(s) without a start_time in {', '.join(where) or 'the store'} "
+                "(use --skip-bad-files to leave them out)"
+            )
+        skipped += [SkippedFile(w, "calls without a start_time left out") for w in where]
+        frame = frame.filter(pl.col("start_us").is_not_null())
     single = pl.DataFrame([frame.drop_in_place(c).rechunk() for c in CALL_COLUMNS])
     return LoadedCalls(single, len(files), tuple(skipped))
 

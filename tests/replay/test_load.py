@@ -212,3 +212,26 @@ def test_dictionary_columns_read_by_pyarrow_equal_polars_reading_every_text(
     lacking = {i for i, _ in kept if without == "arguments" and i % files == files - 1}
     args = ["{}" if i in lacking or r[3] in (None, "") else r[3] for i, r in kept]
     assert sorted(fast.get_column("arguments").cast(pl.String).to_list()) == sorted(args)
+
+
+def test_calls_without_a_start_time_are_an_error_or_left_out(store: dict[str, Path]) -> None:
+    """A hand-made file may hold rows the collector never writes: no traceback, a clear
+    error naming the file, or with skip_bad_files the rest of the store."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = store["data"]
+    first = sorted(data.rglob("*.parquet"))[0]
+    table = pq.read_table(first)
+    whole = load_calls(data).frame.height
+    i = table.schema.get_field_index("start_time")
+    times = table.column(i).to_pylist()
+    times[0] = None
+    field = pa.field("start_time", table.schema.field(i).type, nullable=True)
+    hostile = table.set_column(i, field, pa.array(times, field.type))
+    pq.write_table(hostile, first.with_name("hand-made.parquet"))
+    with pytest.raises(StoreError, match=r"without a start_time in .*hand-made\.parquet"):
+        load_calls(data)
+    loaded = load_calls(data, skip_bad_files=True)
+    assert loaded.frame.height == whole + table.num_rows - 1
+    assert [Path(s.path).name for s in loaded.skipped] == ["hand-made.parquet"]
