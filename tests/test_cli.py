@@ -108,3 +108,12 @@ def test_generated_data_ends_today_by_default() -> None:
     assert start == datetime(2026, 2, 27, tzinfo=UTC)
     assert default_start(1, today=date(2026, 3, 1)).date() == date(2026, 3, 1)
     assert default_start(3).date() + timedelta(days=2) == datetime.now(UTC).date()
+
+
+def test_a_missing_server_command_is_named_and_exits_2(tmp_path: Path) -> None:
+    """Not a warning and exit 0 once the first client arrives: the proxy refuses to start."""
+    policy = REPO / "examples" / "policies" / "python_runner.json"
+    missing = "callward-test-no-such-server"
+    result = runner.invoke(app, ["proxy", "--policy", str(policy), "--", missing, "--stdio"])
+    assert result.exit_code == 2, result.output
+    assert f"server command {missing!r} not found" in " ".join(result.output.split())

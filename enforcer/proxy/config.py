@@ -8,6 +8,7 @@ a bad command line fails before any child process is started or port is opened.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,10 @@ def make_config(
         problems.append("give either --upstream URL or a server command after --, not both")
     if not command and not upstream:
         problems.append("give the server to front: a command after -- or --upstream URL")
+    if command and shutil.which(command[0]) is None:
+        # Caught here, before serving: a missing server found later looks to the client
+        # like a server that closed, and the proxy would exit 0.
+        problems.append(f"server command {command[0]!r} not found: is it installed and on PATH?")
     if upstream:
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.netloc:
