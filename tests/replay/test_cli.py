@@ -314,3 +314,21 @@ def test_html_embeds_the_same_report_as_json(store: dict[str, Path]) -> None:
     embedded = json.loads(page.text)
     jsonschema.validate(embedded, SCHEMA)
     assert embedded == as_json
+
+
+def test_arguments_that_are_not_json_are_replayed_not_a_traceback(store: dict[str, Path]) -> None:
+    """A foreign writer's arguments column may hold any text; conditions then see no args."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    first = sorted(store["data"].rglob("*.parquet"))[0]
+    table = pq.read_table(first)
+    i = table.schema.get_field_index("arguments")
+    texts = ["{not json", "[1, 2", "\x00", "null"] * table.num_rows
+    hostile = table.set_column(
+        i, table.schema.field(i), pa.array(texts[: table.num_rows], table.schema.field(i).type)
+    )
+    first.unlink()
+    pq.write_table(hostile, first)
+    code, report = json_report(store)
+    assert code == 0 and report["total"] == 25, report
