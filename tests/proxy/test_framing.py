@@ -77,6 +77,13 @@ REFUSED: list[tuple[bytes, int, str]] = [
         "repeated",
     ),
     (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":NaN}}', PARSE_ERROR, "JSON"),
+    (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+        b'"params":{"name":"pay","arguments":{"amount":-1e400}}}',
+        INVALID_REQUEST,
+        "out of range",
+    ),
+    (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":1E+999}}', INVALID_REQUEST, "range"),
     (b'{"jsonrpc":"2.0","id":1,"method":"p\xffing"}', PARSE_ERROR, "UTF-8"),
     (
         b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"s":"\\ud800"}}',
