@@ -28,18 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.proxy.test_http import INIT  # the initialize a raw client sends
+
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
-_INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "readme-tour", "version": "1"},
-    },
-}
 
 
 def tour_commands(text: str) -> list[str]:
@@ -106,7 +98,7 @@ def _serve(command: str, env: dict[str, str], cwd: Path) -> str:
         if proxy:
             # The proxy serves one MCP client on stdio: answer its initialize.
             assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(json.dumps(_INITIALIZE).encode() + b"\n")
+            proc.stdin.write(json.dumps(INIT).encode() + b"\n")
             proc.stdin.flush()
             ready, _, _ = select.select([proc.stdout], [], [], 300)  # uvx may download
             line = proc.stdout.readline() if ready else b""
