@@ -2,14 +2,20 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The demo needs the runtime dependencies only; the tests add the dev tools on top.
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP  := $(VENV)/.installed-stamp
 TYPED  := callward
 
 .PHONY: demo test lint typecheck pytest install system-deps proto bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -32,7 +38,7 @@ system-deps:
 # `make demo PORT=8600` when 8501 is taken; `make demo DEMO_ARGS=--no-dashboard` to skip it.
 PORT ?= 8501
 DEMO_ARGS ?=
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(BIN)/python -m callward.demo --port $(PORT) $(DEMO_ARGS)
 
 lint: $(STAMP)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import duckdb
 import pytest
 
 from callward.demo.agents import FAKE_AWS_KEY, FAKE_GITHUB_TOKEN, SCRIPTS
+from tests.devtools import dev_only_modules, guard_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,10 +20,16 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_pipeline(tmp_path: Path) -> None:
+    """The demo as ``make demo`` runs it, in every process it starts refusing the packages
+    only the dev extras install (``make demo`` installs the runtime dependencies only)."""
     data = tmp_path / "demo"
+    blocked = dev_only_modules()
+    assert {"pytest", "hypothesis", "playwright"} <= blocked
+    guard = guard_dir(tmp_path / "guard", blocked)
     proc = subprocess.run(
         [sys.executable, "-m", "callward.demo", "--no-dashboard", "--data", str(data)],
         cwd=REPO,
+        env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(guard)},
         capture_output=True,
         text=True,
         timeout=880,
@@ -54,4 +63,11 @@ def test_demo_pipeline(tmp_path: Path) -> None:
     # The replay report was written and the enforced policy was kept for replay.
     assert (data / "replay.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert any((store / "policies").glob("*.json"))
-    assert "replay:" in proc.stdout
+    # Laid out for an 80-column terminal: a summary, the full list of findings in a file.
+    wide = [line for line in proc.stdout.splitlines() if len(line) > 80]
+    assert not wide, wide[:5]
+    findings = json.loads((data / "findings.json").read_text())
+    assert findings and str(data / "findings.json") in proc.stdout
+    assert {f["pattern"] for f in findings} <= set(proc.stdout.split())
+    assert "replayed all recorded calls" in proc.stdout
+    assert (data / "replay.md").read_text().startswith("#")
