@@ -104,6 +104,10 @@ MIN_INITIALIZE_TIMEOUT = 60.0
 IdentityResolver = Callable[[SessionMessage, str], Identity]
 """(message as received, clientInfo.name seen at initialize) -> who is calling."""
 
+NOISE_BURST_GAP = 1.0
+"""Seconds of quiet that end a burst of non-JSON-RPC lines on an upstream's stdout: each
+burst gets one warning, the lines in it are counted, not logged one by one."""
+
 MalformedHook = Callable[[Exception], str | None]
 """Given the transport's parse exception, the raw text that failed (if the transport knows)."""
 
@@ -158,6 +162,7 @@ class Relay:
         self._up_write: ObjectSendStream[SessionMessage] | None = None
         self._client_write: ObjectSendStream[SessionMessage] | None = None
         self._tg: TaskGroup | None = None
+        self._noise_last = -NOISE_BURST_GAP
         self._connect_lock = anyio.Lock()
         self._reinit_id: str | None = None
         self._reinit_done: anyio.Event | None = None
@@ -496,8 +501,7 @@ class Relay:
 
     async def _from_upstream(self, item: SessionMessage | Exception) -> None:
         if isinstance(item, Exception):
-            self._count("upstream_malformed")
-            log.warning("unreadable message from the upstream server ignored: %r", item)
+            self._upstream_noise(item)
             return
         message = item.message
         root = message.root
@@ -636,6 +640,22 @@ class Relay:
         if entry is not None and entry.progress_token is not None:
             self._progress.pop(entry.progress_token, None)
         return entry
+
+    def _upstream_noise(self, exc: Exception) -> None:
+        """A line on the upstream's stdout that is not JSON-RPC: servers that print (a
+        banner, a debug line) are common, so it is ignored, with one warning per burst.
+        The line itself is not logged: a tool's output can carry secrets."""
+        self._count("upstream_malformed")
+        now = anyio.current_time()
+        if now - self._noise_last >= NOISE_BURST_GAP:
+            log.warning(
+                "the upstream server wrote output that is not JSON-RPC to stdout (%s); "
+                "ignored, and more of it within %.0f s is counted without a warning "
+                "(MCP servers must log to stderr)",
+                type(exc).__name__,
+                NOISE_BURST_GAP,
+            )
+        self._noise_last = now
 
     def _count(self, kind: str) -> None:
         self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1

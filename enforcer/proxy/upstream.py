@@ -8,6 +8,7 @@ connector must be callable more than once.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,6 +25,20 @@ UpstreamStreams = tuple[
     ObjectReceiveStream[SessionMessage | Exception], ObjectSendStream[SessionMessage]
 ]
 Connector = Callable[[], AbstractAsyncContextManager[UpstreamStreams]]
+
+
+class _ParseFailureFilter(logging.Filter):
+    """Drops the SDK's traceback for each stdout line of a server that is not JSON-RPC.
+
+    The SDK also hands the parse error to the relay, which warns once per burst of such
+    lines (:meth:`Relay._upstream_noise`); its own record is a full traceback per line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to parse JSONRPC message")
+
+
+logging.getLogger("mcp.client.stdio").addFilter(_ParseFailureFilter())
 
 
 def command_upstream(

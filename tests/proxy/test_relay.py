@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from callward.enforcer.proxy.gate import Gate, InProcessChecker
 from callward.enforcer.proxy.relay import (
     INVALID_PARAMS,
     INVALID_REQUEST,
+    NOISE_BURST_GAP,
     PARSE_ERROR,
     UPSTREAM_TIMEOUT,
     UPSTREAM_UNAVAILABLE,
@@ -313,6 +315,26 @@ async def test_progress_and_sampling_pass_through(recorder: CallRecorder, call_l
     assert seen == [1, 2, 3]
     assert text_of(asked) == "client said: hello"
     assert text_of(noisy) == "after garbage"
+
+
+async def test_upstream_stdout_noise_is_one_warning_line_per_burst(
+    recorder: CallRecorder, call_log: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server printing to stdout gets one warning per burst, not a traceback per line."""
+    caplog.set_level(logging.DEBUG)
+    async with relay_session(make_gate(recorder), connector()) as (session, relay):
+        first = await session.call_tool("garbage", {"lines": 20})
+        await session.call_tool("garbage", {"lines": 5})
+        await anyio.sleep(NOISE_BURST_GAP + 0.3)
+        await session.call_tool("garbage", {"lines": 7})
+        counted = relay.stats.errors.get("upstream_malformed")
+    assert text_of(first) == "after garbage"
+    noise = [r for r in caplog.records if "not JSON-RPC" in r.getMessage()]
+    assert len(noise) == 2, [r.getMessage() for r in noise]
+    assert all(r.levelno == logging.WARNING and "\n" not in r.getMessage() for r in noise)
+    assert not [r for r in caplog.records if r.exc_info], "no traceback is logged"
+    assert "this line is not JSON-RPC" not in caplog.text, "the line itself is not logged"
+    assert counted == 32
 
 
 async def test_a_cancelled_call_keeps_its_quota(

@@ -77,7 +77,8 @@ async def call_tool(name: str, arguments: dict[str, Any]) -> list[types.TextCont
         text = content.text if isinstance(content, types.TextContent) else "?"
         return [types.TextContent(type="text", text=f"client said: {text}")]
     if name == "garbage":
-        sys.stdout.buffer.write(b"this line is not JSON-RPC\n")
+        lines = int(arguments.get("lines", 1))
+        sys.stdout.buffer.write(b"this line is not JSON-RPC\n" * lines)
         sys.stdout.buffer.flush()
         return [types.TextContent(type="text", text="after garbage")]
     if name == HIDDEN_TOOL:
