@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from callward.collector.decode_pool import DecodedExport, DecodeUnavailableError
 from callward.collector.otlp_parse import MalformedRequestError
+from callward.listen import check_bindable
 
 log = logging.getLogger("callward.collector.receiver")
 
@@ -127,6 +128,10 @@ def serve(
     receiver: TraceReceiver, listen: str, *, max_request_bytes: int, workers: int
 ) -> tuple[grpc.Server, int]:
     """Start a gRPC server for ``receiver`` on ``listen``; returns it and the bound port."""
+    try:
+        check_bindable(listen)
+    except ValueError as e:
+        raise OSError(str(e)) from None
     server = grpc.server(
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otlp-export"),
         handlers=[receiver.handler()],

@@ -48,6 +48,7 @@ from callward.enforcer.service import (
     RequestRejected,
     UnknownCall,
 )
+from callward.listen import check_bindable
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 
 log = logging.getLogger("callward.enforcer")
@@ -176,6 +177,10 @@ class EnforcerServer:
 
     def start(self) -> int:
         """Bind, start serving and return the bound port (useful with port 0)."""
+        try:
+            check_bindable(self.config.listen)
+        except (OSError, ValueError) as e:
+            raise ListenFailed(str(e)) from None
         server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=self.config.max_workers, thread_name_prefix="enforcer"

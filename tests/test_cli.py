@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -117,3 +118,29 @@ def test_a_missing_server_command_is_named_and_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["proxy", "--policy", str(policy), "--", missing, "--stdio"])
     assert result.exit_code == 2, result.output
     assert f"server command {missing!r} not found" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", ["enforcer", "collector"])
+def test_a_taken_port_is_one_clear_message_and_no_grpc_log(command: str, tmp_path: Path) -> None:
+    """gRPC's C core logs its own bind failure (``add_port.cc``) before returning; the
+    servers check the address first, so the user reads callward's message alone."""
+    policy = REPO / "examples" / "policies" / "python_runner.json"
+    extra = {
+        "enforcer": ["--policy", str(policy), "--no-otlp"],
+        "collector": ["--data-dir", str(tmp_path / "store")],
+    }[command]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "callward", command, "--listen", f"127.0.0.1:{port}", *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode != 0
+    assert "add_port" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert f"127.0.0.1:{port}" in proc.stderr + proc.stdout
+    assert "already in use" in proc.stderr + proc.stdout
