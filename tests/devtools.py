@@ -57,7 +57,7 @@ def dev_only_modules(project: str = "callward") -> set[str]:
     }
 
 
-GUARD = '''
+GUARD = """
 import sys
 
 BLOCKED = frozenset({blocked!r})
@@ -74,7 +74,7 @@ class _DevOnly:
 
 
 sys.meta_path.insert(0, _DevOnly())
-'''
+"""
 
 
 def guard_dir(where: Path, blocked: set[str]) -> Path:
