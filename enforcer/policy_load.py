@@ -38,6 +38,10 @@ from callward.enforcer.policy_model import (
 )
 
 MAX_POLICY_BYTES = 4 * 1024 * 1024
+# Values (mappings, lists, scalars) a policy may expand to. Far above any real policy, and
+# it bounds what YAML aliases can make of a few bytes: nine aliases of nine aliases, eight
+# levels deep, is 43 million values from 300 bytes, and minutes of loading.
+MAX_POLICY_NODES = 200_000
 
 _TOP_KEYS = {"version", "default", "hide", "all_tools", "tools", "description", "name"}
 _TOOL_KEYS = {"require", "deny_if", "limits", "on_deny", "action", "reason", "description"}
@@ -60,6 +64,7 @@ class _Locator:
         # of the two silently (the last, for both json and PyYAML), so what the author
         # reads and what is enforced differ: an error, never a choice made for them.
         self.duplicates: list[tuple[str, int, int]] = []
+        self._budget = MAX_POLICY_NODES
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError:
@@ -68,6 +73,18 @@ class _Locator:
             self._walk(node, ())
 
     def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        self._budget -= 1
+        if self._budget < 0:
+            raise PolicyInvalid(
+                [
+                    PolicyError(
+                        Location(self.file, 1, 1),
+                        "too_large",
+                        f"policy expands to more than {MAX_POLICY_NODES} values "
+                        "(YAML aliases repeat what they refer to)",
+                    )
+                ]
+            )
         self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             seen: set[Any] = set()
@@ -548,7 +565,7 @@ class _Validator:
             self.err((*lp, "counter"), "type", "limit counter must be a non-empty string")
             ok = False
         window = lim.get("window")
-        if window not in WINDOWS:
+        if not isinstance(window, str) or window not in WINDOWS:
             self.err(
                 (*lp, "window"),
                 "unknown_window",
