@@ -1,17 +1,23 @@
 """What each condition op means, compiled once per condition into a closure.
 
 A condition is evaluated on every call that reaches its rule, so the work that depends
-only on the policy (which request field the path starts at, which op, the value's type)
-is done here at load time: :func:`compile_condition` returns one function of the request
-that does only the per-call part. The compiled form builds it when a
+only on the policy (which request field the path starts at, which op, the value's type,
+whether the rule is a ``require`` or a ``deny_if``) is done here at load time:
+:func:`compile_condition` returns one function of the request that does only the
+per-call part. The compiled form builds it when a
 :class:`~callward.enforcer.policy_model.Condition` is made, so every condition that can
 be evaluated already has its closure, and the engine calls it without dispatching on the
 op.
 
 The semantics, which docs/policy.md states, are all here: a missing path makes every op
 false except ``exists``; equality is JSON equality (``true`` is not ``1``, ``1`` equals
-``1.0``); ordering ops need a number; ``regex`` searches a string; ``contains`` is
-substring on a string and membership on a list. The fast paths below are the general
+``1.0``); ordering ops need a number; ``regex`` full-matches a string; ``contains`` is
+substring on a string and membership on a list; ``path_under`` normalises a POSIX path
+(:func:`~callward.enforcer.json_values.normal_path`) and compares whole segments;
+``type`` names the JSON type. A present value the op cannot judge (a string under
+``gt``, a number under ``regex``, a relative path under ``path_under``) fails closed: the
+condition holds in a ``deny_if`` rule and fails in a ``require`` rule, so either way the
+call is denied (``on_wrong_type``, fixed at load). The fast paths below are the general
 rule specialised to a value type known at load time, never a different rule; a property
 test holds them equal to a plain interpreter of the same rules.
 """
@@ -22,6 +28,8 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from callward.enforcer.json_values import normal_path, python_types
 
 if TYPE_CHECKING:
     from callward.enforcer.engine import Request
@@ -85,13 +93,23 @@ def is_number(v: Any) -> bool:
 
 
 def compile_condition(
-    path: tuple[str, ...], op: str, value: Any, pattern: re.Pattern[str] | None
+    path: tuple[str, ...],
+    op: str,
+    value: Any,
+    pattern: re.Pattern[str] | None,
+    on_wrong_type: bool = False,
 ) -> Test:
-    """The closure deciding whether the condition ``path op value`` holds for a request."""
+    """The closure deciding whether the condition ``path op value`` holds for a request.
+
+    ``on_wrong_type`` is what it answers for a present value its op cannot judge: true in
+    a ``deny_if`` rule, false in a ``require`` rule (both deny the call).
+    """
     get = _getter(path)
     if op == "exists":
         return lambda req: (get(req) is not MISSING) == value
-    check = _value_check(op, value, pattern)
+    if op == "regex" and pattern is None:
+        pattern = re.compile(value)
+    check = _value_check(op, value, pattern, on_wrong_type)
     if path[0] == "args" and len(path) == 2:
         return _arg_test(path[1], op, pattern, check)
 
@@ -112,13 +130,13 @@ def _arg_test(
     """
     rest = (key,)
     if op == "regex" and pattern is not None:
-        search = pattern.search
+        fullmatch = pattern.fullmatch
 
         def test_regex(req: Request) -> bool:
             args = req.arguments
             actual = args.get(key, MISSING) if type(args) is dict else walk(args, rest)
             if type(actual) is str:
-                return search(actual) is not None
+                return fullmatch(actual) is not None
             return actual is not MISSING and check(actual)
 
         return test_regex
@@ -172,8 +190,10 @@ def _getter(path: tuple[str, ...]) -> Callable[[Request], Any]:
     return lambda req: walk(field(req), rest)
 
 
-def _value_check(op: str, v: Any, pattern: re.Pattern[str] | None) -> Callable[[Any], bool]:
-    """The op applied to a present value."""
+def _value_check(
+    op: str, v: Any, pattern: re.Pattern[str] | None, wrong: bool
+) -> Callable[[Any], bool]:
+    """The op applied to a present value; ``wrong`` answers a value it cannot judge."""
     if op in ("eq", "neq", "in", "not_in"):
         return _equality_check(op, v)
     if op in _ORDER:
@@ -181,19 +201,25 @@ def _value_check(op: str, v: Any, pattern: re.Pattern[str] | None) -> Callable[[
 
         def ordered(actual: Any) -> bool:
             t = type(actual)
-            if t is int or t is float or is_number(actual):
+            if t is int:
                 return bool(cmp(actual, v))
-            return False
+            if t is float or is_number(actual):
+                # NaN has no place in any order (and cannot arrive as JSON): fail closed.
+                return bool(cmp(actual, v)) if actual == actual else wrong
+            return wrong
 
         return ordered
     if op == "regex":
-        if pattern is None:
-            return lambda actual: False
-        search = pattern.search
-        return lambda actual: isinstance(actual, str) and search(actual) is not None
+        assert pattern is not None
+        fullmatch = pattern.fullmatch
+        return lambda actual: fullmatch(actual) is not None if isinstance(actual, str) else wrong
     if op == "contains":
-        return lambda actual: _contains(actual, v)
-    return lambda actual: False
+        return _contains_check(v, wrong)
+    if op == "path_under":
+        return _path_under_check(v, wrong)
+    if op == "type":
+        return _type_check(v)
+    raise ValueError(f"unknown op {op!r}")
 
 
 def _equality_check(op: str, v: Any) -> Callable[[Any], bool]:
@@ -228,9 +254,46 @@ def _equality_check(op: str, v: Any) -> Callable[[Any], bool]:
     return lambda actual: not member(actual)
 
 
-def _contains(actual: Any, v: Any) -> bool:
-    if isinstance(actual, str):
-        return isinstance(v, str) and v in actual
-    if isinstance(actual, list):
-        return any(json_eq(x, v) for x in actual)
-    return False
+def _contains_check(v: Any, wrong: bool) -> Callable[[Any], bool]:
+    """Substring of a string (for a string ``v``), member of a list; else not judgeable."""
+    substring = isinstance(v, str)
+
+    def contains(actual: Any) -> bool:
+        if isinstance(actual, str):
+            return v in actual if substring else wrong
+        if isinstance(actual, list):
+            return any(json_eq(x, v) for x in actual)
+        return wrong
+
+    return contains
+
+
+def _path_under_check(v: Any, wrong: bool) -> Callable[[Any], bool]:
+    """Under one of the directories ``v`` (or one of them), whole segments compared."""
+    dirs = []
+    for d in [v] if isinstance(v, str) else v:
+        n = normal_path(d) if isinstance(d, str) else None
+        if n is None:
+            raise ValueError(f"path_under needs absolute directories, got {d!r}")
+        dirs.append(n)
+    exact = frozenset(dirs)
+    prefixes = tuple(d if d == "/" else d + "/" for d in dirs)
+
+    def under(actual: Any) -> bool:
+        if not isinstance(actual, str):
+            return wrong
+        p = normal_path(actual)
+        if p is None:
+            return wrong
+        return p in exact or p.startswith(prefixes)
+
+    return under
+
+
+def _type_check(v: Any) -> Callable[[Any], bool]:
+    """The JSON type of the value is ``v`` (or one of them); every value has one."""
+    names = (v,) if isinstance(v, str) else tuple(v)
+    types = python_types(names)
+    if "object" not in names:
+        return lambda actual: type(actual) in types
+    return lambda actual: type(actual) in types or isinstance(actual, Mapping)

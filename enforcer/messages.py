@@ -18,6 +18,13 @@ import math
 from typing import Any
 
 from callward.enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, Decision, Request
+from callward.enforcer.json_values import (
+    MAX_DOUBLE_DIGITS,
+    NonFiniteNumber,
+    finite_float,
+    finite_int,
+    reject_constant,
+)
 from callward.enforcer.service import OUTCOMES, EnforcerCore, InvalidRequest, new_call_id
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 
@@ -35,26 +42,34 @@ _JSON_TYPE = {dict: "object", list: "array", str: "string", bool: "boolean", typ
 _tuple_new = tuple.__new__
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_ARGUMENTS_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_decode_json = _ARGUMENTS_DECODER.decode
+# Numbers are read as the server will read them: NaN, Infinity and literals beyond a
+# double's range are refused (callward.enforcer.json_values). Integer literals are only
+# checked in a text long enough to hold one out of range (a call per integer otherwise).
+_ARGUMENTS_DECODER = json.JSONDecoder(parse_constant=reject_constant, parse_float=finite_float)
+_LONG_ARGUMENTS_DECODER = json.JSONDecoder(
+    parse_constant=reject_constant, parse_float=finite_float, parse_int=finite_int
+)
 # The C scanner under ``decode``: a text that is one JSON value with nothing around it
 # (what every client sends) is read by it alone, without decode's two regex passes; any
 # other text goes through ``parse_arguments``, which gives the exact error.
 _scan_json = _ARGUMENTS_DECODER.scan_once  # type: ignore[attr-defined]
+_scan_long_json = _LONG_ARGUMENTS_DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def parse_arguments(text: str) -> dict[str, Any]:
     """The call's arguments: a JSON object in text; an empty string means no arguments."""
     if text == "":
         return {}
+    decoder = _LONG_ARGUMENTS_DECODER if len(text) >= MAX_DOUBLE_DIGITS else _ARGUMENTS_DECODER
     try:
-        value = _decode_json(text)
+        value = decoder.decode(text)
     except RecursionError:
         raise InvalidRequest("arguments_json is nested too deeply") from None
+    except NonFiniteNumber as e:
+        raise InvalidRequest(
+            f"arguments_json is refused: {e} (NaN, Infinity and numbers beyond a double's "
+            "range are not accepted)"
+        ) from None
     except ValueError as e:
         raise InvalidRequest(f"arguments_json is not valid JSON: {e}") from None
     if type(value) is not dict:
@@ -104,8 +119,9 @@ def _request_of(msg: pb.CheckRequest, call_id: str, arguments_json: str) -> Requ
         )
     arguments: Any = None
     if arguments_json[:1] == "{":
+        scan = _scan_json if len(arguments_json) < MAX_DOUBLE_DIGITS else _scan_long_json
         try:
-            arguments, end = _scan_json(arguments_json, 0)
+            arguments, end = scan(arguments_json, 0)
         except (StopIteration, ValueError, RecursionError):
             arguments = None
         else:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from callward.enforcer.errors import Location, PolicyError, PolicyInvalid
+from callward.enforcer.json_values import JSON_TYPES, normal_path
 from callward.enforcer.policy_model import (
     ACTIONS,
     OPS,
@@ -46,7 +47,7 @@ MAX_POLICY_NODES = 200_000
 _TOP_KEYS = {"version", "default", "hide", "all_tools", "tools", "description", "name"}
 _TOOL_KEYS = {"require", "deny_if", "limits", "on_deny", "action", "reason", "description"}
 _RULE_KEYS = {"conditions", "on_deny", "reason", "action", "description", "name"}
-_COND_KEYS = {"path", "op", "value"}
+_COND_KEYS = {"path", "op", "value", "ignore_case"}
 _LIMIT_KEYS = {"counter", "window", "max", "scope", "on_deny", "reason"}
 _ALL_TOOLS_KEYS = {"limits"}
 
@@ -422,7 +423,7 @@ class _Validator:
             self.err((*rp, "conditions"), "type", "conditions must be a list")
         else:
             for j, c in enumerate(conds_raw):
-                cc = self._condition(c, (*rp, "conditions", j))
+                cc = self._condition(c, (*rp, "conditions", j), is_deny_if)
                 if cc is not None:
                     conds.append(cc)
             if not conds_raw and not is_deny_if:
@@ -445,7 +446,8 @@ class _Validator:
             action=str(action),
         )
 
-    def _condition(self, c: Any, path: Path_) -> Condition | None:
+    def _condition(self, c: Any, path: Path_, is_deny_if: bool) -> Condition | None:
+        """A condition; in a ``deny_if`` rule a value of the wrong type makes it hold."""
         if not isinstance(c, dict):
             self.err(path, "type", "a condition must be an object {path, op, value}")
             return None
@@ -461,7 +463,7 @@ class _Validator:
         if segs is None or checked is None:
             return None
         value, pattern = checked
-        return Condition(path=segs, op=op, value=value, pattern=pattern)
+        return Condition(path=segs, op=op, value=value, pattern=pattern, on_wrong_type=is_deny_if)
 
     def _condition_path(self, p: Any, path: Path_) -> tuple[str, ...] | None:
         if not isinstance(p, str) or not p:
@@ -487,6 +489,18 @@ class _Validator:
         """The condition's value (``exists`` defaults to true) and compiled regex, or None."""
         value = c.get("value")
         vp = (*path, "value")
+        ignore_case = c.get("ignore_case", False)
+        if not isinstance(ignore_case, bool):
+            self.err((*path, "ignore_case"), "type", "ignore_case must be true or false")
+            return None
+        if "ignore_case" in c and op != "regex":
+            self.err(
+                (*path, "ignore_case"),
+                "invalid_value",
+                f"ignore_case applies to op 'regex' only, not {op!r}",
+                key=True,
+            )
+            return None
         if op != "exists" and "value" not in c:
             self.err(path, "missing_field", f"op {op!r} needs a 'value'")
         elif op in ("in", "not_in") and not isinstance(value, list):
@@ -498,9 +512,15 @@ class _Validator:
                 self.err(vp, "type", "op 'regex' needs a string pattern")
                 return None
             try:
-                return value, re.compile(value)
+                return value, re.compile(value, re.IGNORECASE if ignore_case else 0)
             except re.error as e:
                 self.err(vp, "invalid_regex", f"invalid regex {value!r}: {e}")
+        elif op == "path_under":
+            if self._directories(value, vp):
+                return value, None
+        elif op == "type":
+            if self._type_names(value, vp):
+                return value, None
         elif op == "exists" and "value" in c and not isinstance(value, bool):
             self.err(vp, "type", "op 'exists' takes an optional boolean value")
         elif op == "exists" and "value" not in c:
@@ -508,6 +528,34 @@ class _Validator:
         else:
             return value, None
         return None
+
+    def _strings(self, value: Any, vp: Path_, needs: str) -> list[tuple[str, Path_]] | None:
+        """A string or a non-empty list of them, each with its place, or None (reported)."""
+        if isinstance(value, str):
+            return [(value, vp)]
+        if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+            return [(x, (*vp, i)) for i, x in enumerate(value)]
+        self.err(vp, "type", needs)
+        return None
+
+    def _directories(self, value: Any, vp: Path_) -> bool:
+        """A ``path_under`` value: absolute directories, as :func:`normal_path` reads them."""
+        items = self._strings(value, vp, "op 'path_under' needs a directory or a list of them")
+        bad = [(x, at) for x, at in items or () if normal_path(x) is None]
+        for x, at in bad:
+            self.err(
+                at, "invalid_path", f"directory {x!r} must be absolute, without NUL or backslash"
+            )
+        return items is not None and not bad
+
+    def _type_names(self, value: Any, vp: Path_) -> bool:
+        items = self._strings(value, vp, "op 'type' needs a type name or a list of them")
+        bad = [(x, at) for x, at in items or () if x not in JSON_TYPES]
+        for x, at in bad:
+            self.err(
+                at, "unknown_type", f"unknown type {x!r} (expected one of {', '.join(JSON_TYPES)})"
+            )
+        return items is not None and not bad
 
     # ---- limits
 

@@ -21,7 +21,21 @@ from callward.enforcer.conditions import Test, compile_condition, compile_rule
 from callward.semconv import POLICY_DIGEST_HEX
 
 SUPPORTED_VERSIONS = ("1",)
-OPS = ("eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists")
+OPS = (
+    "eq",
+    "neq",
+    "in",
+    "not_in",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "regex",
+    "contains",
+    "exists",
+    "path_under",
+    "type",
+)
 WINDOWS: Mapping[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 SCOPES = ("grant", "agent", "session", "tool", "global")
 ACTIONS = ("allow", "deny", "require_approval")
@@ -50,17 +64,25 @@ def default_message(kind: str, tool: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """``path op value``; ``test`` is its compiled closure (:mod:`callward.enforcer.conditions`)."""
+    """``path op value``; ``test`` is its compiled closure (:mod:`callward.enforcer.conditions`).
+
+    ``on_wrong_type`` is what the condition answers for a present value its op cannot
+    judge (``"5000"`` under ``gt``): true in a ``deny_if`` rule, false in a ``require``
+    rule, so that such a value is denied either way. The loader sets it.
+    """
 
     path: tuple[str, ...]
     op: str
     value: Any
     pattern: re.Pattern[str] | None = None
+    on_wrong_type: bool = False
     test: Test = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "test", compile_condition(self.path, self.op, self.value, self.pattern)
+            self,
+            "test",
+            compile_condition(self.path, self.op, self.value, self.pattern, self.on_wrong_type),
         )
 
 

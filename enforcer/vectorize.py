@@ -804,9 +804,13 @@ def _field_condition(cond: Condition) -> pl.Expr:
         found = col.is_in(strings) if strings else pl.lit(False)
         return found if op == "in" else ~found
     if op == "contains":
-        return col.str.contains(v, literal=True) if isinstance(v, str) else pl.lit(False)
+        if isinstance(v, str):
+            return col.str.contains(v, literal=True)
+        return pl.lit(cond.on_wrong_type)
     if op in ("lt", "lte", "gt", "gte"):
-        return pl.lit(False)
+        return pl.lit(cond.on_wrong_type)  # a string is never a number
+    if op == "type":
+        return pl.lit("string" in ([v] if isinstance(v, str) else v))
     return _engine_on_values(cond, cond.path[0], field=True)
 
 
@@ -817,8 +821,12 @@ def _args_condition(cond: Condition, part: pl.DataFrame, col: _ArgColumns) -> pl
     is_str = raw.str.starts_with('"').fill_null(False)
     is_num = raw.str.contains(r"^-?[0-9]").fill_null(False)
     op, v = cond.op, cond.value
+    # A present value the op cannot judge: the rule's fail-closed answer.
+    wrong = present & pl.lit(cond.on_wrong_type)
     if op == "exists":
         return present if v else ~present
+    if op == "type":
+        return _type_expr(cond, part, col)
     uses_numbers = op in ("lt", "lte", "gt", "gte") or (
         op in ("eq", "neq", "in", "not_in")
         and any(
@@ -863,13 +871,37 @@ def _args_condition(cond: Condition, part: pl.DataFrame, col: _ArgColumns) -> pl
             "gt": number > bound,
             "gte": number >= bound,
         }[op]
-        return (is_num & compare).fill_null(False)
+        return (is_num & compare).fill_null(False) | (~is_num & wrong)
     if op == "contains":
         has_lists = part.select(pl.col(col.raw).str.starts_with("[").any()).item()
         if not isinstance(v, str) or has_lists:
             return None
-        return (is_str & text.str.contains(v, literal=True)).fill_null(False)
-    return None  # regex: Python's re, not the Rust regex crate
+        found = (is_str & text.str.contains(v, literal=True)).fill_null(False)
+        return found | (~is_str & wrong)
+    return None  # regex (Python's re, not the Rust regex crate), path_under
+
+
+# The first character of a JSON text names its type; a number is an integer when its
+# text has no fraction or exponent (DuckDB writes ``1.0`` and ``1e3`` as ``1.0`` and
+# ``1000.0``, keeping Python's int/float split; long ones are left to the engine).
+_TYPE_TEXT = {
+    "string": r'^"',
+    "array": r"^\[",
+    "object": r"^\{",
+    "boolean": r"^(true|false)$",
+    "null": r"^null$",
+    "number": r"^-?[0-9]",
+    "integer": r"^-?[0-9]+$",
+}
+
+
+def _type_expr(cond: Condition, part: pl.DataFrame, col: _ArgColumns) -> pl.Expr | None:
+    """``type``, from the raw JSON text, or None to ask the engine."""
+    names = [cond.value] if isinstance(cond.value, str) else cond.value
+    if ("number" in names or "integer" in names) and not _numbers_are_safe(part, col.raw):
+        return None
+    pattern = "|".join(f"({_TYPE_TEXT[n]})" for n in names)
+    return pl.col(col.raw).str.contains(pattern).fill_null(False)
 
 
 def _numbers_are_safe(part: pl.DataFrame, raw: str) -> bool:

@@ -22,8 +22,9 @@ refused and never forwarded:
   no repeated member name (two parsers may keep different copies), no nesting deeper
   than :data:`MAX_DEPTH` (checked without recursion before parsing), no text that is not
   UTF-8, no unpaired surrogate, no ``NaN``/``Infinity`` and no number too large for a
-  double (``-1e400`` would be read as minus infinity), no ``callward/`` method (the
-  proxy's own stand-ins).
+  double (``-1e400`` would be read as minus infinity; the rule lives in
+  :mod:`callward.enforcer.json_values`, shared with the gRPC enforcer), no ``callward/``
+  method (the proxy's own stand-ins).
 
 The answer to a refused message is a JSON-RPC error: ``-32700`` when the text is not
 JSON, ``-32600`` otherwise, carrying the message's id when it is usable and ``null``
@@ -33,11 +34,17 @@ when not, as JSON-RPC 2.0 says.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
+
+from callward.enforcer.json_values import (
+    MAX_DOUBLE_DIGITS,
+    NonFiniteNumber,
+    finite_float,
+    finite_int,
+)
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -108,19 +115,6 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class _NonFinite(Exception):
-    pass
-
-
-def _finite_float(text: str) -> float:
-    """``1e400`` is valid JSON but no double: Python reads it as infinity, which passes
-    ``lte 1000`` when negative and reaches the server as something else again."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NonFinite(f"the number {text[:32]} is out of range")
-    return value
-
-
 def parse(raw: bytes, max_depth: int = MAX_DEPTH) -> Any | Refusal:
     """The JSON value of ``raw``, or the refusal of a text that cannot be one."""
     if nesting_depth(raw) > max_depth:
@@ -131,9 +125,13 @@ def parse(raw: bytes, max_depth: int = MAX_DEPTH) -> Any | Refusal:
         return Refusal(PARSE_ERROR, "parse error: the message is not UTF-8 text")
     try:
         doc = json.loads(
-            text, object_pairs_hook=_pairs, parse_constant=_no_constant, parse_float=_finite_float
+            text,
+            object_pairs_hook=_pairs,
+            parse_constant=_no_constant,
+            parse_float=finite_float,
+            parse_int=finite_int if len(text) >= MAX_DOUBLE_DIGITS else None,
         )
-    except (_Duplicate, _NonFinite) as e:
+    except (_Duplicate, NonFiniteNumber) as e:
         return Refusal(INVALID_REQUEST, f"invalid request: {e}")
     except (ValueError, RecursionError):
         return Refusal(PARSE_ERROR, "parse error: the message is not valid JSON")

@@ -62,9 +62,9 @@ def req(tool: str = "t", **args: Any) -> Request:
         ("gt", 1, "2", False),  # strings are not numbers
         ("gt", 0, True, False),  # booleans are not numbers
         ("lt", 1, None, False),
-        ("regex", r"^/etc/", "/etc/passwd", True),
-        ("regex", r"^/etc/", "/home/etc/x", False),
-        ("regex", r"\.env$", "config/.env", True),
+        ("regex", r"/etc/.*", "/etc/passwd", True),
+        ("regex", r"/etc/.*", "/home/etc/x", False),
+        ("regex", r".*\.env", "config/.env", True),
         ("regex", r"x", 5, False),  # regex needs a string
         ("contains", "rm -rf", "sudo rm -rf /", True),
         ("contains", "rm -rf", "ls", False),
@@ -96,7 +96,7 @@ def test_exists_false_on_missing_path() -> None:
 
 def test_nested_paths_and_list_indexes() -> None:
     r = req(to={"address": "a@example.com"}, files=["a.py", "b.py"])
-    assert holds(cond("args.to.address", "regex", "@example\\.com$"), r)
+    assert holds(cond("args.to.address", "regex", ".*@example\\.com"), r)
     assert holds(cond("args.files.1", "eq", "b.py"), r)
     assert not holds(cond("args.files.2", "exists", True), r)
     assert not holds(cond("args.to.address.deeper", "exists", True), r)

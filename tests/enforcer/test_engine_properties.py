@@ -60,6 +60,16 @@ cond_st = st.one_of(
         }
     ),
     st.fixed_dictionaries({"path": st.sampled_from(["args.n", "args.m"]), "op": st.just("exists")}),
+    st.fixed_dictionaries(
+        {
+            "path": st.sampled_from(["args.n", "args.s"]),
+            "op": st.just("type"),
+            "value": st.sampled_from(["integer", "string", ["number", "null"]]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"path": st.just("args.s"), "op": st.just("path_under"), "value": st.just("/a")}
+    ),
 )
 rule_st = st.fixed_dictionaries({"conditions": st.lists(cond_st, min_size=1, max_size=2)})
 tool_st = st.fixed_dictionaries(
@@ -103,7 +113,11 @@ call_st = st.tuples(
     # Microseconds after BASE_S: mostly within a few minutes, so that calls share windows.
     st.one_of(st.integers(0, 180_000_000), st.integers(0, 3 * 86400 * 1_000_000)),
     st.fixed_dictionaries(
-        {}, optional={"n": st.integers(-1, 6), "s": st.sampled_from(["a", "xb", "ab", ""])}
+        {},
+        optional={
+            "n": st.one_of(st.integers(-1, 6), st.sampled_from(["3", 2.0, None])),
+            "s": st.sampled_from(["a", "xb", "ab", "", "/a/b", "/a/../b", 1]),
+        },
     ),
     st.booleans(),  # the upstream call failed
 )

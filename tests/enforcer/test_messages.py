@@ -68,6 +68,38 @@ def test_arguments_must_be_a_json_object(text: str, message: str) -> None:
         parse_arguments(text)
 
 
+NON_FINITE = [
+    '{"x": NaN}',
+    '{"x": Infinity}',
+    '{"x": -Infinity}',
+    '{"amount": -1e400}',
+    '{"amount": 1E+999}',
+    '{"amount": 1' + "0" * 400 + ".5}",
+    '{"amount": -' + "9" * 400 + "}",
+    '{"note": "' + "x" * 400 + '", "amount": [1, 1e309]}',
+]
+
+
+@pytest.mark.parametrize("text", NON_FINITE)
+def test_numbers_no_double_holds_are_refused(text: str) -> None:
+    """Python reads ``-1e400`` as minus infinity, which would pass ``lte 1000``."""
+    with pytest.raises(InvalidRequest, match=r"arguments_json is refused: .*(NaN|Infinity|range)"):
+        decode_check(check(arguments_json=text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"amount": 1.7976931348623157e308}',
+        '{"amount": -' + "9" * 308 + "}",
+        '{"amount": 1e-400}',
+        '{"note": "' + "1e400 NaN " * 50 + '"}',
+    ],
+)
+def test_numbers_a_double_holds_pass(text: str) -> None:
+    assert decode_check(check(arguments_json=text))[0].arguments == parse_arguments(text)
+
+
 def test_empty_arguments_mean_none() -> None:
     assert parse_arguments("") == {}
 

@@ -245,6 +245,8 @@ BAD_ARGUMENTS = [
     ("null", "got a JSON null"),
     ("{not json", "not valid JSON"),
     ('{"a": NaN}', "not valid JSON"),
+    ('{"a": -1e400}', "out of range for a double"),
+    ('{"a": Infinity}', "not valid JSON"),
     ('{"a": 1} trailing', "not valid JSON"),
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ('{"n": ' + "9" * 5000 + "}", "not valid JSON"),

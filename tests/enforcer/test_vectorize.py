@@ -82,6 +82,20 @@ def test_json_pointer_escapes_and_refuses_ambiguous_segments() -> None:
         ({"path": "args.s", "op": "contains", "value": "b"}, {"s": ["a", "b"]}, "deny"),
         ({"path": "args.s", "op": "contains", "value": "b"}, {"s": "abc"}, "deny"),
         ({"path": "args.o", "op": "eq", "value": {"k": [1]}}, {"o": {"k": [1]}}, "deny"),
+        # A value of the wrong type fails closed: it holds in a deny_if rule.
+        ({"path": "args.n", "op": "gt", "value": 1000}, {"n": "5000"}, "deny"),
+        ({"path": "args.n", "op": "gt", "value": 1000}, {"n": 5000}, "deny"),
+        ({"path": "args.n", "op": "gt", "value": 1000}, {"n": 50}, "allow"),
+        ({"path": "args.s", "op": "contains", "value": "b"}, {"s": 5}, "deny"),
+        ({"path": "args.s", "op": "regex", "value": "a"}, {"s": "ab"}, "allow"),
+        ({"path": "args.s", "op": "regex", "value": "a"}, {"s": 1}, "deny"),
+        ({"path": "tool", "op": "gt", "value": 1}, {}, "deny"),
+        ({"path": "args.n", "op": "type", "value": "integer"}, {"n": 1.0}, "allow"),
+        ({"path": "args.n", "op": "type", "value": "integer"}, {"n": 1}, "deny"),
+        ({"path": "args.n", "op": "type", "value": ["null", "boolean"]}, {"n": 0}, "allow"),
+        ({"path": "args.p", "op": "path_under", "value": "/w"}, {"p": "/w/../etc"}, "allow"),
+        ({"path": "args.p", "op": "path_under", "value": "/w"}, {"p": "//w/./a"}, "deny"),
+        ({"path": "args.p", "op": "path_under", "value": "/w"}, {"p": "w/a"}, "deny"),
     ],
 )
 def test_hand_made_conditions(

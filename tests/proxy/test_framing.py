@@ -84,6 +84,11 @@ REFUSED: list[tuple[bytes, int, str]] = [
         "out of range",
     ),
     (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":1E+999}}', INVALID_REQUEST, "range"),
+    (
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":-' + b"9" * 400 + b"}}",
+        INVALID_REQUEST,
+        "range",
+    ),
     (b'{"jsonrpc":"2.0","id":1,"method":"p\xffing"}', PARSE_ERROR, "UTF-8"),
     (
         b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"s":"\\ud800"}}',

@@ -1,12 +1,16 @@
 """Hypothesis strategies for random policies and random traffic, shared by the vectorizer
 and replay property tests. Values are chosen to hit the corners of JSON equality (1 vs 1.0
-vs true vs "1"), missing paths, lists, objects, big numbers and Python-only regex syntax."""
+vs true vs "1"), missing paths, lists, objects, big numbers, Python-only regex syntax, values of
+the wrong type for their op, paths to normalise and every JSON type."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hypothesis import strategies as st
+
+from callward.enforcer.json_values import JSON_TYPES
+from callward.enforcer.policy_model import OPS
 
 TOOLS = ["read", "write", "pay", "ship"]
 SERVERS = ["", "bank"]
@@ -15,10 +19,13 @@ AGENTS = ["ana", "bo"]
 GRANTS = ["g1", "g2"]
 SESSIONS = ["s1", "s2"]
 
+# Paths that normalise in every way path_under knows, and the ones it refuses.
+PATHS = ["/w/a", "/w", "/w/../etc", "//w/./a", "/w2", "/../w", "w/a", "/w\\a", "/w/\x00"]
 scalar_values = st.one_of(
     st.integers(-3, 3),
     st.sampled_from([2**60, 2**60 + 1, 1.0, 1.5, -0.0, 1e300]),
-    st.sampled_from(["", "a", "1", "ab", "xa", "A", "é"]),
+    st.sampled_from(["", "a", "1", "ab", "xa", "A", "é", "5000", "a\n"]),
+    st.sampled_from(PATHS),
     st.booleans(),
     st.none(),
 )
@@ -37,18 +44,24 @@ FIELD_PATHS = ["tool", "server", "agent_id", "session_id", "grant", "tool.x", "a
 @st.composite
 def conditions(draw: st.DrawFn) -> dict[str, Any]:
     path = draw(st.sampled_from(ARG_PATHS + FIELD_PATHS))
-    op = draw(
-        st.sampled_from(
-            ["eq", "neq", "in", "not_in", "lt", "lte", "gt", "gte", "regex", "contains", "exists"]
-        )
-    )
+    op = draw(st.sampled_from(OPS))
     cond: dict[str, Any] = {"path": path, "op": op}
     if op in ("in", "not_in"):
         cond["value"] = draw(st.lists(json_values, max_size=3))
     elif op in ("lt", "lte", "gt", "gte"):
         cond["value"] = draw(st.one_of(st.integers(-2, 3), st.sampled_from([0.5, 2**60, 1e300])))
     elif op == "regex":
-        cond["value"] = draw(st.sampled_from(["^a", "b$", "(?i)A", r"\d", "é", "^$"]))
+        cond["value"] = draw(
+            st.sampled_from(["^a", "b$", "(?i)A", r"\d", "é", "^$", "a.*", "/w.*"])
+        )
+        if draw(st.booleans()):
+            cond["ignore_case"] = draw(st.booleans())
+    elif op == "path_under":
+        dirs = st.sampled_from(["/w", "/w/", "/", "//w/a"])
+        cond["value"] = draw(st.one_of(dirs, st.lists(dirs, min_size=1, max_size=2)))
+    elif op == "type":
+        kinds = st.sampled_from(JSON_TYPES)
+        cond["value"] = draw(st.one_of(kinds, st.lists(kinds, min_size=1, max_size=2)))
     elif op == "exists":
         if draw(st.booleans()):
             cond["value"] = draw(st.booleans())
@@ -116,7 +129,7 @@ arguments_st = st.fixed_dictionaries(
     {},
     optional={
         "n": json_values,
-        "s": st.sampled_from(["", "a", "ab", "xa", "1", "A", "é", "a1"]),
+        "s": st.sampled_from(["", "a", "ab", "xa", "1", "A", "é", "a1", "a\n", *PATHS]),
         "o": st.dictionaries(st.sampled_from(["k", "0"]), json_values, max_size=2),
         "l": st.lists(json_values, max_size=3),
     },
