@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from callward.collector.dedupe import DEDUPE_HORIZON_S, DedupeIndex, raw_keys, start_micros
 from callward.collector.durable import TEMP_PREFIX, TEMP_SUFFIX, atomic_write_bytes, fsync_dir
 from callward.collector.view import LOCKED_EXIT, StoreLockedError, apply_view
 from callward.record import (
@@ -49,7 +50,6 @@ from callward.record import (
     data_files,
     data_files_glob,
     partition_dir,
-    partition_files,
     policy_files,
     policy_path,
     temp_files,
@@ -58,7 +58,6 @@ from callward.record import (
 log = logging.getLogger("callward.collector.store")
 
 _REQUIRED = ("start_time", "end_time", "trace_id", "span_id")
-_KEY_BYTES = 24  # 16-byte trace id + 8-byte span id
 _DUCKDB_TYPES = {
     "start_time": "TIMESTAMPTZ",
     "end_time": "TIMESTAMPTZ",
@@ -109,17 +108,6 @@ def conform(table: pa.Table) -> pa.Table:
         if not pc.all(ok).as_py():
             raise ValueError(f"column {name}: every value must be {width} lowercase hex digits")
     return out
-
-
-def _keys(table: pa.Table) -> list[bytes]:
-    """The dedupe key of each row: trace id and span id as 24 raw bytes (compact in memory).
-    Ids are validated hex of fixed width (:func:`conform`), so the joined text of all rows
-    converts in one call and splits at every 24 bytes."""
-    if table.num_rows == 0:
-        return []
-    joined = pc.binary_join_element_wise(table.column("trace_id"), table.column("span_id"), "")
-    raw = bytes.fromhex("".join(joined.to_pylist()))
-    return [raw[i : i + _KEY_BYTES] for i in range(0, len(raw), _KEY_BYTES)]
 
 
 def parquet_files(data_dir: Path) -> list[Path]:
@@ -253,46 +241,33 @@ class StoreWriter:
     """Appends conformed tool-call rows to the store, at most once per (trace_id, span_id).
 
     Dedupe is per date partition: a retried or replayed span has the same start time, so
-    it falls in the same partition as its first copy. The keys of a partition are read
-    from its Parquet files the first time a write touches it and kept while it is among
-    the ``partitions_in_memory`` most recently written; older ones are dropped from memory
-    and read again if a late span arrives for them. Memory is therefore bounded by a few
-    days of keys (about 100 bytes per span), not by the whole history.
+    it falls in the same partition as its first copy. :class:`~callward.collector.dedupe.
+    DedupeIndex` knows the keys of recent rows in memory and looks older ones up in the
+    files, so memory follows the rate of traffic, not the length of the history.
 
     Not thread-safe: one writer per store (the collector's writer thread, or the generator).
     """
 
     def __init__(
-        self, data_dir: Path, *, partitions_in_memory: int = 3, view_in_child: bool = False
+        self,
+        data_dir: Path,
+        *,
+        view_in_child: bool = False,
+        dedupe_horizon_s: int = DEDUPE_HORIZON_S,
+        clock: Callable[[], float] = time.time,
     ):
         self._view_in_child = view_in_child
         self.root = ensure_store(data_dir, view_in_child=view_in_child)
-        self.partitions_in_memory = max(1, partitions_in_memory)
-        self._seen: OrderedDict[str, set[bytes]] = OrderedDict()
+        self.dedupe = DedupeIndex(self.root, horizon_s=dedupe_horizon_s, clock=clock)
         self._view_stale = False
         self.rows_written = 0
         self.duplicates_dropped = 0
         self.files_written = 0
-        self.partitions_loaded = 0
 
     @property
     def known_keys(self) -> int:
-        """Keys held in memory now (of the partitions written most recently)."""
-        return sum(len(keys) for keys in self._seen.values())
-
-    def _partition_keys(self, date: str) -> set[bytes]:
-        keys = self._seen.get(date)
-        if keys is not None:
-            self._seen.move_to_end(date)
-            return keys
-        keys = set()
-        for path in partition_files(partition_dir(self.root, date)):
-            keys.update(_keys(pq.read_table(path, columns=["trace_id", "span_id"])))
-        self.partitions_loaded += 1
-        self._seen[date] = keys
-        while len(self._seen) > self.partitions_in_memory:
-            self._seen.popitem(last=False)
-        return keys
+        """Keys held in memory now (of the rows within the dedupe horizon)."""
+        return self.dedupe.known_keys
 
     def write(self, table: pa.Table) -> list[Path]:
         """Conform, de-duplicate and write ``table``; returns the Parquet files created."""
@@ -305,15 +280,17 @@ class StoreWriter:
         days = sorted(pc.unique(dates).to_pylist())
         for date in days:
             part = table if len(days) == 1 else table.filter(pc.equal(dates, date))
-            seen = self._partition_keys(date)
-            keys = _keys(part)
-            fresh_keys = set(keys)
+            keys = raw_keys(part)
+            starts = start_micros(part)
+            stored = self.dedupe.stored(date, keys, starts)
+            spans = list(zip(keys, starts, strict=True))
+            fresh_keys = set(spans)
             keep: list[bool] = []
-            if len(fresh_keys) < len(keys) or not seen.isdisjoint(fresh_keys):
-                # Retries or replays among them: keep the first copy of each new key.
+            if len(fresh_keys) < len(keys) or any(stored):
+                # Retries or replays among them: keep the first copy of each new span.
                 fresh_keys = set()
-                for key in keys:
-                    fresh = key not in seen and key not in fresh_keys
+                for key, known in zip(spans, stored, strict=True):
+                    fresh = not known and key not in fresh_keys
                     keep.append(fresh)
                     if fresh:
                         fresh_keys.add(key)
@@ -321,10 +298,13 @@ class StoreWriter:
             if not fresh_keys:
                 continue
             if len(fresh_keys) < len(keys):
-                part = part.filter(pa.array(keep, type=pa.bool_()))
+                mask = pa.array(keep, type=pa.bool_())
+                part = part.filter(mask)
+                keys = [k for k, kept in zip(keys, keep, strict=True) if kept]
+                starts = [t for t, kept in zip(starts, keep, strict=True) if kept]
             written.append(_write_partition(self.root, date, part))
             # Only now, with the file durable, do its keys count as stored.
-            seen.update(fresh_keys)
+            self.dedupe.add(keys, starts)
             self.rows_written += part.num_rows
         self.files_written += len(written)
         if written and (not had_files or self._view_stale):
