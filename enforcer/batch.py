@@ -375,6 +375,13 @@ def _contended_rows(
     pending = int(sizes[limited].sum())
     if not by_counter:
         return nothing
+    if any(lim.sliding for groups in by_counter.values() for _, lim in groups):
+        # A sliding window has no start to group calls by, so no count settles a call
+        # without its predecessors: every call under a limit goes to the sequential pass,
+        # where the engine itself decides it.
+        under = [allowed[bounds[g] : bounds[g + 1]] for g in np.flatnonzero(limited)]
+        rows = np.sort(np.concatenate(under)).astype(np.int64)
+        return _Contention(rows, pending, 0, {})
     columns = _GroupedColumns(calls, codes, allowed, times, base, int_windows)
     del times
     limits: list[Limit] = []

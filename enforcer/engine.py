@@ -176,7 +176,7 @@ def decide(policy: CompiledPolicy, req: Request, state: LimitState, now: float) 
             DENY,
             lim.pointer,
             lim.message
-            or f"rate limit {lim.counter!r} reached: {lim.max} per {lim.window} per {lim.scope}",
+            or f"rate limit {lim.counter!r} reached: {lim.max} per {lim.per} per {lim.scope}",
             version,
         )
     return _decision(ALLOW, allow_rule, "", version, reserved)

@@ -1,10 +1,10 @@
 """Rate limits, written once: windows, counter keys, reserve, release, and reload.
 
 Public names: :func:`window_start`, :func:`window_starts`, :func:`window_numbers`,
-:func:`scope_key`,
-:func:`counter_key`, :class:`LimitState`, :class:`InMemoryLimitState`, :func:`reserve`,
-:func:`release`, :func:`surviving_counters`, :func:`carry_over`, :func:`surviving_keys`,
-:func:`window_lengths`, ``SCOPE_KEY`` and ``CounterKey``.
+:func:`instant_us`, :func:`scope_key`, :func:`counter_key`, :class:`LimitState`,
+:class:`InMemoryLimitState`, :func:`reserve`, :func:`release`, :func:`surviving_counters`,
+:func:`carry_over`, :func:`surviving_keys`, :func:`window_lengths`, ``SCOPE_KEY``,
+``CounterKey`` and :class:`SlidingKey`.
 
 Every place that counts calls against a limit goes through this module: the engine's
 ``decide``, the gRPC service core, the in-process proxy gate, ``policy test`` and the
@@ -14,19 +14,25 @@ contract these functions implement:
 - a window starts at ``int(now // length) * length`` in Unix seconds (calendar windows
   in UTC);
 - a counter is keyed by (counter name, scope key, window start);
+- a *sliding* limit (``"sliding": true``) instead counts the calls it allowed in the
+  last ``length`` seconds before the call, ``(t - length, t]`` in whole microseconds
+  (:func:`instant_us`); each allowed call is one :class:`SlidingKey`, (counter name,
+  scope key, the call's instant), so no two windows meet at a boundary a burst can
+  straddle;
 - a call is checked against every applicable limit, and only when all have room is one
   unit of each reserved, in one step against the state;
 - a failed call gives back exactly the keys it reserved, in the windows they were
   reserved in;
-- a reload keeps the counters whose (window, max, scope) did not change and resets the
-  others.
+- a reload keeps the counters whose (window, max, scope, sliding) did not change and
+  resets the others.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Mapping
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from callward.enforcer.policy import CompiledPolicy, Limit
 
@@ -36,7 +42,29 @@ if TYPE_CHECKING:
     from callward.enforcer.engine import Request
 
 CounterKey = tuple[str, str, int]
-"""(counter, scope key, window start in epoch seconds, UTC-aligned)."""
+"""(counter, scope key, window start in epoch seconds, UTC-aligned), or a
+:class:`SlidingKey`."""
+
+
+class SlidingKey(NamedTuple):
+    """One call a sliding limit allowed: its counter, scope key and instant (epoch
+    microseconds). A tuple like a calendar key (``key[0]`` is the counter everywhere),
+    told apart by its type; two calls at the same microsecond are two equal keys, and the
+    state counts both."""
+
+    counter: str
+    scope: str
+    at_us: int
+
+
+def instant_us(now: float) -> int:
+    """``now`` (epoch seconds) in whole microseconds, the clock sliding limits use.
+
+    Rounded, not floored: a recorded start time ``start_us`` reaches the engine as
+    ``start_us / 1_000_000`` and comes back exactly (the error of the two roundings is
+    under half a microsecond for any time a double holds to the microsecond).
+    """
+    return round(now * 1_000_000)
 
 
 # --------------------------------------------------------------------------- windows
@@ -104,6 +132,8 @@ def scope_key(limit: Limit, req: Request) -> str:
 
 def counter_key(limit: Limit, req: Request, now: float) -> CounterKey:
     """The counter ``req`` fills under ``limit`` at ``now``."""
+    if limit.sliding:
+        return SlidingKey(limit.counter, scope_key(limit, req), instant_us(now))
     return (limit.counter, scope_key(limit, req), window_start(now, limit.window_seconds))
 
 
@@ -111,9 +141,14 @@ def counter_key(limit: Limit, req: Request, now: float) -> CounterKey:
 
 
 class LimitState(Protocol):
-    """Counters of allowed calls, keyed by (counter, scope key, window start)."""
+    """Counters of allowed calls, keyed by (counter, scope key, window start), and the
+    instants of the calls sliding limits allowed."""
 
     def count(self, key: CounterKey) -> int: ...
+
+    def count_since(self, key: SlidingKey, length_us: int) -> int:
+        """Calls held for ``key``'s counter and scope after ``key.at_us - length_us``."""
+        ...
 
     def add(self, keys: Iterable[CounterKey]) -> None: ...
 
@@ -121,24 +156,52 @@ class LimitState(Protocol):
 
 
 class InMemoryLimitState:
-    """A dict of counters. Not thread-safe: callers serialise decide+add (the server holds a lock)."""
+    """A dict of counters, and per (counter, scope key) of a sliding limit the sorted
+    instants of the calls it holds (at most ``max`` within any window, so its memory is
+    bounded by the limit, not by the traffic). Not thread-safe: callers serialise
+    decide+add (the server holds a lock)."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "instants")
 
     def __init__(self) -> None:
         self.counts: dict[CounterKey, int] = {}
+        self.instants: dict[tuple[str, str], list[int]] = {}
 
     def count(self, key: CounterKey) -> int:
         return self.counts.get(key, 0)
 
+    def count_since(self, key: SlidingKey, length_us: int) -> int:
+        # Calls later than ``key`` count too: under a clock that stepped back they are
+        # still the last calls, and in time order (replay) there are none.
+        held = self.instants.get((key[0], key[1]))
+        if not held:
+            return 0
+        return len(held) - bisect.bisect_right(held, key[2] - length_us)
+
     def add(self, keys: Iterable[CounterKey]) -> None:
         c = self.counts
         for k in keys:
-            c[k] = c.get(k, 0) + 1
+            if type(k) is SlidingKey:
+                held = self.instants.setdefault((k[0], k[1]), [])
+                if not held or held[-1] <= k[2]:
+                    held.append(k[2])
+                else:
+                    bisect.insort(held, k[2])
+            else:
+                c[k] = c.get(k, 0) + 1
 
     def release(self, keys: Iterable[CounterKey]) -> None:
         c = self.counts
         for k in keys:
+            if type(k) is SlidingKey:
+                held = self.instants.get((k[0], k[1]))
+                if held:
+                    i = bisect.bisect_left(held, k[2])
+                    if i < len(held) and held[i] == k[2]:
+                        del held[i]
+                    if not held:
+                        del self.instants[(k[0], k[1])]
+                continue
             n = c.get(k, 0) - 1
             if n > 0:
                 c[k] = n
@@ -146,7 +209,8 @@ class InMemoryLimitState:
                 c.pop(k, None)
 
     def prune(self, now: float, keep_counters: Mapping[str, int] | None = None) -> int:
-        """Drop counters whose window ended before ``now``; returns how many were dropped.
+        """Drop counters whose window ended before ``now``, and the instants of sliding
+        limits no call at ``now`` or later can see; returns how many were dropped.
 
         ``keep_counters`` maps counter name -> window length; unknown counters are dropped.
         """
@@ -157,13 +221,28 @@ class InMemoryLimitState:
                 dead.append(key)
         for key in dead:
             del self.counts[key]
-        return len(dead)
+        dropped = len(dead)
+        at = instant_us(now)
+        for name in list(self.instants):
+            length = keep_counters.get(name[0]) if keep_counters is not None else 86400
+            held = self.instants[name]
+            cut = (
+                len(held) if length is None else bisect.bisect_right(held, at - length * 1_000_000)
+            )
+            if cut:
+                del held[:cut]
+                dropped += cut
+            if not held:
+                del self.instants[name]
+        return dropped
 
     def retain_counters(self, names: Iterable[str]) -> None:
         """Keep only the counters named (a reload keeps the counters of unchanged limits)."""
         keep = set(names)
         for key in [k for k in self.counts if k[0] not in keep]:
             del self.counts[key]
+        for name in [n for n in self.instants if n[0] not in keep]:
+            del self.instants[name]
 
 
 # --------------------------------------------------------------------------- reserve, release
@@ -184,6 +263,15 @@ def reserve(
     count = state.count
     for lim in limits:
         w = lim.window_seconds
+        key: CounterKey
+        if lim.sliding:
+            key = SlidingKey(lim.counter, scope_of(lim.scope, _global_scope)(req), instant_us(now))
+            if key in keys:
+                continue
+            if state.count_since(key, w * 1_000_000) >= lim.max:
+                return lim
+            keys.append(key)
+            continue
         # counter_key(), inlined: this runs for every limit of every allowed call.
         key = (lim.counter, scope_of(lim.scope, _global_scope)(req), int(now // w) * w)
         if key in keys:
@@ -211,7 +299,7 @@ def release(state: LimitState, keys: Iterable[CounterKey]) -> int:
 
 def surviving_counters(old: CompiledPolicy, new: CompiledPolicy) -> set[str]:
     """The counters a reload from ``old`` to ``new`` keeps: those in ``new`` whose
-    (window, max, scope) is the same in ``old``. Every other counter starts from zero."""
+    (window, max, scope, sliding) is the same in ``old``. Every other counter starts from zero."""
     old_sigs, new_sigs = old.limit_signatures(), new.limit_signatures()
     return {c for c, sig in new_sigs.items() if old_sigs.get(c) == sig}
 
@@ -226,7 +314,8 @@ def carry_over(
     must then release only its keys of kept counters (see :func:`surviving_keys`).
     """
     kept = surviving_counters(old, new)
-    reset = ({k[0] for k in state.counts} | set(old.limit_signatures())) - kept
+    held = {k[0] for k in state.counts} | {name[0] for name in state.instants}
+    reset = (held | set(old.limit_signatures())) - kept
     state.retain_counters(kept)
     return kept, reset
 
@@ -247,8 +336,10 @@ __all__ = [
     "CounterKey",
     "InMemoryLimitState",
     "LimitState",
+    "SlidingKey",
     "carry_over",
     "counter_key",
+    "instant_us",
     "release",
     "reserve",
     "scope_key",

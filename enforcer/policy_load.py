@@ -48,7 +48,7 @@ _TOP_KEYS = {"version", "default", "hide", "all_tools", "tools", "description", 
 _TOOL_KEYS = {"require", "deny_if", "limits", "on_deny", "action", "reason", "description"}
 _RULE_KEYS = {"conditions", "on_deny", "reason", "action", "description", "name"}
 _COND_KEYS = {"path", "op", "value", "ignore_case"}
-_LIMIT_KEYS = {"counter", "window", "max", "scope", "on_deny", "reason"}
+_LIMIT_KEYS = {"counter", "window", "max", "scope", "sliding", "on_deny", "reason"}
 _ALL_TOOLS_KEYS = {"limits"}
 
 Path_ = tuple[Any, ...]
@@ -263,7 +263,7 @@ class _Validator:
     def __init__(self, loc: _Locator):
         self.loc = loc
         self.errors: list[PolicyError] = []
-        self.counters: dict[str, tuple[tuple[str, Any, Any], Path_]] = {}
+        self.counters: dict[str, tuple[tuple[str, Any, Any, Any], Path_]] = {}
 
     def err(self, path: Path_, code: str, msg: str, key: bool = False) -> None:
         self.errors.append(PolicyError(self.loc.at(path, key), code, msg))
@@ -585,7 +585,8 @@ class _Validator:
             lim["max"],
             lim.get("scope", "grant"),
         )
-        sig = (str(window), mx, str(scope))
+        sliding = lim.get("sliding", False)
+        sig = (str(window), mx, str(scope), sliding)
         prev = self.counters.get(str(counter))
         if prev is not None and prev[0] != sig:
             self.err(
@@ -603,6 +604,7 @@ class _Validator:
             max=mx,
             scope=str(scope),
             message=msg,
+            sliding=sliding,
         )
 
     def _limit_fields(self, lim: dict[str, Any], lp: Path_) -> bool:
@@ -634,5 +636,8 @@ class _Validator:
                 "unknown_scope",
                 f"unknown scope {scope!r} (expected one of {', '.join(SCOPES)})",
             )
+            ok = False
+        if not isinstance(lim.get("sliding", False), bool):
+            self.err((*lp, "sliding"), "type", "limit sliding must be true or false")
             ok = False
         return ok

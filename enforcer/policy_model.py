@@ -109,6 +109,14 @@ class Limit:
     max: int
     scope: str
     message: str | None
+    sliding: bool = False
+    """A sliding window (the last ``window_seconds`` before each call) instead of a
+    calendar one; see :mod:`callward.enforcer.limits`."""
+
+    @property
+    def per(self) -> str:
+        """How the window reads in a message: ``minute`` or ``sliding minute``."""
+        return f"sliding {self.window}" if self.sliding else self.window
 
 
 RequireCheck = tuple[Test, str, str | None]
@@ -261,9 +269,11 @@ class CompiledPolicy:
             out.extend(t.limits)
         return out
 
-    def limit_signatures(self) -> dict[str, tuple[str, int, str]]:
-        """counter -> (window, max, scope); used to keep counters across a reload."""
-        return {lim.counter: (lim.window, lim.max, lim.scope) for lim in self.all_limits()}
+    def limit_signatures(self) -> dict[str, tuple[str, int, str, bool]]:
+        """counter -> (window, max, scope, sliding); used to keep counters across a reload."""
+        return {
+            lim.counter: (lim.window, lim.max, lim.scope, lim.sliding) for lim in self.all_limits()
+        }
 
 
 def pointer_escape(token: str) -> str:

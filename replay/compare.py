@@ -13,8 +13,10 @@ This is where replay decides what it can and cannot say about a call:
   depended on a person).
 
 Limits need history: calls are read from the start of the UTC day that contains ``since``
-(the longest window is a day) so counters are warm, but only calls from ``since`` on are
-reported. ``--agent`` and ``--tool`` choose what is reported, never what is replayed, since
+(the longest calendar window is a day) so counters are warm, but only calls from ``since``
+on are reported. A sliding window has no such start (whether a call an hour before
+``since`` was allowed depends on the calls before it), so when any policy of the replay
+has a sliding limit every call before ``since`` is read. ``--agent`` and ``--tool`` choose what is reported, never what is replayed, since
 a global or per-tool limit is shared with everyone else's calls.
 """
 
@@ -81,8 +83,8 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
 
-def _warmup_start(since: datetime | None) -> datetime | None:
-    if since is None:
+def _warmup_start(since: datetime | None, policies: list[CompiledPolicy]) -> datetime | None:
+    if since is None or any(lim.sliding for p in policies for lim in p.all_limits()):
         return None
     return since.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -91,13 +93,14 @@ def compare(req: ReplayRequest, progress: Progress | None = None) -> Comparison:
     """Replay the store under the candidate (and the baseline, and each recorded version)."""
     report = progress or (lambda stage, fraction: None)
     report("reading the store", 0.0)
+    recorded: RecordedPolicies = load_recorded_policies(req.data_dir)
+    policies = [req.candidate, *([req.baseline] if req.baseline else [])]
     loaded: LoadedCalls = load_calls(
         req.data_dir,
-        since=_warmup_start(req.since),
+        since=_warmup_start(req.since, [*policies, *recorded.by_version.values()]),
         until=req.until,
         skip_bad_files=req.skip_bad_files,
     )
-    recorded: RecordedPolicies = load_recorded_policies(req.data_dir)
     report("reading the store", 1.0)
     calls = loaded.frame
     files_read, skipped_files = loaded.files_read, loaded.skipped

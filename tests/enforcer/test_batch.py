@@ -97,6 +97,7 @@ def contended_policies(draw: st.DrawFn) -> dict[str, Any]:
         "window": draw(st.sampled_from(["minute", "hour", "day"])),
         "max": draw(st.integers(1, 3)),
         "scope": draw(st.sampled_from(["global", "agent", "tool", "session", "grant"])),
+        "sliding": draw(st.integers(0, 3)) == 0,
     }
     doc["all_tools"] = {"limits": [busy, *doc.get("all_tools", {}).get("limits", [])]}
     for body in doc["tools"].values():
@@ -324,7 +325,9 @@ def generator_policies(draw: st.DrawFn) -> dict[str, Any]:
     }
     seen: dict[str, dict[str, Any]] = {}  # one counter name keeps one setting
     for lim in [lim for b in doc["tools"].values() for lim in b["limits"]]:
-        lim.update(seen.setdefault(lim["counter"], dict(lim)))
+        first = seen.setdefault(lim["counter"], dict(lim))
+        lim.clear()
+        lim.update(first)
     return doc
 
 

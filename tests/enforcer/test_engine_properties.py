@@ -1,13 +1,14 @@
 """Invariants of the engine for any policy and any traffic (hypothesis).
 
-Limits are counted here from the document itself (window numbers in integer microseconds,
-scope values read off the request), never from the keys ``decide`` reserves, so an engine
-that gave every call its own window, or ignored releases, fails.
+Limits are counted here from the document itself (the instants of the calls each
+(counter, scope value) holds, in integer microseconds; a calendar limit counts those in the
+call's window, a sliding one those in the ``length`` before it), never from the keys
+``decide`` reserves, so an engine that gave every call its own window, ignored releases,
+or slid a calendar window, fails.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from hypothesis import given
@@ -35,7 +36,8 @@ limit_st = st.fixed_dictionaries(
         "window": st.sampled_from(list(WINDOW_LEN)),
         "max": st.integers(0, 4),
         "scope": st.sampled_from(list(SCOPE_FIELD)),
-    }
+    },
+    optional={"sliding": st.booleans()},
 )
 cond_st = st.one_of(
     st.fixed_dictionaries(
@@ -99,6 +101,7 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
         *(x for t in doc["tools"].values() for x in t.get("limits", [])),
     ]:
         first = seen.setdefault(lim["counter"], dict(lim))
+        lim.clear()
         lim.update(first)
     return doc
 
@@ -110,8 +113,14 @@ call_st = st.tuples(
     st.sampled_from(GRANTS),
     st.sampled_from(AGENTS),
     st.sampled_from(["s1", "s2"]),
-    # Microseconds after BASE_S: mostly within a few minutes, so that calls share windows.
-    st.one_of(st.integers(0, 180_000_000), st.integers(0, 3 * 86400 * 1_000_000)),
+    # Microseconds after BASE_S: mostly within a few minutes, so that calls share windows;
+    # on a 5 s grid, so that calls less than a window apart straddle a calendar boundary
+    # (where a sliding window and a calendar one disagree).
+    st.one_of(
+        st.integers(0, 180_000_000),
+        st.integers(0, 36).map(lambda k: k * 5_000_000),
+        st.integers(0, 3 * 86400 * 1_000_000),
+    ),
     st.fixed_dictionaries(
         {},
         optional={
@@ -137,18 +146,27 @@ def _limits_of(doc: dict[str, Any], tool: str) -> list[tuple[str, dict[str, Any]
     ]
 
 
-def _independent_keys(
-    doc: dict[str, Any], r: Request, t_us: int
-) -> list[tuple[str, tuple[str, str, int], int]]:
-    """(pointer, (counter, scope value, window number), max) per counter, in checking order,
-    computed from the document and integer microseconds, never from the engine's keys."""
+Held = dict[tuple[str, str], list[int]]
+"""(counter, scope value) -> instants (µs) of the calls it holds, by the document's rules."""
+
+
+def _independent_counts(
+    doc: dict[str, Any], r: Request, t_us: int, held: Held
+) -> list[tuple[str, tuple[str, str], int, int]]:
+    """(pointer, (counter, scope value), calls counted at ``t_us``, max) per counter, in
+    checking order, from the document and integer microseconds, never the engine's keys."""
     out, seen = [], set()
     for pointer, lim in _limits_of(doc, r.tool):
         if lim["counter"] in seen:
             continue
         seen.add(lim["counter"])
-        window = t_us // (WINDOW_LEN[lim["window"]] * 1_000_000)
-        out.append((pointer, (lim["counter"], _scope_value(lim["scope"], r), window), lim["max"]))
+        length = WINDOW_LEN[lim["window"]] * 1_000_000
+        name = (lim["counter"], _scope_value(lim["scope"], r))
+        if lim.get("sliding"):
+            n = sum(1 for s in held.get(name, []) if t_us - length < s)
+        else:
+            n = sum(1 for s in held.get(name, []) if s // length == t_us // length)
+        out.append((pointer, name, n, lim["max"]))
     return out
 
 
@@ -163,7 +181,7 @@ def test_no_key_gets_more_than_max_allowed_calls_in_a_window(
 ) -> None:
     p = compile_document(doc)
     state = InMemoryLimitState()
-    net: Counter[tuple[str, str, int]] = Counter()
+    held: Held = {}
     for tool, grant, agent, session, t_us, args, failed in sorted(calls, key=lambda c: c[4]):
         r = Request(tool, args, grant=grant, agent_id=agent, session_id=session)
         d = decide(p, r, state, BASE_S + t_us / 1_000_000)
@@ -171,14 +189,14 @@ def test_no_key_gets_more_than_max_allowed_calls_in_a_window(
         if not d.allowed:
             assert d.reserved == ()
             continue
-        keys = _independent_keys(doc, r, t_us)
-        for _, key, maximum in keys:
-            net[key] += 1
-            assert net[key] <= maximum, key
+        counted = _independent_counts(doc, r, t_us, held)
+        for _, name, n, maximum in counted:
+            assert n + 1 <= maximum, (name, n)
+            held.setdefault(name, []).append(t_us)
         if failed:
             release(state, d.reserved)
-            for _, key, _ in keys:
-                net[key] -= 1
+            for _, name, _, _ in counted:
+                held[name].remove(t_us)
 
 
 @given(policies(), st.lists(call_st, max_size=40))
@@ -189,7 +207,7 @@ def test_decisions_are_the_condition_verdict_then_the_counted_limits(
     allow and an independently counted limit is full: then that limit denies."""
     p, bare = compile_document(doc), compile_document(_without_limits(doc))
     state, unlimited = InMemoryLimitState(), InMemoryLimitState()
-    counts: Counter[tuple[str, str, int]] = Counter()
+    held: Held = {}
     for tool, grant, agent, session, t_us, args, failed in sorted(calls, key=lambda c: c[4]):
         r = Request(tool, args, grant=grant, agent_id=agent, session_id=session)
         verdict = decide(bare, r, unlimited, BASE_S + t_us / 1_000_000)
@@ -197,8 +215,8 @@ def test_decisions_are_the_condition_verdict_then_the_counted_limits(
         if not verdict.allowed:
             assert (got.decision, got.rule) == (verdict.decision, verdict.rule)
             continue
-        keys = _independent_keys(doc, r, t_us)
-        full = [pointer for pointer, key, maximum in keys if counts[key] >= maximum]
+        counted = _independent_counts(doc, r, t_us, held)
+        full = [pointer for pointer, _, n, maximum in counted if n >= maximum]
         if full:
             assert (got.decision, got.rule) == ("deny", full[0])
             continue
@@ -206,8 +224,8 @@ def test_decisions_are_the_condition_verdict_then_the_counted_limits(
         if failed:
             release(state, got.reserved)
         else:
-            for _, key, _ in keys:
-                counts[key] += 1
+            for _, name, _, _ in counted:
+                held.setdefault(name, []).append(t_us)
 
 
 @given(policies(), st.lists(call_st, max_size=40))
@@ -215,10 +233,10 @@ def test_denied_calls_never_change_state(doc: dict[str, Any], calls: list[Any]) 
     p = compile_document(doc)
     state = InMemoryLimitState()
     for tool, grant, agent, session, t_us, args, _ in calls:
-        before = dict(state.counts)
+        before = (dict(state.counts), {k: list(v) for k, v in state.instants.items()})
         r = Request(tool, args, grant=grant, agent_id=agent, session_id=session)
         d = decide(p, r, state, BASE_S + t_us / 1_000_000)
         if not d.allowed:
-            assert state.counts == before
+            assert (state.counts, state.instants) == before
             assert d.reserved == ()
             assert d.rule.startswith("/")

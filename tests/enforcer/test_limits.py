@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import io
+import json
 import tokenize
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from callward.enforcer import limits
 from callward.enforcer.engine import Request, decide
 from callward.enforcer.limits import InMemoryLimitState
-from callward.enforcer.policy import compile_document
+from callward.enforcer.policy import PolicyInvalid, compile_document, compile_text
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_US = 1_700_000_000 // 86400 * 86400 * 1_000_000  # a UTC midnight, in microseconds
@@ -403,3 +404,136 @@ def test_window_arithmetic_lives_only_in_limits() -> None:
         for hit in _window_arithmetic(path)
     ]
     assert offenders == []
+
+
+# --------------------------------------------------------------------------- sliding windows
+
+
+def _sliding(maximum: int, window: str = "minute", sliding: bool = True) -> Any:
+    limit = {"counter": "n", "window": window, "max": maximum, "scope": "global"}
+    if sliding:
+        limit["sliding"] = True
+    return compile_document(
+        {"version": "1", "default": "deny", "tools": {"t": {"limits": [limit]}}}
+    )
+
+
+def _burst(policy: Any) -> list[str]:
+    """10 calls in the last half second of a minute, 10 in the first tenth of the next."""
+    state, minute = InMemoryLimitState(), BASE_US + 60_000_000
+    times = [minute - 500_000 + i * 40_000 for i in range(10)]
+    times += [minute + i * 10_000 for i in range(10)]
+    return [decide(policy, Request("t", {}), state, t / 1e6).decision for t in times]
+
+
+def test_a_burst_across_a_minute_boundary_passes_a_calendar_limit_but_not_a_sliding_one() -> None:
+    assert _burst(_sliding(10, sliding=False)) == ["allow"] * 20
+    assert _burst(_sliding(10)) == ["allow"] * 10 + ["deny"] * 10
+
+
+def test_a_sliding_window_is_open_at_its_start() -> None:
+    policy, state = _sliding(1), InMemoryLimitState()
+    t0 = BASE_US + 7_123_456  # not on any calendar boundary
+    assert decide(policy, Request("t", {}), state, t0 / 1e6).allowed
+    late = decide(policy, Request("t", {}), state, (t0 + 60_000_000 - 1) / 1e6)
+    assert (late.decision, late.message) == (
+        "deny",
+        "rate limit 'n' reached: 1 per sliding minute per global",
+    )
+    again = decide(policy, Request("t", {}), state, (t0 + 60_000_000) / 1e6)
+    assert again.allowed and again.reserved == (limits.SlidingKey("n", "", t0 + 60_000_000),)
+
+
+def test_a_failed_call_gives_back_its_own_instant() -> None:
+    policy, state = _sliding(2), InMemoryLimitState()
+    first = decide(policy, Request("t", {}), state, BASE_US / 1e6 + 1)
+    second = decide(policy, Request("t", {}), state, BASE_US / 1e6 + 2)
+    assert not decide(policy, Request("t", {}), state, BASE_US / 1e6 + 3).allowed
+    limits.release(state, second.reserved)
+    assert state.instants == {("n", ""): [BASE_US + 1_000_000]}
+    assert decide(policy, Request("t", {}), state, BASE_US / 1e6 + 4).allowed
+    limits.release(state, first.reserved)
+    assert state.instants == {("n", ""): [BASE_US + 4_000_000]}
+
+
+def test_two_calls_at_one_microsecond_are_two_calls() -> None:
+    policy, state = _sliding(2), InMemoryLimitState()
+    at = BASE_US / 1e6 + 5
+    a, b = (decide(policy, Request("t", {}), state, at) for _ in range(2))
+    assert a.reserved == b.reserved and not decide(policy, Request("t", {}), state, at).allowed
+    limits.release(state, a.reserved)
+    assert state.count_since(a.reserved[0], 60_000_000) == 1
+
+
+def test_prune_keeps_exactly_the_instants_a_later_call_can_see() -> None:
+    policy, state = _sliding(5), InMemoryLimitState()
+    for s in (0, 10, 20, 30):
+        decide(policy, Request("t", {}), state, BASE_US / 1e6 + s)
+    # At +70 s a call sees (10, 70]: the call at 0 and the one at exactly 10 are gone.
+    assert state.prune(BASE_US / 1e6 + 70, limits.window_lengths(policy)) == 2
+    assert state.instants == {("n", ""): [BASE_US + 20_000_000, BASE_US + 30_000_000]}
+    # A counter the policy no longer has is dropped whole.
+    assert state.prune(BASE_US / 1e6 + 71, {}) == 2 and state.instants == {}
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(1, 4),
+    st.lists(
+        st.tuples(
+            # On a 5 s grid (calls straddle minute boundaries) or anywhere in 200 s.
+            st.integers(0, 40).map(lambda k: k * 5_000_000) | st.integers(0, 200_000_000),
+            st.booleans(),
+        ),
+        max_size=40,
+    ),
+)
+def test_no_span_of_the_window_holds_more_than_max_allowed_calls(
+    maximum: int, calls: list[tuple[int, bool]]
+) -> None:
+    """Checked over every span of 60 s that opens just after a call, not from the keys."""
+    policy, state = _sliding(maximum), InMemoryLimitState()
+    held: list[int] = []
+    for t_us, failed in sorted(calls):
+        d = decide(policy, Request("t", {}), state, (BASE_US + t_us) / 1e6)
+        inside = sum(1 for s in held if t_us - 60_000_000 < s)
+        assert d.allowed == (inside < maximum)
+        if d.allowed and not failed:
+            held.append(t_us)
+        elif d.allowed:
+            limits.release(state, d.reserved)
+    event(f"some call denied or given back: {len(calls) > len(held)}")
+    for start in held:
+        assert sum(1 for s in held if start <= s < start + 60_000_000) <= maximum
+
+
+def test_a_reload_that_makes_a_limit_sliding_resets_it() -> None:
+    calendar, sliding = _sliding(1, sliding=False), _sliding(1)
+    assert limits.surviving_counters(calendar, sliding) == set()
+    assert limits.surviving_counters(sliding, _sliding(1)) == {"n"}
+    state = InMemoryLimitState()
+    decide(sliding, Request("t", {}), state, BASE_US / 1e6)
+    kept, reset = limits.carry_over(state, sliding, calendar)
+    assert (kept, reset, state.instants) == (set(), {"n"}, {})
+
+
+@pytest.mark.parametrize(
+    ("limits_doc", "code"),
+    [
+        (
+            [
+                {"counter": "n", "window": "minute", "max": 1, "sliding": True},
+                {"counter": "n", "window": "minute", "max": 1},
+            ],
+            "counter_conflict",
+        ),
+        ([{"counter": "n", "window": "minute", "max": 1, "sliding": "yes"}], "type"),
+    ],
+)
+def test_sliding_is_a_boolean_kept_alike_by_every_use_of_a_counter(
+    limits_doc: list[dict[str, Any]], code: str
+) -> None:
+    text = json.dumps({"version": "1", "tools": {"t": {"limits": limits_doc}}})
+    with pytest.raises(PolicyInvalid) as caught:
+        compile_text(text)
+    assert code in {e.code for e in caught.value.errors}

@@ -35,7 +35,9 @@ class FakeClock:
         return self.now
 
 
-def policy_of(max_charges: int = 2, window: str = "minute") -> CompiledPolicy:
+def policy_of(
+    max_charges: int = 2, window: str = "minute", sliding: bool = False
+) -> CompiledPolicy:
     return compile_document(
         {
             "version": "1",
@@ -48,6 +50,7 @@ def policy_of(max_charges: int = 2, window: str = "minute") -> CompiledPolicy:
                             "window": window,
                             "max": max_charges,
                             "scope": "grant",
+                            "sliding": sliding,
                         }
                     ]
                 },
@@ -125,6 +128,28 @@ def test_windows_follow_the_injected_clock() -> None:
     assert not core.check_call(charge("c3"), 3).allowed
     clock.now += 50  # the next calendar minute: a new window
     assert core.check_call(charge("c4"), 4).allowed
+
+
+def test_a_sliding_limit_follows_the_clock_the_report_and_housekeeping() -> None:
+    clock = FakeClock()
+    core = core_of(clock, policy=policy_of(sliding=True))
+    core.check_call(charge("c1"), 1)
+    clock.now += 1
+    core.check_call(charge("c2"), 2)
+    clock.now += 50  # the next calendar minute, but c1 and c2 are within the last 60 s
+    assert not core.check_call(charge("c3"), 3).allowed
+    assert core.report_call("c2", "error") == 1  # c2 failed: its place is free again
+    assert core.check_call(charge("c4"), 4).allowed
+    assert not core.check_call(charge("c5"), 5).allowed
+    clock.now += 10  # 61 s after c1: it left the window
+    assert core.check_call(charge("c6"), 6).allowed
+    clock.now += 60  # c1, c4 and c6 (exactly 60 s ago) are out of the window now
+    assert core.housekeeping().pruned_counters == 3
+    assert core.state.instants == {}
+    # A reload that turns the limit into a calendar one resets it.
+    core.check_call(charge("c7"), 7)
+    swap = core.swap_policy(policy_of(sliding=False))
+    assert "charges" in swap.reset and core.state.instants == {}
 
 
 def test_expired_calls_are_closed_and_keep_their_quota() -> None:

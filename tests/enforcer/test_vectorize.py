@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from callward.enforcer import vectorize
 from callward.enforcer.engine import CounterKey, Request, decide
+from callward.enforcer.limits import SlidingKey
 from callward.enforcer.policy import compile_document
 from callward.enforcer.vectorize import json_pointer, stateless_verdicts
 from tests.replay.strategies import call_fields, policy_documents
@@ -24,6 +25,9 @@ class _AlwaysRoom:
     """A limit state in which every limit has room: isolates the stateless part."""
 
     def count(self, key: CounterKey) -> int:
+        return -1
+
+    def count_since(self, key: SlidingKey, length_us: int) -> int:
         return -1
 
     def add(self, keys: Iterable[CounterKey]) -> None:

@@ -86,7 +86,8 @@ limit_st = st.fixed_dictionaries(
         "window": st.sampled_from(["minute", "hour", "day"]),
         "max": st.integers(0, 3),
         "scope": st.sampled_from(["grant", "agent", "session", "tool", "global"]),
-    }
+    },
+    optional={"sliding": st.booleans()},
 )
 tool_st = st.fixed_dictionaries(
     {},
@@ -121,6 +122,7 @@ def policy_documents(draw: st.DrawFn, with_limits: bool = True) -> dict[str, Any
         *(x for t in doc["tools"].values() for x in t.get("limits", [])),
     ]:
         first = seen.setdefault(lim["counter"], dict(lim))
+        lim.clear()
         lim.update(first)
     return doc
 
