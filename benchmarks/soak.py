@@ -84,6 +84,16 @@ class SoakResult:
         den = sum((t - mx) ** 2 for t, _ in pts)
         return 0.0 if den == 0 else sum((t - mx) * (v - my) for t, v in pts) / den * 3600
 
+    def rss_by_fifth(self, name: str) -> list[float]:
+        """RSS (MiB) at the end of each fifth of the run after warm-up: whether memory
+        levels off shows in these, where a slope only averages."""
+        kept = self.after_warmup()
+        t0, t1 = kept[0].at, kept[-1].at
+        marks = [t0 + (t1 - t0) * k / 5 for k in range(1, 6)]
+        return [
+            round(next(s for s in kept if s.at >= m - 1e-9).rss[name] / 2**20, 1) for m in marks
+        ]
+
     def summary(self) -> dict[str, object]:
         first, last = self.after_warmup()[0], self.samples[-1]
         return {
@@ -100,6 +110,7 @@ class SoakResult:
                     ("rss_mib_start", round(first.rss[name] / 2**20, 1)),
                     ("rss_mib_end", round(last.rss[name] / 2**20, 1)),
                     ("rss_slope_mib_per_h", round(self.rss_slope_mib_per_hour(name), 1)),
+                    ("rss_mib_by_fifth", self.rss_by_fifth(name)),
                     ("fds_start", first.fds[name]),
                     ("fds_end", last.fds[name]),
                 )
