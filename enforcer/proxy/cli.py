@@ -14,6 +14,7 @@ import anyio
 import typer
 from rich.console import Console
 
+from callward.auth import TokenTable
 from callward.enforcer.proxy.config import (
     ConfigError,
     PolicyInvalid,
@@ -29,7 +30,6 @@ from callward.enforcer.proxy.config import (
 from callward.enforcer.proxy.gate import DEFAULT_ENFORCER_TIMEOUT, Gate
 from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
 from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
-from callward.enforcer.proxy.tokens import TokenTable
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

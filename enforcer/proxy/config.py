@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from callward.auth import TokensInvalid, TokenTable, load_tokens
 from callward.enforcer.errors import PolicyInvalid
 from callward.enforcer.policy import CompiledPolicy, load_policy
 from callward.enforcer.proxy.gate import (
@@ -24,7 +25,6 @@ from callward.enforcer.proxy.gate import (
 )
 from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
 from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
-from callward.enforcer.proxy.tokens import TokensInvalid, TokenTable, load_tokens
 from callward.enforcer.proxy.upstream import Connector, command_upstream, url_upstream
 from callward.enforcer.telemetry import CallRecorder
 
