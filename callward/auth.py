@@ -12,6 +12,9 @@ hex digest, so the file can be kept without the secrets in it::
 
 Tokens are looked up by their digest, so no secret is ever compared byte by byte.
 Loading is all-or-nothing: every problem is reported at once and nothing is loaded.
+
+The rule for a server's TLS file settings (:func:`tls_problems`) lives here too, so that
+each server's config can check it without importing gRPC.
 """
 
 from __future__ import annotations
@@ -147,6 +150,16 @@ def load_tokens(path: str | Path) -> TokenTable:
     return parse_tokens(doc, str(p))
 
 
+def tls_problems(cert: str, key: str, client_ca: str) -> list[str]:
+    """What is wrong with a combination of TLS file settings ("" = not given)."""
+    problems = []
+    if bool(cert) != bool(key):
+        problems.append("--tls-cert and --tls-key go together")
+    if client_ca and not (cert and key):
+        problems.append("--tls-client-ca needs --tls-cert and --tls-key (the server's own)")
+    return problems
+
+
 __all__ = [
     "MIN_TOKEN_LENGTH",
     "Bearer",
@@ -154,5 +167,6 @@ __all__ = [
     "TokensInvalid",
     "load_tokens",
     "parse_tokens",
+    "tls_problems",
     "token_digest",
 ]
