@@ -40,6 +40,7 @@ OPTION_METAVARS = {
     "--tls-cert": "FILE",
     "--tls-key": "FILE",
     "--tls-client-ca": "FILE",
+    "--enforcer-token-file": "FILE",
     "--data": "DIR",
     "--data-dir": "DIR",
     "--out": "PATH",

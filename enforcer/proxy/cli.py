@@ -48,6 +48,11 @@ def proxy(
         [], "--allow-origin", help="Extra allowed Origin (scheme://host[:port|:*]); repeatable."
     ),
     enforcer: str = typer.Option("", "--enforcer", help="Decide through the gRPC enforcer."),
+    enforcer_token_file: str = typer.Option(
+        "",
+        "--enforcer-token-file",
+        help="File holding the bearer token for an enforcer run with --tokens.",
+    ),
     enforcer_timeout: float = typer.Option(
         DEFAULT_ENFORCER_TIMEOUT, "--enforcer-timeout", help="Enforcer deadline, seconds."
     ),
@@ -84,6 +89,7 @@ def proxy(
             server=server,
             allow_origins=allow_origin,
             enforcer=enforcer,
+            enforcer_token_file=enforcer_token_file,
             enforcer_timeout=enforcer_timeout,
             fail_open=fail_open,
             call_timeout=call_timeout,
