@@ -201,6 +201,32 @@ def test_client_certificates_are_required_when_a_client_ca_is_given(tmp_path: Pa
         service.stop()
 
 
+def test_the_enforcers_exporter_presents_a_client_certificate_from_the_otlp_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = TestCA(tmp_path / "ca")
+    server, agent = ca.issue("collector", server=True), ca.issue("enforcer")
+    service = start(
+        tmp_path / "data",
+        tls_cert=str(server.cert),
+        tls_key=str(server.key),
+        tls_client_ca=str(ca.cert),
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(ca.cert))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", str(agent.cert))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_CLIENT_KEY", str(agent.key))
+    try:
+        recorder = _recorder(f"https://localhost:{service.port}")
+        policy = compile_document({"version": "1", "default": "allow"})
+        enforcer = EnforcerService(policy, recorder=recorder)
+        enforcer.check_call(Request("search", {"q": "x"}, call_id="c-1"), 0)
+        enforcer.report_call("c-1", "ok")
+        recorder.shutdown()
+        assert service.flush() == 1
+    finally:
+        service.stop()
+
+
 def test_a_non_loopback_address_without_auth_is_one_loud_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
