@@ -242,3 +242,19 @@ def test_a_non_loopback_address_without_auth_is_one_loud_line(
         start(tmp_path / "guarded", listen="0.0.0.0:0", tokens=str(tokens_file(tmp_path))).stop()
         start(tmp_path / "local").stop()
     assert warned() == []
+
+
+def test_the_auth_settings_come_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "CALLWARD_COLLECTOR_DATA_DIR": str(tmp_path),
+        "CALLWARD_COLLECTOR_TOKENS": "t.yaml",
+        "CALLWARD_COLLECTOR_TLS_CERT": "c.pem",
+        "CALLWARD_COLLECTOR_TLS_KEY": "k.pem",
+        "CALLWARD_COLLECTOR_TLS_CLIENT_CA": "ca.pem",
+    }
+    config = load_config(environ=env, tokens="explicit.yaml")
+    assert (config.tokens, config.tls_cert, config.tls_key, config.tls_client_ca) == (
+        "explicit.yaml", "c.pem", "k.pem", "ca.pem",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
+        load_config(environ={**env, "CALLWARD_COLLECTOR_TLS_KEY": ""})

@@ -12,9 +12,11 @@ from typing import Any
 
 import grpc
 import pytest
+import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from callward.auth import token_digest
 from callward.enforcer.client import (
@@ -31,6 +33,8 @@ from callward.enforcer.server import (
     EnforcerService,
     NotYourCall,
 )
+from callward.enforcer.server_cli import register
+from callward.enforcer.server_config import ENV_OF
 from callward.grpc_auth import Principal
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
@@ -391,3 +395,13 @@ def test_cli_refuses_unusable_auth_settings(tmp_path: Path, pki: dict[str, Any])
         got = run_cli("--policy", str(SEED), "--listen", "127.0.0.1:0", *args)
         assert got.exit_code == 2, (args, got.output)
         assert says in got.stderr, (args, got.stderr)
+
+
+def test_cli_takes_the_tokens_file_from_the_environment(tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    app.command("unused")(lambda: None)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "", ENV_OF["tokens"]: str(tmp_path / "from-env.yaml")}
+    args = ["enforcer", "--policy", str(SEED), "--listen", "127.0.0.1:0"]
+    got = CliRunner().invoke(app, args, env=env)
+    assert got.exit_code == 2 and "from-env.yaml" in got.stderr and "unreadable" in got.stderr
