@@ -13,8 +13,9 @@ hex digest, so the file can be kept without the secrets in it::
 Tokens are looked up by their digest, so no secret is ever compared byte by byte.
 Loading is all-or-nothing: every problem is reported at once and nothing is loaded.
 
-The rule for a server's TLS file settings (:func:`tls_problems`) lives here too, so that
-each server's config can check it without importing gRPC.
+:class:`Principal` (who an authenticated caller is) and the rule for a server's TLS file
+settings (:func:`tls_problems`) live here too, so that the enforcer's core and each
+server's config use them without importing gRPC.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ class Bearer:
     grant: str
     fingerprint: str
     """The first 16 hex digits of the token's digest: safe to log, binds a session."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    grant: str
+    """The grant its credential stands for: the one limits and conditions use."""
+    id: str
+    """``token:<fingerprint>`` or ``cert:<name>``: safe to log, binds a Report to its Check."""
 
 
 def token_digest(token: str) -> str:
@@ -163,6 +174,7 @@ def tls_problems(cert: str, key: str, client_ca: str) -> list[str]:
 __all__ = [
     "MIN_TOKEN_LENGTH",
     "Bearer",
+    "Principal",
     "TokenTable",
     "TokensInvalid",
     "load_tokens",

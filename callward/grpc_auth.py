@@ -29,7 +29,7 @@ from pathlib import Path
 
 import grpc
 
-from callward.auth import TokensInvalid, TokenTable, load_tokens, tls_problems
+from callward.auth import Principal, TokensInvalid, TokenTable, load_tokens, tls_problems
 from callward.listen import split_listen
 
 AUTHORIZATION = "authorization"
@@ -53,16 +53,6 @@ class AuthInvalid(ValueError):
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller."""
-
-    grant: str
-    """The grant its credential stands for: the one limits and conditions use."""
-    id: str
-    """``token:<fingerprint>`` or ``cert:<name>``: safe to log, binds a Report to its Check."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import logging
 import math
 from typing import Any
 
+from callward.auth import Principal
 from callward.enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, Decision, Request
 from callward.enforcer.json_values import (
     MAX_DOUBLE_DIGITS,
@@ -27,7 +28,6 @@ from callward.enforcer.json_values import (
     reject_constant,
 )
 from callward.enforcer.service import OUTCOMES, EnforcerCore, InvalidRequest, new_call_id
-from callward.grpc_auth import Principal
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 
 log = logging.getLogger("callward.enforcer")

@@ -33,6 +33,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from callward.auth import Principal
 from callward.enforcer.housekeeping import HousekeepingLoop
 from callward.enforcer.messages import (
     MAX_ID_CHARS,
@@ -53,7 +54,7 @@ from callward.enforcer.service import (
     RequestRejected,
     UnknownCall,
 )
-from callward.grpc_auth import Principal, ServerAuth, Unauthenticated, load_server_auth
+from callward.grpc_auth import ServerAuth, Unauthenticated, load_server_auth
 from callward.listen import check_bindable
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 

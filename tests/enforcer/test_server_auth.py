@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from callward.auth import token_digest
+from callward.auth import Principal, token_digest
 from callward.enforcer.client import (
     EnforcerClient,
     EnforcerRejected,
@@ -35,7 +35,6 @@ from callward.enforcer.server import (
 )
 from callward.enforcer.server_cli import register
 from callward.enforcer.server_config import ENV_OF
-from callward.grpc_auth import Principal
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
 from tests.certs import TestCA
