@@ -166,5 +166,5 @@ def serve(
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     server.start()
-    receiver.auth.warn_if_exposed(listen, "collector", log)
+    receiver.auth.warn_if_exposed(f"{listen.rpartition(':')[0]}:{port}", "collector", log)
     return server, port

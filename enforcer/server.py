@@ -225,9 +225,9 @@ class EnforcerServer:
         if port == 0:
             raise ListenFailed(f"cannot listen on {self.config.listen}")
         server.start()
-        self.auth.warn_if_exposed(self.config.listen, "enforcer", log)
         self._server = server
         self.port = port
+        self.auth.warn_if_exposed(self.address, "enforcer", log)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._upkeep.start()
