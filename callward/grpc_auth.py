@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,12 +184,35 @@ def load_server_auth(
                 pem[what] = _read_pem(Path(path))
             except ValueError as e:
                 problems.append(f"--{what} {path}: {e}")
+    if not problems and tls_cert:
+        problems.extend(_tls_unusable(tls_cert, tls_key, tls_client_ca))
     if problems:
         raise AuthInvalid(problems)
     tls = None
     if "tls-cert" in pem:
         tls = ServerTLS(pem["tls-cert"], pem["tls-key"], pem.get("tls-client-ca"))
     return ServerAuth(table, tls)
+
+
+def _tls_unusable(cert: str | Path, key: str | Path, client_ca: str | Path) -> list[str]:
+    """Load the files the way a TLS server would, so that a key that does not match its
+    certificate is one clear line now (gRPC only says "failed to bind" later)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    problems = []
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        problems.append(
+            f"--tls-cert {cert} / --tls-key {key}: not a certificate and its key ({e.strerror or e})"
+        )
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except (ssl.SSLError, OSError) as e:
+            problems.append(
+                f"--tls-client-ca {client_ca}: not a CA certificate ({e.strerror or e})"
+            )
+    return problems
 
 
 def _read_pem(path: Path) -> bytes:

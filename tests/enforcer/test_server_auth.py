@@ -389,6 +389,21 @@ def test_cli_refuses_unusable_auth_settings(tmp_path: Path, pki: dict[str, Any])
             ("--tls-cert", str(bad), "--tls-key", str(pki["server"].key)),
             "not a PEM file",
         ),
+        (
+            ("--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["alice"].key)),
+            "not a certificate and its key",
+        ),
+        (
+            (
+                "--tls-cert",
+                str(pki["server"].cert),
+                "--tls-key",
+                str(pki["server"].key),
+                "--tls-client-ca",
+                str(pki["alice"].key),
+            ),
+            "not a CA certificate",
+        ),
     ]
     for args, says in cases:
         got = run_cli("--policy", str(SEED), "--listen", "127.0.0.1:0", *args)
