@@ -62,6 +62,28 @@ def collector(
         "--decode-workers",
         help=f"Decoding processes; 0 decodes in-process [default 2, env {ENV_VARS['decode_workers']}].",
     ),
+    tokens: str = typer.Option(
+        None,
+        "--tokens",
+        help="Bearer tokens file (YAML/JSON); set, an Export without a valid token is "
+        f"UNAUTHENTICATED and nothing of it is stored [default off, env {ENV_VARS['tokens']}].",
+    ),
+    tls_cert: str = typer.Option(
+        None,
+        "--tls-cert",
+        help=f"Serve OTLP over TLS with this certificate chain, PEM [env {ENV_VARS['tls_cert']}].",
+    ),
+    tls_key: str = typer.Option(
+        None,
+        "--tls-key",
+        help=f"The certificate's private key, PEM [env {ENV_VARS['tls_key']}].",
+    ),
+    tls_client_ca: str = typer.Option(
+        None,
+        "--tls-client-ca",
+        help="Require client certificates signed by this CA, PEM "
+        f"[default off, env {ENV_VARS['tls_client_ca']}].",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
     """Receive OTLP trace spans and keep every tool call in Parquet + DuckDB."""
@@ -84,12 +106,17 @@ def collector(
             idle_flush_s=idle_flush,
             batch_size=batch_size,
             decode_workers=decode_workers,
+            tokens=tokens,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
         )
-    except ValueError as e:
+        service = Collector(config)  # reads the tokens and TLS files
+    except ValueError as e:  # AuthInvalid included
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
 
-    _serve_until_signalled(Collector(config), config.listen)
+    _serve_until_signalled(service, config.listen)
 
 
 def _serve_until_signalled(service: Collector, listen: str) -> None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from callward.auth import tls_problems
+
 MIB = 1024 * 1024
 
 # The OTLP/gRPC default port; 0 asks the OS for a free one.
@@ -28,6 +30,10 @@ ENV_VARS = {
     "workers": "CALLWARD_COLLECTOR_WORKERS",
     "decode_workers": "CALLWARD_COLLECTOR_DECODE_WORKERS",
     "fsync": "CALLWARD_COLLECTOR_FSYNC",
+    "tokens": "CALLWARD_COLLECTOR_TOKENS",
+    "tls_cert": "CALLWARD_COLLECTOR_TLS_CERT",
+    "tls_key": "CALLWARD_COLLECTOR_TLS_KEY",
+    "tls_client_ca": "CALLWARD_COLLECTOR_TLS_CLIENT_CA",
 }
 
 
@@ -49,6 +55,10 @@ class CollectorConfig:
     workers: int = 8  # gRPC handler threads
     decode_workers: int = 2  # decoding processes; 0 decodes in the gRPC threads
     fsync: bool = True  # False only for throwaway benchmarks: acks are then not durable
+    tokens: str = ""  # tokens file: an Export without a valid bearer token is refused
+    tls_cert: str = ""  # with tls_key: serve OTLP over TLS
+    tls_key: str = ""
+    tls_client_ca: str = ""  # require client certificates signed by this CA
 
 
 def _parse(name: str, raw: str, kind: Any) -> Any:
@@ -80,6 +90,10 @@ _KINDS: dict[str, Any] = {
     "workers": int,
     "decode_workers": int,
     "fsync": bool,
+    "tokens": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_client_ca": str,
 }
 
 
@@ -125,3 +139,6 @@ def _validate(c: CollectorConfig) -> None:
         raise ValueError(f"idle_flush_s must not be negative, got {c.idle_flush_s}")
     if c.max_future_skew_s < 0:
         raise ValueError(f"max_future_skew_s must not be negative, got {c.max_future_skew_s}")
+    problems = tls_problems(c.tls_cert, c.tls_key, c.tls_client_ca)
+    if problems:
+        raise ValueError("; ".join(problems))

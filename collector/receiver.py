@@ -10,6 +10,10 @@ An Export is answered only after ``ingest`` returned, i.e. once its rows are fsy
 the spool. Status codes, in one place (:func:`status_for`): INVALID_ARGUMENT is final
 for the client; UNAVAILABLE (busy, disk trouble) tells OTLP exporters to retry; the gRPC
 runtime itself answers RESOURCE_EXHAUSTED to requests over ``max_request_bytes``.
+
+With authentication on (:mod:`callward.grpc_auth`), an Export without a valid credential
+is answered UNAUTHENTICATED before its bytes are decoded: nothing of it is stored or
+forwarded.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from callward.collector.decode_pool import DecodedExport, DecodeUnavailableError
 from callward.collector.otlp_parse import MalformedRequestError
+from callward.grpc_auth import OFF, ServerAuth, Unauthenticated
 from callward.listen import check_bindable
 
 log = logging.getLogger("callward.collector.receiver")
@@ -57,6 +62,7 @@ class ReceiverStats:
     repaired_requests: int = 0
     failed_requests: int = 0
     forward_errors: int = 0
+    unauthenticated_requests: int = 0
 
 
 class TraceReceiver:
@@ -69,11 +75,13 @@ class TraceReceiver:
         ingest: Callable[[DecodedExport], None],
         forward: Callable[[bytes, int], None] | None = None,
         clock: Callable[[], int] = time.time_ns,
+        auth: ServerAuth = OFF,
     ):
         self.decode = decode
         self.ingest = ingest
         self.forward = forward
         self.clock = clock
+        self.auth = auth
         self.stats = ReceiverStats()
         self._stats_lock = threading.Lock()
 
@@ -101,6 +109,13 @@ class TraceReceiver:
         return response
 
     def export(self, data: bytes, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
+        if self.auth.enabled:
+            try:
+                self.auth.authenticate(context)
+            except Unauthenticated as e:
+                with self._stats_lock:
+                    self.stats.unauthenticated_requests += 1
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
         try:
             return self.handle(data)
         except Exception as e:
@@ -127,7 +142,8 @@ class TraceReceiver:
 def serve(
     receiver: TraceReceiver, listen: str, *, max_request_bytes: int, workers: int
 ) -> tuple[grpc.Server, int]:
-    """Start a gRPC server for ``receiver`` on ``listen``; returns it and the bound port."""
+    """Start a gRPC server for ``receiver`` on ``listen`` (TLS when ``receiver.auth`` has
+    it); returns it and the bound port."""
     try:
         check_bindable(listen)
     except ValueError as e:
@@ -144,10 +160,11 @@ def serve(
         ],
     )
     try:
-        port = server.add_insecure_port(listen)
+        port = receiver.auth.add_port(server, listen)
     except RuntimeError as e:  # grpc reports a failed bind this way
         raise OSError(f"could not listen on {listen} (address in use?)") from e
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     server.start()
+    receiver.auth.warn_if_exposed(f"{listen.rpartition(':')[0]}:{port}", "collector", log)
     return server, port

@@ -34,6 +34,7 @@ from callward.collector.decode_pool import DecodedExport, DecodePool
 from callward.collector.receiver import BusyError, TraceReceiver, serve
 from callward.collector.spool import Spool, decode_rows
 from callward.collector.store import StoreWriter, save_policy
+from callward.grpc_auth import load_server_auth
 
 log = logging.getLogger("callward.collector")
 
@@ -51,10 +52,17 @@ class CollectorStats:
 
 
 class Collector:
-    """One collector over one data directory. ``start()``, then ``stop()`` (or ``run()``)."""
+    """One collector over one data directory. ``start()``, then ``stop()`` (or ``run()``).
+
+    The tokens and TLS files of the config are read here: a bad one raises
+    :class:`callward.grpc_auth.AuthInvalid` before anything starts.
+    """
 
     def __init__(self, config: CollectorConfig):
         self.config = config
+        self.auth = load_server_auth(
+            config.tokens, config.tls_cert, config.tls_key, config.tls_client_ca
+        )
         self.data_dir = Path(config.data_dir).resolve()
         self.stats = CollectorStats()
         self.decoders = DecodePool(
@@ -110,7 +118,7 @@ class Collector:
             )
             self.forwarder.start()
             forward = self.forwarder.submit_serialized
-        self.receiver = TraceReceiver(self.decoders.decode, self.ingest, forward)
+        self.receiver = TraceReceiver(self.decoders.decode, self.ingest, forward, auth=self.auth)
         self.server, self.port = serve(
             self.receiver,
             self.config.listen,

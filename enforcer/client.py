@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 
 from callward.enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, Decision, Request
+from callward.grpc_auth import bearer_metadata
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 from callward.proto.callward.v1 import enforcer_pb2_grpc as pb_grpc
 
@@ -65,8 +67,27 @@ def _error(e: grpc.RpcError, what: str, target: str) -> EnforcerError:
     return EnforcerRejected(message, code)
 
 
+def channel_credentials(
+    ca: str | Path = "", cert: str | Path = "", key: str | Path = ""
+) -> grpc.ChannelCredentials:
+    """TLS to a server whose certificate ``ca`` signed ("" = the system roots), presenting
+    the client certificate ``cert`` with its ``key`` when given (PEM files)."""
+
+    def read(path: str | Path) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
+
+
 class EnforcerClient:
-    """One channel to one enforcer. Thread-safe; close it (or use ``with``) when done."""
+    """One channel to one enforcer. Thread-safe; close it (or use ``with``) when done.
+
+    ``token`` is sent as ``authorization: Bearer <token>`` with every call; ``tls_ca``
+    (the CA of the enforcer's certificate) turns on TLS, and ``tls_cert``/``tls_key`` add a
+    client certificate for an enforcer started with ``--tls-client-ca``.
+    """
 
     def __init__(
         self,
@@ -74,10 +95,19 @@ class EnforcerClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         options: Sequence[tuple[str, Any]] = (),
+        token: str = "",
+        tls_ca: str | Path = "",
+        tls_cert: str | Path = "",
+        tls_key: str | Path = "",
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=list(options))
+        self._metadata = bearer_metadata(token)
+        if tls_ca or tls_cert:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+            self._channel = grpc.secure_channel(target, credentials, options=list(options))
+        else:
+            self._channel = grpc.insecure_channel(target, options=list(options))
         self._stub = pb_grpc.EnforcerStub(self._channel)
 
     def check(
@@ -105,7 +135,11 @@ class EnforcerClient:
             mcp_session_id=mcp_session_id,
         )
         try:
-            resp = self._stub.Check(msg, timeout=self.timeout if timeout is None else timeout)
+            resp = self._stub.Check(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as e:
             raise _error(e, "Check", self.target) from None
         decision = _FROM_PROTO.get(resp.decision)
@@ -134,7 +168,11 @@ class EnforcerClient:
             error_type=error_type,
         )
         try:
-            self._stub.Report(msg, timeout=self.timeout if timeout is None else timeout)
+            self._stub.Report(
+                msg,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.RpcError as e:
             if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.NOT_FOUND:
                 return False
@@ -162,4 +200,5 @@ __all__ = [
     "EnforcerError",
     "EnforcerRejected",
     "EnforcerUnavailable",
+    "channel_credentials",
 ]

@@ -14,9 +14,11 @@ NamedTuple's Python-level constructor.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
+from callward.auth import Principal
 from callward.enforcer.engine import ALLOW, DENY, REQUIRE_APPROVAL, Decision, Request
 from callward.enforcer.json_values import (
     MAX_DOUBLE_DIGITS,
@@ -27,6 +29,8 @@ from callward.enforcer.json_values import (
 )
 from callward.enforcer.service import OUTCOMES, EnforcerCore, InvalidRequest, new_call_id
 from callward.proto.callward.v1 import enforcer_pb2 as pb
+
+log = logging.getLogger("callward.enforcer")
 
 MAX_NAME_CHARS = 256
 """Tool and server names longer than this are refused: decisions are cached per name."""
@@ -173,18 +177,44 @@ def decode_report(msg: pb.ReportRequest) -> tuple[str, str, float, int, str]:
 
 
 class EnforcerService(EnforcerCore):
-    """The service core taking and returning Enforcer protobuf messages."""
+    """The service core taking and returning Enforcer protobuf messages.
 
-    def check(self, msg: pb.CheckRequest) -> pb.CheckResponse:
+    ``principal`` is the authenticated caller (None when authentication is off). Its grant
+    replaces whatever grant the Check names, as a gateway in front of OPA or Envoy takes
+    the authenticated principal rather than a claimed one: a caller cannot spend another
+    grant's quota or meet another grant's conditions by naming it. The first Check whose
+    claim differs is logged once, so that a client that expected its claim to count can be
+    found.
+    """
+
+    _override_logged = False
+
+    def check(self, msg: pb.CheckRequest, principal: Principal | None = None) -> pb.CheckResponse:
+        owner = ""
+        if principal is not None:
+            owner = principal.id
+            if msg.grant != principal.grant:
+                if msg.grant and not self._override_logged:
+                    self._override_logged = True
+                    log.warning(
+                        "a Check named grant %r under a credential for grant %r; the "
+                        "credential's grant is used (logged once)",
+                        msg.grant[:64],
+                        principal.grant,
+                    )
+                msg.grant = principal.grant
         req, fingerprint = decode_check(msg)
         traceparent = mcp_session_id = ""
         if self.recorder is not None:
             traceparent, mcp_session_id = msg.traceparent, msg.mcp_session_id
-        decision = self.check_call(req, fingerprint, traceparent, mcp_session_id)
+        decision = self.check_call(req, fingerprint, traceparent, mcp_session_id, owner)
         return check_response(decision, req.call_id)
 
-    def report(self, msg: pb.ReportRequest) -> pb.ReportResponse:
-        return pb.ReportResponse(released=self.report_call(*decode_report(msg)))
+    def report(
+        self, msg: pb.ReportRequest, principal: Principal | None = None
+    ) -> pb.ReportResponse:
+        owner = "" if principal is None else principal.id
+        return pb.ReportResponse(released=self.report_call(*decode_report(msg), owner=owner))
 
 
 __all__ = [

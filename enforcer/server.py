@@ -13,6 +13,10 @@ Check):
   a message saying what is wrong, and the server keeps serving; bytes that do not parse
   get it too (gRPC itself would answer INTERNAL).
 - Any other failure is logged and answered ``INTERNAL`` without detail.
+- With authentication on (a tokens file, client certificates: :mod:`callward.grpc_auth`),
+  a Check or Report without a valid credential is answered ``UNAUTHENTICATED`` before its
+  bytes are looked at, and never reaches the service; health and reflection stay open.
+  Bound to an address other than loopback without it, the server logs one warning.
 
 The names this module has always exported (the config, the service, the error kinds)
 are re-exported here so that importers of ``callward.enforcer.server`` keep working.
@@ -29,6 +33,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from callward.auth import Principal
 from callward.enforcer.housekeeping import HousekeepingLoop
 from callward.enforcer.messages import (
     MAX_ID_CHARS,
@@ -44,10 +49,12 @@ from callward.enforcer.service import (
     EnforcerCore,
     Housekeeping,
     InvalidRequest,
+    NotYourCall,
     PolicySwap,
     RequestRejected,
     UnknownCall,
 )
+from callward.grpc_auth import ServerAuth, Unauthenticated, load_server_auth
 from callward.listen import check_bindable
 from callward.proto.callward.v1 import enforcer_pb2 as pb
 
@@ -69,6 +76,7 @@ STATUS_OF: Mapping[type[RequestRejected], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownCall: grpc.StatusCode.NOT_FOUND,
     CallIdConflict: grpc.StatusCode.ALREADY_EXISTS,
+    NotYourCall: grpc.StatusCode.PERMISSION_DENIED,
 }
 """The one mapping from error kind to gRPC status code."""
 
@@ -111,12 +119,22 @@ def _lenient_parser(cls: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-def _unary(fn: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+def _unary(
+    fn: Callable[[Any, Principal | None], Any], auth: ServerAuth
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    authenticate = auth.authenticate if auth.enabled else None
+
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        principal = None
+        if authenticate is not None:
+            try:
+                principal = authenticate(context)
+            except Unauthenticated as e:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
         try:
             if type(request) is _Undecodable:
                 raise InvalidRequest(request.reason)
-            return fn(request)
+            return fn(request, principal)
         except RequestRejected as e:
             context.abort(status_for(e), str(e))
         except Exception:
@@ -126,17 +144,17 @@ def _unary(fn: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], An
     return handle
 
 
-def _handlers(service: EnforcerService) -> grpc.GenericRpcHandler:
+def _handlers(service: EnforcerService, auth: ServerAuth) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
             "Check": grpc.unary_unary_rpc_method_handler(
-                _unary(service.check),
+                _unary(service.check, auth),
                 request_deserializer=_lenient_parser(pb.CheckRequest),
                 response_serializer=pb.CheckResponse.SerializeToString,
             ),
             "Report": grpc.unary_unary_rpc_method_handler(
-                _unary(service.report),
+                _unary(service.report, auth),
                 request_deserializer=_lenient_parser(pb.ReportRequest),
                 response_serializer=pb.ReportResponse.SerializeToString,
             ),
@@ -160,11 +178,19 @@ SERVER_OPTIONS = (
 
 
 class EnforcerServer:
-    """A gRPC server around an :class:`EnforcerService`, with health and reflection on."""
+    """A gRPC server around an :class:`EnforcerService`, with health and reflection on.
 
-    def __init__(self, service: EnforcerService) -> None:
+    ``auth`` defaults to what the config's tokens and TLS files say; reading them raises
+    :class:`callward.grpc_auth.AuthInvalid` here, before anything binds.
+    """
+
+    def __init__(self, service: EnforcerService, auth: ServerAuth | None = None) -> None:
         self.service = service
         self.config = service.config
+        if auth is None:
+            c = self.config
+            auth = load_server_auth(c.tokens, c.tls_cert, c.tls_key, c.tls_client_ca)
+        self.auth = auth
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
         self._upkeep = HousekeepingLoop(service.housekeeping, self.config.housekeeping_interval_s)
@@ -187,13 +213,13 @@ class EnforcerServer:
             ),
             options=SERVER_OPTIONS,
         )
-        server.add_generic_rpc_handlers((_handlers(self.service),))
+        server.add_generic_rpc_handlers((_handlers(self.service, self.auth),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(self.config.listen)
+            port = self.auth.add_port(server, self.config.listen)
         except RuntimeError as e:
             raise ListenFailed(f"cannot listen on {self.config.listen}: {e}") from None
         if port == 0:
@@ -201,6 +227,7 @@ class EnforcerServer:
         server.start()
         self._server = server
         self.port = port
+        self.auth.warn_if_exposed(self.address, "enforcer", log)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._upkeep.start()
@@ -232,6 +259,7 @@ __all__ = [
     "Housekeeping",
     "InvalidRequest",
     "ListenFailed",
+    "NotYourCall",
     "PolicySwap",
     "RequestRejected",
     "UnknownCall",

@@ -18,6 +18,7 @@ from callward.enforcer.reload import PolicyReloader
 from callward.enforcer.server import EnforcerServer, EnforcerService, ListenFailed
 from callward.enforcer.server_config import ENV_OF, make_server_config
 from callward.enforcer.telemetry import CallRecorder
+from callward.grpc_auth import AuthInvalid, load_server_auth
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -67,6 +68,29 @@ def enforcer(
     workers: int | None = typer.Option(
         None, "--workers", help=f"gRPC worker threads (default: ${ENV_OF['max_workers']}, else 8)."
     ),
+    tokens: str | None = typer.Option(
+        None,
+        "--tokens",
+        help="Bearer tokens -> grants (YAML/JSON); set, a call without a valid token is "
+        f"UNAUTHENTICATED and the token's grant is the call's (default: ${ENV_OF['tokens']}, "
+        "else off).",
+    ),
+    tls_cert: str | None = typer.Option(
+        None,
+        "--tls-cert",
+        help=f"Serve TLS with this certificate chain, PEM (default: ${ENV_OF['tls_cert']}).",
+    ),
+    tls_key: str | None = typer.Option(
+        None,
+        "--tls-key",
+        help=f"The certificate's private key, PEM (default: ${ENV_OF['tls_key']}).",
+    ),
+    tls_client_ca: str | None = typer.Option(
+        None,
+        "--tls-client-ca",
+        help="Require client certificates signed by this CA, PEM; the certificate's CN is "
+        f"the call's grant (default: ${ENV_OF['tls_client_ca']}, else off).",
+    ),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Serve Check/Report over gRPC (with health and reflection) for one policy file."""
@@ -81,14 +105,29 @@ def enforcer(
         err.print(f"callward enforcer: {policy} is not a valid policy; not starting", markup=False)
         raise typer.Exit(2) from None
     try:
-        config = make_server_config(listen=listen, max_workers=workers, pending_ttl_s=pending_ttl)
+        config = make_server_config(
+            listen=listen,
+            max_workers=workers,
+            pending_ttl_s=pending_ttl,
+            tokens=tokens,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+        )
+        auth = load_server_auth(
+            config.tokens, config.tls_cert, config.tls_key, config.tls_client_ca
+        )
+    except AuthInvalid as e:
+        for problem in e.problems:
+            err.print(f"callward enforcer: {problem}", markup=False)
+        raise typer.Exit(2) from None
     except ValueError as e:
         err.print(f"callward enforcer: {e}", markup=False)
         raise typer.Exit(2) from None
 
     recorder = _recorder(otlp_endpoint) if telemetry_wanted(otlp, otlp_endpoint) else None
     service = EnforcerService(compiled, config=config, recorder=recorder)
-    server = EnforcerServer(service)
+    server = EnforcerServer(service, auth)
     try:
         server.start()
     except ListenFailed as e:
@@ -107,7 +146,8 @@ def enforcer(
     out.print(
         f"callward enforcer listening on {server.address} "
         f"policy {compiled.version} ({len(compiled.tools)} tool rule(s)) from {policy}; "
-        f"telemetry {'on' if recorder is not None else 'off'}",
+        f"telemetry {'on' if recorder is not None else 'off'}; "
+        f"authentication {'on' if auth.enabled else 'off'}",
         markup=False,
     )
     out.file.flush()

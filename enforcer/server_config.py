@@ -1,4 +1,5 @@
-"""The enforcer server's one typed config: how calls are held and how the server listens.
+"""The enforcer server's one typed config: how calls are held, how the server listens and
+whom it lets call (tokens file, TLS files; :mod:`callward.grpc_auth` reads them).
 
 :func:`make_server_config` is the one place that fills defaults and validates; an explicit
 argument beats the environment, which beats the default. A config that reaches the
@@ -12,6 +13,8 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+
+from callward.auth import tls_problems
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MAX_WORKERS = 8
@@ -27,6 +30,10 @@ ENV_OF = {
     "max_pending": "CALLWARD_ENFORCER_MAX_PENDING",
     "housekeeping_interval_s": "CALLWARD_ENFORCER_HOUSEKEEPING_INTERVAL_S",
     "grace_s": "CALLWARD_ENFORCER_GRACE_S",
+    "tokens": "CALLWARD_ENFORCER_TOKENS",
+    "tls_cert": "CALLWARD_ENFORCER_TLS_CERT",
+    "tls_key": "CALLWARD_ENFORCER_TLS_KEY",
+    "tls_client_ca": "CALLWARD_ENFORCER_TLS_CLIENT_CA",
 }
 """Environment variable read for each field when no explicit value is given."""
 
@@ -45,6 +52,15 @@ class EnforcerConfig:
     """How often expired pending calls and ended rate-limit windows are dropped."""
     grace_s: float = DEFAULT_GRACE_S
     """How long a stopping server lets running calls finish."""
+    tokens: str = ""
+    """Tokens file (bearer token -> grant); set, every Check and Report must carry a token
+    (or a client certificate, with ``tls_client_ca``). "" = none."""
+    tls_cert: str = ""
+    """The server's certificate chain (PEM); with ``tls_key``, the server speaks TLS."""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    """CA (PEM) that client certificates must be signed by; set, a client without one is
+    refused at the handshake, and the certificate's name is the caller's grant."""
 
     def validated(self) -> EnforcerConfig:
         """This config, checked by :func:`validate_server_config` (raises ``ValueError``)."""
@@ -67,6 +83,9 @@ def validate_server_config(config: EnforcerConfig) -> EnforcerConfig:
         raise ValueError("housekeeping_interval_s must be a positive number of seconds")
     if not (config.grace_s >= 0 and math.isfinite(config.grace_s)):
         raise ValueError("grace_s must be a number of seconds >= 0")
+    problems = tls_problems(config.tls_cert, config.tls_key, config.tls_client_ca)
+    if problems:
+        raise ValueError("; ".join(problems))
     return config
 
 
@@ -78,6 +97,10 @@ def make_server_config(
     max_pending: int | None = None,
     housekeeping_interval_s: float | None = None,
     grace_s: float | None = None,
+    tokens: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> EnforcerConfig:
     """A validated config: each field from its argument, else :data:`ENV_OF`, else default.
@@ -93,6 +116,10 @@ def make_server_config(
         "max_pending": max_pending,
         "housekeeping_interval_s": housekeeping_interval_s,
         "grace_s": grace_s,
+        "tokens": tokens,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_client_ca": tls_client_ca,
     }
     values: dict[str, object] = {}
     for field in fields(EnforcerConfig):

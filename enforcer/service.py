@@ -16,6 +16,9 @@ What it promises:
 - A retried call with a ``call_id`` that is still pending gets the first decision again
   without reserving a second time, so a gateway may retry after a lost response; the same
   ``call_id`` with a different request is a :class:`CallIdConflict`.
+- With authentication on, a pending call belongs to the caller (``owner``) whose Check
+  made it: a Report or a retried Check from anyone else is :class:`NotYourCall`, and the
+  call, its quota and its span are left as they were.
 - Telemetry never fails a call: span failures are counted and logged once.
 
 All rate-limit handling sits in four small methods (``_decide_and_reserve``, ``_release``,
@@ -76,6 +79,10 @@ class CallIdConflict(RequestRejected):
     """A pending call_id reused for a different request."""
 
 
+class NotYourCall(RequestRejected):
+    """A Report (or retried Check) for a pending call that another caller made."""
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -105,13 +112,16 @@ _NO_OUTCOME: SpanResult = ("", None, None, "")
 class _Pending:
     """An allowed call waiting for its Report."""
 
-    __slots__ = ("decision", "expires_at", "fingerprint", "reserved", "result", "span")
+    __slots__ = ("decision", "expires_at", "fingerprint", "owner", "reserved", "result", "span")
 
-    def __init__(self, decision: Decision, fingerprint: Hashable, expires_at: float) -> None:
+    def __init__(
+        self, decision: Decision, fingerprint: Hashable, expires_at: float, owner: str
+    ) -> None:
         self.decision = decision
         self.reserved: tuple[CounterKey, ...] = decision.reserved
         self.fingerprint = fingerprint
         self.expires_at = expires_at
+        self.owner = owner
         self.span: CallSpan | None = None
         # Set when the call is closed before its span was attached (see _attach_span).
         self.result: SpanResult | None = None
@@ -165,11 +175,14 @@ class EnforcerCore:
         fingerprint: Hashable,
         traceparent: str = "",
         mcp_session_id: str = "",
+        owner: str = "",
     ) -> Decision:
         """Decide ``req`` (whose ``call_id`` must be set) and hold it pending if allowed.
 
         ``fingerprint`` identifies the request's content: a retry with the same call_id
         and fingerprint gets the pending decision again, a different one is a conflict.
+        ``owner`` is the authenticated caller ("" when authentication is off): only it may
+        Report the call or retry it.
         """
         call_id = req.call_id
         recorder = self.recorder
@@ -179,6 +192,8 @@ class EnforcerCore:
         with self._lock:
             pending = self._pending.get(call_id)
             if pending is not None:
+                if pending.owner != owner:
+                    raise NotYourCall(f"call_id {call_id[:64]!r} is pending for another caller")
                 if pending.fingerprint != fingerprint:
                     raise CallIdConflict(
                         f"call_id {call_id[:64]!r} is pending with a different request"
@@ -187,7 +202,7 @@ class EnforcerCore:
             now = self.clock()
             decision = self._decide_and_reserve(req, now)
             if decision[0] == ALLOW:  # Decision.allowed, without the property call
-                entry = _Pending(decision, fingerprint, now + self._ttl)
+                entry = _Pending(decision, fingerprint, now + self._ttl, owner)
                 self._pending[call_id] = entry
                 if len(self._pending) > self._max_pending:
                     evicted = self._evict_oldest()
@@ -219,19 +234,24 @@ class EnforcerCore:
         duration_ms: float | None = None,
         result_bytes: int | None = None,
         error_type: str = "",
+        owner: str = "",
     ) -> int:
         """Close a pending call; ``outcome`` ``error`` releases its quota. Returns the number
-        of counter units released. Raises :class:`UnknownCall` if ``call_id`` is not pending.
+        of counter units released. Raises :class:`UnknownCall` if ``call_id`` is not pending
+        and :class:`NotYourCall` (leaving the call pending) if ``owner`` did not make it.
         """
         result: SpanResult = (outcome, duration_ms, result_bytes, error_type)
         released = 0
         with self._lock:
-            entry = self._pending.pop(call_id, None)
+            entry = self._pending.get(call_id)
             if entry is None:
                 raise UnknownCall(
                     f"no pending call {call_id[:64]!r}: it was denied, already reported, "
                     f"pending longer than {self._ttl:g} s, or the enforcer restarted"
                 )
+            if entry.owner != owner:
+                raise NotYourCall(f"call_id {call_id[:64]!r} was checked by another caller")
+            del self._pending[call_id]
             if outcome == "error" and entry.reserved:
                 released = self._release(entry.reserved)
             span = entry.span
@@ -368,6 +388,7 @@ __all__ = [
     "EnforcerCore",
     "Housekeeping",
     "InvalidRequest",
+    "NotYourCall",
     "PolicySwap",
     "RequestRejected",
     "UnknownCall",

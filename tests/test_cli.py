@@ -68,6 +68,19 @@ def test_bracketed_defaults_and_env_vars_in_help_text_survive() -> None:
     assert "[default 127.0.0.1:4317, env CALLWARD_COLLECTOR_LISTEN]" in text
 
 
+@pytest.mark.parametrize("command", ["enforcer", "collector"])
+def test_auth_settings_show_their_flag_and_variable_in_help(command: str) -> None:
+    text = " ".join(_help(command).split())
+    prefix = f"CALLWARD_{command.upper()}"
+    for flag, variable in [
+        ("--tokens FILE", "TOKENS"),
+        ("--tls-cert FILE", "TLS_CERT"),
+        ("--tls-key FILE", "TLS_KEY"),
+        ("--tls-client-ca FILE", "TLS_CLIENT_CA"),
+    ]:
+        assert flag in text and f"{prefix}_{variable}" in text, (flag, text)
+
+
 def test_the_same_option_reads_the_same_in_every_command() -> None:
     for command in (["replay"], ["proxy"], ["enforcer"], ["datasets", "generate"]):
         line = next(x for x in _help(*command).splitlines() if "--policy " in x)

@@ -14,6 +14,7 @@ import anyio
 import typer
 from rich.console import Console
 
+from callward.auth import TokenTable
 from callward.enforcer.proxy.config import (
     ConfigError,
     PolicyInvalid,
@@ -29,7 +30,6 @@ from callward.enforcer.proxy.config import (
 from callward.enforcer.proxy.gate import DEFAULT_ENFORCER_TIMEOUT, Gate
 from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
 from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
-from callward.enforcer.proxy.tokens import TokenTable
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -48,6 +48,11 @@ def proxy(
         [], "--allow-origin", help="Extra allowed Origin (scheme://host[:port|:*]); repeatable."
     ),
     enforcer: str = typer.Option("", "--enforcer", help="Decide through the gRPC enforcer."),
+    enforcer_token_file: str = typer.Option(
+        "",
+        "--enforcer-token-file",
+        help="File holding the bearer token for an enforcer run with --tokens.",
+    ),
     enforcer_timeout: float = typer.Option(
         DEFAULT_ENFORCER_TIMEOUT, "--enforcer-timeout", help="Enforcer deadline, seconds."
     ),
@@ -84,6 +89,7 @@ def proxy(
             server=server,
             allow_origins=allow_origin,
             enforcer=enforcer,
+            enforcer_token_file=enforcer_token_file,
             enforcer_timeout=enforcer_timeout,
             fail_open=fail_open,
             call_timeout=call_timeout,

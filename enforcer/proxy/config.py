@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from callward.auth import TokensInvalid, TokenTable, load_tokens
 from callward.enforcer.errors import PolicyInvalid
 from callward.enforcer.policy import CompiledPolicy, load_policy
 from callward.enforcer.proxy.gate import (
@@ -24,7 +25,6 @@ from callward.enforcer.proxy.gate import (
 )
 from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
 from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
-from callward.enforcer.proxy.tokens import TokensInvalid, TokenTable, load_tokens
 from callward.enforcer.proxy.upstream import Connector, command_upstream, url_upstream
 from callward.enforcer.telemetry import CallRecorder
 
@@ -51,6 +51,7 @@ class ProxyConfig:
     server: str = ""
     allowed_origins: tuple[str, ...] = ()
     enforcer: str = ""
+    enforcer_token: str = field(default="", repr=False)
     enforcer_timeout: float = DEFAULT_ENFORCER_TIMEOUT
     fail_open: bool = False
     call_timeout: float = DEFAULT_CALL_TIMEOUT
@@ -83,6 +84,7 @@ def make_config(
     server: str = "",
     allow_origins: Sequence[str] = (),
     enforcer: str = "",
+    enforcer_token_file: str = "",
     enforcer_timeout: float = DEFAULT_ENFORCER_TIMEOUT,
     fail_open: bool = False,
     call_timeout: float = DEFAULT_CALL_TIMEOUT,
@@ -112,6 +114,11 @@ def make_config(
         problems.append("--tokens only applies with --listen (stdio takes --grant)")
     if enforcer:
         _host_port(enforcer, problems, "--enforcer")
+    enforcer_token = ""
+    if enforcer_token_file:
+        if not enforcer:
+            problems.append("--enforcer-token-file only applies with --enforcer")
+        enforcer_token = _read_token(enforcer_token_file, problems)
     if not enforcer_timeout > 0:
         problems.append("--enforcer-timeout must be positive")
     if not call_timeout > 0:
@@ -134,12 +141,26 @@ def make_config(
         server=server,
         allowed_origins=tuple(allow_origins),
         enforcer=enforcer,
+        enforcer_token=enforcer_token,
         enforcer_timeout=enforcer_timeout,
         fail_open=fail_open,
         call_timeout=call_timeout,
         max_message_bytes=max_message_bytes,
         otlp_endpoint=otlp_endpoint or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
     )
+
+
+def _read_token(path: str, problems: list[str]) -> str:
+    """The token in ``path``: its first line, without surrounding whitespace."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        problems.append(f"--enforcer-token-file {path}: unreadable ({e})")
+        return ""
+    token = text.strip().split("\n", 1)[0].strip()
+    if not token:
+        problems.append(f"--enforcer-token-file {path}: the file is empty")
+    return token
 
 
 def load_policy_of(config: ProxyConfig) -> CompiledPolicy | None:
@@ -165,7 +186,7 @@ def make_gate(
 ) -> Gate:
     if config.enforcer:
         checker: InProcessChecker | RemoteChecker = RemoteChecker(
-            config.enforcer, config.enforcer_timeout
+            config.enforcer, config.enforcer_timeout, token=config.enforcer_token
         )
     else:
         assert policy is not None

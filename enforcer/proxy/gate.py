@@ -100,14 +100,21 @@ class RemoteChecker:
 
     The client is blocking, so calls run in a worker thread that is abandoned when the
     deadline passes: a hung enforcer costs the call at most ``timeout`` (plus a little
-    slack for the thread hop), never the event loop.
+    slack for the thread hop), never the event loop. ``token`` is the bearer token for an
+    enforcer started with ``--tokens``; that enforcer charges the token's grant.
     """
 
-    def __init__(self, target: str, timeout: float = DEFAULT_ENFORCER_TIMEOUT, client: Any = None):
+    def __init__(
+        self,
+        target: str,
+        timeout: float = DEFAULT_ENFORCER_TIMEOUT,
+        client: Any = None,
+        token: str = "",
+    ):
         if client is None:
             from callward.enforcer.client import EnforcerClient
 
-            client = EnforcerClient(target)
+            client = EnforcerClient(target, token=token)
         self.client = client
         self.target = target
         self.timeout = timeout

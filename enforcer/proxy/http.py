@@ -42,11 +42,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from callward.auth import TokenTable
 from callward.enforcer.proxy.framing import classify
 from callward.enforcer.proxy.gate import Gate, Identity
 from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT, Relay
 from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
-from callward.enforcer.proxy.tokens import TokenTable
 from callward.enforcer.proxy.upstream import Connector
 
 log = logging.getLogger("callward.proxy")

@@ -18,6 +18,8 @@ import pytest
         (["--forward", "not a url"], "forward endpoint 'not a url'"),
         (["--listen", "nowhere"], "listen"),
         (["--batch-size", "0"], "batch"),
+        (["--tokens", "/nonexistent/tokens.yaml"], "unreadable"),
+        (["--tls-client-ca", "/nonexistent/ca.pem"], "--tls-client-ca needs --tls-cert"),
     ],
 )
 def test_bad_settings_exit_2_with_a_message(tmp_path: Path, args: list[str], expected: str) -> None:

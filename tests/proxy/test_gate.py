@@ -112,6 +112,31 @@ def _closed_port() -> str:
 
 
 @pytest.mark.anyio
+async def test_an_authenticating_enforcer_charges_the_proxys_token(
+    tmp_path: Path, call_log: Path
+) -> None:
+    token = "proxy-of-alice-0123456789abcdef"
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"tokens:\n  - token: {token}\n    grant: alice\n")
+    config = EnforcerConfig(listen="127.0.0.1:0", max_workers=2, tokens=str(tokens))
+    server = EnforcerServer(EnforcerService(POLICY, config=config))
+    target = f"127.0.0.1:{server.start()}"
+    try:
+        with_token = Gate(RemoteChecker(target, timeout=5.0, token=token), policy=POLICY)
+        async with relay_session(with_token, connector(), grant="bob") as (session, _):
+            echoes = [await session.call_tool("echo", {"text": str(i)}) for i in range(3)]
+        assert [e.isError for e in echoes] == [False, False, True]  # alice's 2 a day
+        assert {scope for _c, scope, _w in server.service.state.counts} == {"alice"}
+        without = Gate(RemoteChecker(target, timeout=5.0), policy=POLICY, fail_open=True)
+        async with relay_session(without, connector(), grant="alice") as (session, _):
+            refused = await session.call_tool("echo", {"text": "x"})
+        assert refused.isError and "UNAUTHENTICATED" in text_of(refused)  # even fail-open
+        assert calls(call_log) == ["echo", "echo"]
+    finally:
+        server.stop(grace=0)
+
+
+@pytest.mark.anyio
 async def test_remote_enforcer_decides_and_gets_reports(
     enforcer_target: str, recorder: CallRecorder, exporter: InMemorySpanExporter, call_log: Path
 ) -> None:

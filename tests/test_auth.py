@@ -1,4 +1,5 @@
-"""Bearer tokens -> grants: loading, every problem at once, and hostile headers."""
+"""Bearer tokens -> grants (callward/auth.py): loading, every problem at once, and
+hostile headers."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from callward.enforcer.proxy.tokens import (
+from callward.auth import (
     MIN_TOKEN_LENGTH,
     TokensInvalid,
     load_tokens,
     parse_tokens,
     token_digest,
 )
-from tests.proxy.conftest import REPO
+
+REPO = Path(__file__).resolve().parent.parent
 
 GOOD = "alice-0123456789abcdef"
 
@@ -94,3 +96,11 @@ def test_no_header_value_raises_and_only_the_exact_token_matches(header: str) ->
     got = table.from_authorization(header)
     scheme, _, rest = header.strip().partition(" ")
     assert (got is not None) == (scheme.lower() == "bearer" and rest.strip() == GOOD)
+
+
+def test_the_proxy_keeps_its_old_import_path() -> None:
+    import callward.auth
+    from callward.enforcer.proxy import tokens
+
+    assert tokens.TokenTable is callward.auth.TokenTable
+    assert tokens.load_tokens is callward.auth.load_tokens
