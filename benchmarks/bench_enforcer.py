@@ -11,7 +11,8 @@ ratios hold on any machine even when the absolute numbers do not.
    floor timed the same way on the same requests, in turns with ``decide`` round by round
    (one Python call doing a dict lookup keyed by (server, tool) and building a tuple, the
    least any in-process decision can cost). Each policy is also run with its limits
-   removed (``--no-limits`` variant, same rounds), which gives the limits' share of p50.
+   removed (same rules, no counters, in the same rounds), which gives the limits' share
+   of the p50.
 2. gRPC Check latency (one caller, sequential) and throughput (several caller threads)
    next to an echo service on the same gRPC stack returning a message of the same size.
    Servers run in their own processes so that the client does not share their GIL; the
