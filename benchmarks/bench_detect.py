@@ -9,6 +9,7 @@ It also scores the findings against the store's labels (session-level precision/
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,8 +50,10 @@ def main() -> None:
         help="instead: score detection on this many small generated stores (seeds 1..N)",
     )
     args = ap.parse_args()
+    print(f"load average at the start: {load_average()}")
     if args.quality_seeds:
         quality(args.quality_seeds)
+        print(f"load average at the end: {load_average()}")
         return
     data = args.data or ROOT / "var" / "bench" / f"gen-{args.calls}"
     if not (data / "tool_calls").exists():
@@ -94,6 +97,12 @@ def main() -> None:
         )
         for (pattern, agent, what), count in wrong.most_common(10):
             print(f"false positive x{count}: {pattern} on {agent}: {what}")
+    print(f"load average at the end: {load_average()}")
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min, {os.cpu_count()} CPUs)"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ The big store is kept under var/bench/ (gitignored) for bench_detect.py to reuse
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=21)
     ap.add_argument("--days", type=int, default=30)
     args = ap.parse_args()
+    print(f"load average at the start: {load_average()}")
     base_s, base_rows = run(VAR / "gen-1m", 1_000_000, args.agents, args.days)
     print(f"baseline: {base_rows} calls in {base_s:.1f} s ({base_rows / base_s:,.0f} calls/s)")
     big_s, big_rows = run(VAR / f"gen-{args.calls}", args.calls, args.agents, args.days)
@@ -40,6 +42,12 @@ def main() -> None:
         f"(per-call cost {(big_s / big_rows) / (base_s / base_rows):.2f}x the baseline's)"
     )
     shutil.rmtree(VAR / "gen-1m", ignore_errors=True)
+    print(f"load average at the end: {load_average()}")
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min, {os.cpu_count()} CPUs)"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ machine hits them alike. The server is a trivial stdio MCP server (this script w
 * ``proxy process + enforcer``: the same with ``--enforcer``, deciding through a real
   ``callward enforcer`` over gRPC on loopback.
 
+The tables pool every call of a path; the verdict (≤ 1 ms added at p50) is on the median
+of the rounds' added p50s, each round's path and baseline measured back to back, with the
+best round printed beside. The load average is printed at the start and at the end.
+
 Run: ``.venv/bin/python benchmarks/bench_proxy.py [--calls 2000]``
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -38,6 +43,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
+ADDED_P50_TARGET_MS = 1.0  # issue 4: the relay adds at most 1 ms at p50
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -274,6 +280,7 @@ def main() -> None:
         serve_echo()
         return
     console = Console(width=120)
+    console.print(f"load average at the start: {_load_average()}")
     results, cpu = anyio.run(run, opts.calls, opts.rounds, not opts.no_enforcer, console)
     _report(
         console,
@@ -287,14 +294,35 @@ def main() -> None:
         "cpu ms/call: CPU time of this process (the client, plus the relay and, in memory, the "
         "server) per call; on the proxy-process paths the proxy's CPU is in its own process."
     )
+    per_round = max(1, opts.calls // opts.rounds)
     for base, path in (("in-memory: direct", "in-memory: relay+spans"), ("direct", "relay+spans")):
-        added = statistics.median(results[path]) - statistics.median(results[base])
-        cpu_added = statistics.median(cpu[path]) - statistics.median(cpu[base])
-        verdict = "meets" if added <= 1.0 else "misses"
+        added = _rounds_added(results[path], results[base], per_round)
+        cpu_added = _rounds_added(cpu[path], cpu[base], 1)  # one CPU figure per round
+        median_added = statistics.median(added)
+        verdict = "meets" if median_added <= ADDED_P50_TARGET_MS else "misses"
         console.print(
-            f"{path} vs {base}: +{added:.3f} ms at p50, +{cpu_added:.3f} CPU ms per call "
-            f"({verdict} the 1 ms target)"
+            f"{path} vs {base}: {median_added:+.3f} ms at p50, median of {len(added)} rounds "
+            f"(best round {min(added):+.3f}; rounds "
+            + ", ".join(f"{a:+.2f}" for a in added)
+            + f"), {statistics.median(cpu_added):+.3f} CPU ms per call "
+            f"({verdict} the {ADDED_P50_TARGET_MS:g} ms target)"
         )
+    console.print(f"load average at the end: {_load_average()}")
+
+
+def _load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min, {os.cpu_count()} CPUs)"
+
+
+def _rounds_added(path: list[float], base: list[float], per_round: int) -> list[float]:
+    """Per interleaved round: the path's median minus the baseline's, same round."""
+    rounds = len(base) // per_round
+    return [
+        statistics.median(path[r * per_round : (r + 1) * per_round])
+        - statistics.median(base[r * per_round : (r + 1) * per_round])
+        for r in range(rounds)
+    ]
 
 
 def _report(

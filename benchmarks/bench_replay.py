@@ -331,12 +331,18 @@ def replay_fidelity(calls: pl.DataFrame, recorded: CompiledPolicy) -> tuple[int,
     return int(same.fill_null(False).sum()), calls.height
 
 
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min, {os.cpu_count()} CPUs)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=10_000_000)
     ap.add_argument("--loop-sample", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3, help="replay() and loop runs, in turns")
     args = ap.parse_args()
+    out.print(f"load average at the start: {load_average()}")
     data = VAR / f"store-online-{args.calls}"
     VAR.mkdir(parents=True, exist_ok=True)
     if not (data / PARQUET_DIR).is_dir():
@@ -416,6 +422,7 @@ def main() -> None:
         f"fidelity, replay() vs the online engine {equal:,} / {total:,} "
         f"= {100 * equal / total:.4f} %   target 100 %"
     )
+    out.print(f"load average at the end: {load_average()}")
     if equal != total:
         sys.exit(1)
 
