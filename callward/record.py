@@ -123,6 +123,16 @@ def policy_path(data_dir: Path | str, version: str) -> Path:
     return Path(data_dir) / POLICIES_DIR / f"{version}{POLICY_SUFFIX}"
 
 
+def policy_name_problem(path: Path, version: str) -> str | None:
+    """Why policy file ``path`` may not be read as the document of ``version`` (the hash
+    of its content), or None when its name is that version: ``sha256:<hex>.json``, or
+    ``sha256-<hex>.json`` where a file system has no colons. Documents are content-addressed,
+    so every reader refuses a file whose content hashes to another name."""
+    if path.stem in (version, version.replace(":", "-")):
+        return None
+    return f"content hashes to {version}, not to the file name {path.name}: refused"
+
+
 def policy_files(data_dir: Path | str) -> list[Path]:
     """Every kept policy document, ``D/policies/*.json`` without temp files, in name order."""
     root = Path(data_dir) / POLICIES_DIR
