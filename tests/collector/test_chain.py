@@ -87,8 +87,9 @@ def test_two_rows_differing_in_one_value_hash_differently(column: str, data) -> 
 
 def test_adjacent_text_columns_do_not_run_into_each_other() -> None:
     rows = [dict(r) for r in batch(1, 0).to_pylist() * 2]
-    rows[0] |= {"grant": "ab", "server": "c"}
-    rows[1] |= {"grant": "a", "server": "bc"}
+    # without the lengths both would read 01 "a" 01 01 "b" (01 marks a value)
+    rows[0] |= {"grant": "a\x01", "server": "b"}
+    rows[1] |= {"grant": "a", "server": "\x01b"}
     first, second = canonical_rows(conform(pa.Table.from_pylist(rows)))
     assert first != second
 
