@@ -16,9 +16,9 @@ One chain per date partition, in write order (docs/audit.md explains the choice)
   and the writer continues from the file.
 
 The canonical bytes of a row are rebuilt from the Parquet file alone: each column in
-schema order as ``0x00`` for null, or ``0x01``, a 4-byte big-endian length and the value
-(UTF-8 text; int64 and timestamps as 8-byte big-endian integers, timestamps in
-microseconds; float64 as 8-byte big-endian IEEE 754). They are built for a whole table
+schema order as a marker byte (``0x00`` null, ``0x01`` a value), a 4-byte big-endian
+length (0 for null) and the value (UTF-8 text; int64 and timestamps as 8-byte big-endian
+integers, timestamps in microseconds; float64 as 8-byte big-endian IEEE 754). They are built for a whole table
 with Arrow kernels; only the chaining itself (one SHA-256 per row) is a Python loop.
 """
 
@@ -53,8 +53,6 @@ CHAIN_VERSION = 1
 LINK_KEY = b"callward.chain"
 """The Parquet key-value metadata key of a file's :class:`FileLink` (JSON)."""
 _GENESIS_TAG = b"callward tool_calls chain\x00"
-_NULL = b"\x00"
-_VALUE = b"\x01"
 _READ_BYTES = 1 << 20
 
 
@@ -66,18 +64,18 @@ class ChainFormatError(ValueError):
 
 
 def _fixed_width(values: np.ndarray, width: int) -> pa.Array:
-    """Big-endian ``values`` (one ``width``-byte item each) as a binary array."""
-    buffer = pa.py_buffer(values.tobytes())
+    """``values`` (one ``width``-byte item each, or a 2-D uint8 array) as a binary array."""
+    buffer = pa.py_buffer(np.ascontiguousarray(values).tobytes())
     fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, buffer])
     return fixed.cast(pa.binary())
 
 
-def _encoded(column: pa.Array, kind: pa.DataType) -> pa.Array:
-    """Each value of ``column`` (typed as in the schema) in its canonical bytes."""
+def _encoded(column: pa.Array, kind: pa.DataType) -> tuple[pa.Array, pa.Array]:
+    """The canonical bytes of each value of ``column`` (typed as in the schema): its
+    5-byte head (marker and length) and its payload (null where the value is null)."""
     if pa.types.is_string(kind):
         payload = column.cast(pa.binary())
         lengths = pc.binary_length(payload).fill_null(0).to_numpy(zero_copy_only=False)
-        prefix = _fixed_width(lengths.astype(">u4"), 4)
     else:
         if pa.types.is_timestamp(kind):
             numbers = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
@@ -89,22 +87,31 @@ def _encoded(column: pa.Array, kind: pa.DataType) -> pa.Array:
         else:  # the schema has no other types; a new one needs its encoding here
             raise TypeError(f"no canonical encoding for {kind}")
         payload = _fixed_width(raw, 8)
-        prefix = pa.scalar((8).to_bytes(4, "big"), pa.binary())
+        lengths = np.full(len(column), 8, dtype=np.int64)
         if column.null_count:
             payload = pc.if_else(pc.is_null(column), pa.scalar(None, pa.binary()), payload)
-    joined = pc.binary_join_element_wise(pa.scalar(_VALUE), prefix, payload, pa.scalar(b""))
-    return joined.fill_null(_NULL)
+    valid = np.ones(len(column), dtype=bool)
+    if column.null_count:
+        valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
+        lengths = np.where(valid, lengths, 0)
+    head = np.empty((len(column), 5), dtype=np.uint8)
+    head[:, 0] = valid
+    head[:, 1:] = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
+    return _fixed_width(head, 5), payload
 
 
 def canonical_rows(table: pa.Table) -> list[bytes]:
     """The canonical bytes of each row of ``table`` (columns :data:`RECORD_COLUMNS`)."""
     if table.num_rows == 0:
         return []
-    pieces = []
+    pieces: list[pa.Array] = []
     for name in RECORD_COLUMNS:
         column = table.column(name).combine_chunks()
-        pieces.append(_encoded(column, TOOL_CALL_SCHEMA.field(name).type))
-    rows = pc.binary_join_element_wise(*pieces, pa.scalar(b""))
+        pieces.extend(_encoded(column, TOOL_CALL_SCHEMA.field(name).type))
+    # one join for the whole row; a null payload (a null value) adds no bytes
+    rows = pc.binary_join_element_wise(
+        *pieces, pa.scalar(b""), null_handling="replace", null_replacement=""
+    )
     return rows.to_pylist()  # type: ignore[no-any-return]
 
 
