@@ -64,37 +64,44 @@ class ChainFormatError(ValueError):
 
 
 def _fixed_width(values: np.ndarray, width: int) -> pa.Array:
-    """``values`` (one ``width``-byte item each, or a 2-D uint8 array) as a binary array."""
-    buffer = pa.py_buffer(np.ascontiguousarray(values).tobytes())
-    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, buffer])
-    return fixed.cast(pa.binary())
+    """``values`` (one ``width``-byte item each, or a 2-D uint8 array) as a binary array,
+    built from buffers (an Arrow cast costs more per call than a small batch's hashing)."""
+    n = len(values)
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    data = pa.py_buffer(np.ascontiguousarray(values).tobytes())
+    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), data])
+
+
+def _numbers(column: pa.Array, kind: pa.DataType) -> np.ndarray:
+    """An int64, timestamp or float64 column as big-endian 8-byte items (nulls as 0)."""
+    if pa.types.is_timestamp(kind):  # microseconds, as the schema (and verify) requires
+        column = column.view(pa.int64())
+    elif not (pa.types.is_int64(kind) or pa.types.is_float64(kind)):
+        raise TypeError(f"no canonical encoding for {kind}")  # a new type needs one here
+    if column.null_count:
+        column = column.fill_null(pa.scalar(0, column.type))
+    values = column.to_numpy(zero_copy_only=False)
+    return values.astype(">f8" if pa.types.is_float64(kind) else ">i8")
 
 
 def _encoded(column: pa.Array, kind: pa.DataType) -> tuple[pa.Array, pa.Array]:
     """The canonical bytes of each value of ``column`` (typed as in the schema): its
     5-byte head (marker and length) and its payload (null where the value is null)."""
+    n = len(column)
     if pa.types.is_string(kind):
-        payload = column.cast(pa.binary())
-        lengths = pc.binary_length(payload).fill_null(0).to_numpy(zero_copy_only=False)
+        payload = column.view(pa.binary())
+        offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset :]
+        lengths = np.diff(offsets[: n + 1])
     else:
-        if pa.types.is_timestamp(kind):
-            numbers = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-            raw = numbers.fill_null(0).to_numpy(zero_copy_only=False).astype(">i8")
-        elif pa.types.is_int64(kind):
-            raw = column.fill_null(0).to_numpy(zero_copy_only=False).astype(">i8")
-        elif pa.types.is_float64(kind):
-            raw = column.fill_null(0.0).to_numpy(zero_copy_only=False).astype(">f8")
-        else:  # the schema has no other types; a new one needs its encoding here
-            raise TypeError(f"no canonical encoding for {kind}")
-        payload = _fixed_width(raw, 8)
-        lengths = np.full(len(column), 8, dtype=np.int64)
-        if column.null_count:
-            payload = pc.if_else(pc.is_null(column), pa.scalar(None, pa.binary()), payload)
-    valid = np.ones(len(column), dtype=bool)
+        payload = _fixed_width(_numbers(column, kind), 8)
+        lengths = np.full(n, 8, dtype=np.int32)
+    valid: np.ndarray | bool = True
     if column.null_count:
         valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
         lengths = np.where(valid, lengths, 0)
-    head = np.empty((len(column), 5), dtype=np.uint8)
+        if not pa.types.is_string(kind):
+            payload = pc.if_else(valid, payload, pa.scalar(None, pa.binary()))
+    head = np.empty((n, 5), dtype=np.uint8)
     head[:, 0] = valid
     head[:, 1:] = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
     return _fixed_width(head, 5), payload
@@ -106,7 +113,9 @@ def canonical_rows(table: pa.Table) -> list[bytes]:
         return []
     pieces: list[pa.Array] = []
     for name in RECORD_COLUMNS:
-        column = table.column(name).combine_chunks()
+        chunks = table.column(name)
+        # one chunk is read in place (a slice of it starts at an offset); more are joined
+        column = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
         pieces.extend(_encoded(column, TOOL_CALL_SCHEMA.field(name).type))
     # one join for the whole row; a null payload (a null value) adds no bytes
     rows = pc.binary_join_element_wise(

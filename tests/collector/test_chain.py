@@ -190,3 +190,20 @@ def test_an_adopted_file_that_changes_is_reported(tmp_path: Path) -> None:
     _write_unchained(tmp_path, batch(2, 0), old.name)
     (partition,) = verify_store(tmp_path).partitions
     assert partition.broken is not None and partition.broken.kind == "adopted_changed"
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 40), cut=st.integers(0, 40), nulls=st.sets(st.integers(0, 39)))
+def test_a_row_hashes_the_same_alone_or_in_any_slice_of_a_table(
+    n: int, cut: int, nulls: set[int]
+) -> None:
+    """The bytes of a row do not depend on where its table starts (Arrow slices share
+    buffers at an offset) nor on the nulls of other rows."""
+    rows = [dict(r) for r in batch(n, 0).to_pylist()]
+    for i in nulls & set(range(n)):
+        rows[i] |= {"tool": None, "result_bytes": None, "end_time": None}
+    table = pa.Table.from_pylist(rows, schema=conform(batch(1, 0)).schema)
+    whole = canonical_rows(table)
+    k = min(cut, n)
+    assert canonical_rows(table.slice(0, k)) + canonical_rows(table.slice(k)) == whole
+    assert [canonical_rows(table.slice(i, 1))[0] for i in range(n)] == whole
