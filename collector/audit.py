@@ -36,6 +36,7 @@ from callward.record import (
     data_files,
     heads_path,
     partition_date,
+    partition_dir,
 )
 
 # What a break is, as reported (``kind`` in the JSON output).
@@ -217,7 +218,7 @@ def _check_adopted(
             return Break(
                 kind="adopted_changed",
                 message=f"{BREAK_KINDS['adopted_changed']}: {name} is gone",
-                file=_rel(root, root / "tool_calls" / f"date={date}" / name),
+                file=_rel(root, partition_dir(root, date) / name),
                 covers=f"the rows of {name}, written before the chain began",
                 untrusted_files=1,
             )
