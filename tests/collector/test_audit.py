@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from callward.cli import app
 from callward.collector.audit import verify_store
+from callward.collector.chain import LINK_KEY
 from callward.record import heads_path, partition_dir
 from tests.collector.chained_store import (
     chain_files,
@@ -262,3 +263,26 @@ def test_the_command_refuses_a_missing_store(tmp_path: Path) -> None:
     result = runner.invoke(app, ["audit", "verify", missing], env={"COLUMNS": "250"})
     assert result.exit_code == 2 and "does not exist" in result.output
     assert runner.invoke(app, ["audit", "verify"], env={"CALLWARD_DATA": ""}).exit_code == 2
+
+
+def test_a_file_that_does_not_open_is_named(store: Path) -> None:
+    target = chain_files(store, dates(store)[0])[1]
+    target.write_bytes(target.read_bytes()[:100])
+    _, b = only_break(store)
+    assert (b.kind, b.file) == ("unreadable", str(target.relative_to(store)))
+
+
+def test_a_link_not_in_the_writers_form_is_named(store: Path) -> None:
+    target = chain_files(store, dates(store)[0])[0]
+    table = pq.read_table(target)
+    pq.write_table(table.replace_schema_metadata({LINK_KEY: b'{"seq": -1}'}), target)
+    _, b = only_break(store)
+    assert (b.kind, b.file) == ("bad_link", str(target.relative_to(store)))
+
+
+def test_a_chained_file_missing_a_column_is_named(store: Path) -> None:
+    target = chain_files(store, dates(store)[1])[1]
+    pq.write_table(pq.read_table(target).drop_columns(["message"]), target)
+    _, b = only_break(store)
+    assert (b.kind, b.file) == ("bad_columns", str(target.relative_to(store)))
+    assert "message" in b.message

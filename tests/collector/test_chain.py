@@ -207,3 +207,15 @@ def test_a_row_hashes_the_same_alone_or_in_any_slice_of_a_table(
     k = min(cut, n)
     assert canonical_rows(table.slice(0, k)) + canonical_rows(table.slice(k)) == whole
     assert [canonical_rows(table.slice(i, 1))[0] for i in range(n)] == whole
+
+
+def test_an_adopted_file_that_is_gone_is_reported(tmp_path: Path) -> None:
+    old = _write_unchained(tmp_path, batch(3, 0), "part-old.parquet")
+    StoreWriter(tmp_path).write(batch(2, 10, hours=1))
+    old.unlink()
+    (partition,) = verify_store(tmp_path).partitions
+    assert partition.broken is not None
+    assert (partition.broken.kind, partition.broken.file) == (
+        "adopted_changed",
+        str(old.relative_to(tmp_path)),
+    )
