@@ -359,6 +359,13 @@ class ChainWriter:
                 tip.seq,
             )
             tip = _Tip(head.seq, bytes.fromhex(head.last))
+        elif head is not None and head.seq == tip.seq and head.last != tip.last.hex():
+            log.error(
+                "partition %s: the head record and file %s disagree on the last hash; "
+                "continuing from the file (audit verify will report it)",
+                date,
+                head.file,
+            )
         return tip
 
     def _adopted(self, date: str) -> tuple[tuple[str, str], ...]:

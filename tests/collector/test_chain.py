@@ -5,11 +5,13 @@ chain do to it."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -219,3 +221,17 @@ def test_an_adopted_file_that_is_gone_is_reported(tmp_path: Path) -> None:
         "adopted_changed",
         str(old.relative_to(tmp_path)),
     )
+
+
+def test_a_head_record_that_disagrees_with_the_file_is_logged_and_kept_visible(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_batches(tmp_path, [3])
+    path = heads_path(tmp_path)
+    path.write_text(path.read_text().replace(read_heads(tmp_path)[DATE].last, "0" * 64))
+    with caplog.at_level(logging.ERROR, logger="callward.collector.chain"):
+        StoreWriter(tmp_path).write(batch(2, 50, hours=1))
+    assert "disagree on the last hash" in caplog.text
+    # the writer went on from the file; the edited record it replaced is history, and
+    # the chain itself is whole
+    assert verify_store(tmp_path).ok
