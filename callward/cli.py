@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "enforcer": "callward.enforcer.cli",
     "proxy": "callward.enforcer.proxy.cli",
     "collector": "callward.collector.cli",
+    "audit": "callward.collector.audit_cli",
     "replay": "callward.replay.cli",
     "datasets": "callward.datasets.cli",
     "detect": "callward.detectors.cli",

@@ -9,6 +9,7 @@ directory ``D``::
     D/tool_calls/date=YYYY-MM-DD/part-<uuid>.parquet   the rows, by start_time's UTC date
     D/callward.duckdb                                  a view ``tool_calls`` over those files
     D/policies/<version>.json                          every policy version seen
+    D/audit/heads.json                                 the last link of each partition's hash chain
 
 A file whose name starts with a dot is never a store file: writers write under a temp
 name (``.<name>.<random>.tmp``) and rename it into place, so a reader that goes through
@@ -28,7 +29,11 @@ TABLE = "tool_calls"
 DUCKDB_FILE = "callward.duckdb"
 PARQUET_DIR = "tool_calls"
 POLICIES_DIR = "policies"
+AUDIT_DIR = "audit"
+HEADS_FILE = "heads.json"
 PARTITION_COLUMN = "date"
+ROW_HASH = "row_hash"
+"""The column holding each row's link in its partition's hash chain (docs/audit.md)."""
 
 DECISIONS = ("allow", "deny", "require_approval")
 OUTCOMES = ("ok", "error")
@@ -57,10 +62,16 @@ TOOL_CALL_SCHEMA = pa.schema(
         pa.field("result_bytes", pa.int64()),
         pa.field("service_name", pa.string()),
         pa.field("attributes", pa.string()),  # JSON object of every other attribute
+        # SHA-256 of the previous row's hash and this row's other columns, 64 lowercase
+        # hex; set by the store writer alone, null in files written before the chain
+        pa.field(ROW_HASH, pa.string()),
     ]
 )
 
 COLUMNS = tuple(TOOL_CALL_SCHEMA.names)
+RECORD_COLUMNS = tuple(n for n in COLUMNS if n != ROW_HASH)
+"""The columns a producer supplies (all but :data:`ROW_HASH`), in schema order: the ones
+each row's hash covers."""
 STRING_COLUMNS = tuple(f.name for f in TOOL_CALL_SCHEMA if pa.types.is_string(f.type))
 
 # Temp files start with a dot and end in .tmp: no listing below (nor its glob) sees them.
@@ -123,14 +134,35 @@ def policy_path(data_dir: Path | str, version: str) -> Path:
     return Path(data_dir) / POLICIES_DIR / f"{version}{POLICY_SUFFIX}"
 
 
+def policy_name_problem(path: Path, version: str) -> str | None:
+    """Why policy file ``path`` may not be read as the document of ``version`` (the hash
+    of its content), or None when its name is that version: ``sha256:<hex>.json``, or
+    ``sha256-<hex>.json`` where a file system has no colons. Documents are content-addressed,
+    so every reader refuses a file whose content hashes to another name."""
+    if path.stem in (version, version.replace(":", "-")):
+        return None
+    return f"content hashes to {version}, not to the file name {path.name}: refused"
+
+
 def policy_files(data_dir: Path | str) -> list[Path]:
     """Every kept policy document, ``D/policies/*.json`` without temp files, in name order."""
     root = Path(data_dir) / POLICIES_DIR
     return sorted(p for p in root.glob(f"*{POLICY_SUFFIX}") if _visible(p, POLICY_SUFFIX))
 
 
+def heads_path(data_dir: Path | str) -> Path:
+    """``D/audit/heads.json``: the head record of the hash chains (docs/audit.md)."""
+    return Path(data_dir) / AUDIT_DIR / HEADS_FILE
+
+
 def temp_files(data_dir: Path | str) -> list[Path]:
-    """Temp files a crashed writer left in the partitions and the policy folder."""
+    """Temp files a crashed writer left in the partitions, the policy and the audit folder."""
     pattern = f"{TEMP_PREFIX}*{TEMP_SUFFIX}"
     root = Path(data_dir)
-    return sorted([*parquet_root(root).glob(f"*/{pattern}"), *(root / POLICIES_DIR).glob(pattern)])
+    return sorted(
+        [
+            *parquet_root(root).glob(f"*/{pattern}"),
+            *(root / POLICIES_DIR).glob(pattern),
+            *(root / AUDIT_DIR).glob(pattern),
+        ]
+    )

@@ -5,6 +5,7 @@ Layout under the data directory ``D``::
     D/tool_calls/date=YYYY-MM-DD/part-<uuid>.parquet   the rows (partitioned by start_time's UTC date)
     D/callward.duckdb                                  a view ``tool_calls`` over those files
     D/policies/<version>.json                          every policy version seen (see decode.py)
+    D/audit/heads.json                                 the head of each partition's hash chain
 
 What it promises:
 
@@ -15,6 +16,9 @@ What it promises:
   whose key is already stored (keys are read back from the Parquet files of each date
   partition it writes to), so OTLP retries and spool replays after a crash never
   duplicate.
+- **The rows are tamper-evident.** Each row carries ``row_hash``, its link in its date
+  partition's hash chain, and each file its place in the chain (:mod:`.chain`; checked by
+  ``callward audit verify``). The head record is advanced only after the file is durable.
 - **Readers are never locked out.** DuckDB allows one read-write process *or* many
   read-only ones per file, so the DuckDB file is opened only for the moment it takes to
   (re)create the view, then closed. The view holds the absolute path of ``D``, so
@@ -36,10 +40,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from callward.collector.chain import ChainWriter
 from callward.collector.dedupe import DEDUPE_HORIZON_S, DedupeIndex, raw_keys, start_micros
 from callward.collector.durable import TEMP_PREFIX, TEMP_SUFFIX, atomic_write_bytes, fsync_dir
 from callward.collector.view import LOCKED_EXIT, StoreLockedError, apply_view
 from callward.record import (
+    AUDIT_DIR,
     DUCKDB_FILE,
     PARQUET_DIR,
     PARTITION_COLUMN,
@@ -71,7 +77,8 @@ _COMPRESSION = "zstd"
 def conform(table: pa.Table) -> pa.Table:
     """Validate ``table`` and cast it to TOOL_CALL_SCHEMA (column order, types, UTC).
 
-    Missing optional columns are filled (``""`` for text, null for numbers); unknown
+    Missing optional columns are filled (``""`` for text, null for numbers; ``row_hash``
+    too, which only :class:`StoreWriter` sets); unknown
     columns and rows without a time or a well-formed trace/span id raise ValueError,
     because they would break the one schema every reader relies on.
     """
@@ -182,6 +189,7 @@ def ensure_store(data_dir: Path, *, view_in_child: bool = False) -> Path:
     root = Path(data_dir).resolve()
     (root / PARQUET_DIR).mkdir(parents=True, exist_ok=True)
     (root / POLICIES_DIR).mkdir(parents=True, exist_ok=True)
+    (root / AUDIT_DIR).mkdir(parents=True, exist_ok=True)
     for stale in temp_files(root):
         stale.unlink(missing_ok=True)
     try:
@@ -259,6 +267,7 @@ class StoreWriter:
         self._view_in_child = view_in_child
         self.root = ensure_store(data_dir, view_in_child=view_in_child)
         self.dedupe = DedupeIndex(self.root, horizon_s=dedupe_horizon_s, clock=clock)
+        self.chains = ChainWriter(self.root)
         self._view_stale = False
         self.rows_written = 0
         self.duplicates_dropped = 0
@@ -302,9 +311,13 @@ class StoreWriter:
                 part = part.filter(mask)
                 keys = [k for k, kept in zip(keys, keep, strict=True) if kept]
                 starts = [t for t, kept in zip(starts, keep, strict=True) if kept]
-            written.append(_write_partition(self.root, date, part))
-            # Only now, with the file durable, do its keys count as stored.
+            sealed, link = self.chains.seal(date, part)
+            path = _write_partition(self.root, date, sealed)
+            written.append(path)
+            # Only now, with the file durable, do its keys count as stored and its link
+            # become the partition's head.
             self.dedupe.add(keys, starts)
+            self.chains.advance(link, path.name)
             self.rows_written += part.num_rows
         self.files_written += len(written)
         if written and (not had_files or self._view_stale):

@@ -2,7 +2,8 @@
 
 Versions are content hashes, so each document's version is recomputed from its content with
 the enforcer's own :func:`enforcer.policy.policy_version`; a file whose name and content
-disagree is still shown, under the version its content has.
+disagree is refused (listed with its problem, never shown as a document), as replay refuses
+it (:func:`record.policy_name_problem`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from callward.enforcer.policy import policy_version
-from callward.record import policy_files
+from callward.record import policy_files, policy_name_problem
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
@@ -46,7 +47,11 @@ def _read(path: Path) -> PolicyDocument:
         data = data["document"]
     if not isinstance(data, dict):
         return PolicyDocument(fallback, path, None, "not a JSON object")
-    return PolicyDocument(policy_version(data), path, data)
+    version = policy_version(data)
+    problem = policy_name_problem(path, version)
+    if problem is not None:
+        return PolicyDocument(fallback, path, None, problem)
+    return PolicyDocument(version, path, data)
 
 
 def load_all(data_dir: str | Path) -> list[PolicyDocument]:

@@ -30,7 +30,6 @@ import pyarrow.compute as pc
 
 from callward.bundled import example_policy
 from callward.collector.redact import redact_json_text
-from callward.collector.schema import TOOL_CALL_SCHEMA
 from callward.collector.store import StoreWriter, save_policy
 from callward.datasets.catalog import (
     ARCHETYPES,
@@ -50,6 +49,7 @@ from callward.enforcer.batch import decide_table
 from callward.enforcer.engine import ALLOW
 from callward.enforcer.policy import load_policy
 from callward.enforcer.vectorize import dense_codes, positions
+from callward.record import RECORD_COLUMNS
 
 DEMO_POLICY = example_policy("demo.yaml")
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
@@ -439,7 +439,7 @@ def generate(cfg: GenerateConfig, progress: ProgressFn | None = None) -> Generat
         }
         for name, (values, codes) in lookups.items():
             columns[name] = values.take(pa.array(codes[idx]))
-        writer.write(pa.table({name: columns[name] for name in TOOL_CALL_SCHEMA.names}))
+        writer.write(pa.table({name: columns[name] for name in RECORD_COLUMNS}))
         report("writing store", min(1.0, (i + cfg.chunk_rows) / total))
     writer.close()
     # Keep the deciding policy where replay looks for it, as the collector does for a

@@ -26,7 +26,14 @@ import pyarrow.parquet as pq
 
 from callward.enforcer.errors import PolicyInvalid
 from callward.enforcer.policy import CompiledPolicy, compile_text, policy_version
-from callward.record import PARQUET_DIR, TOOL_CALL_SCHEMA, data_files, partition_date, policy_files
+from callward.record import (
+    PARQUET_DIR,
+    TOOL_CALL_SCHEMA,
+    data_files,
+    partition_date,
+    policy_files,
+    policy_name_problem,
+)
 
 # A recorded decision that a human changed or confirmed carries an attribute whose name
 # starts with this prefix (``callward.approval.id``, ``callward.approval.granted`` …).
@@ -377,18 +384,12 @@ def load_recorded_policies(data_dir: Path) -> RecordedPolicies:
             invalid.append(SkippedFile(str(path), _first_line(e)))
             continue
         version = policy_version(json.loads(policy.canonical))
-        if _name_of(version) != path.stem and version != path.stem:
-            invalid.append(
-                SkippedFile(str(path), f"content hashes to {version}, not to the file name")
-            )
+        problem = policy_name_problem(path, version)
+        if problem is not None:
+            invalid.append(SkippedFile(str(path), problem))
             continue
         found[version] = policy
     return RecordedPolicies(found, tuple(invalid))
-
-
-def _name_of(version: str) -> str:
-    """``sha256:abc`` is stored as ``sha256-abc.json`` or ``sha256:abc.json``."""
-    return version.replace(":", "-")
 
 
 def parse_time(text: str) -> datetime:

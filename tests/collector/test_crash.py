@@ -23,6 +23,7 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 
+from callward.collector.audit import verify_store
 from callward.collector.otlp_build import SpanSpec, build_request, callward_attributes
 from callward.collector.receiver import EXPORT_METHOD
 from callward.collector.schema import DUCKDB_FILE
@@ -158,6 +159,11 @@ def test_sigkill_loses_no_acknowledged_span_and_duplicates_none(tmp_path: Path) 
     missing = client.acked - set(counts)
     assert not missing, f"{len(missing)} acknowledged span(s) lost"
     assert list((tmp_path / "data" / "spool").glob("seg-*.log")) == []
+    # Kills between a file's rename and the head update are not tampering: the chain
+    # holds across every restart.
+    audit = verify_store(tmp_path / "data")
+    assert audit.ok, audit.to_json()
+    assert sum(p.rows for p in audit.partitions) == len(rows)
 
 
 @pytest.mark.timeout(120)

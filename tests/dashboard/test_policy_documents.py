@@ -12,16 +12,30 @@ from callward.enforcer.policy import policy_version
 DOC = {"version": "1", "default": "allow"}
 
 
-def test_versions_come_from_content_whatever_the_file_is_called(tmp_path: Path) -> None:
+def test_versions_come_from_content_and_must_be_the_file_name(tmp_path: Path) -> None:
     folder = tmp_path / POLICIES_DIR
     folder.mkdir()
-    (folder / "misnamed.json").write_text(json.dumps(DOC))
+    (folder / f"{policy_version(DOC)}.json").write_text(json.dumps(DOC))
     inner = {**DOC, "default": "deny"}
     wrapped = {"version": "x", "document": inner}
-    (folder / "wrapped.json").write_text(json.dumps(wrapped))
+    (folder / f"{policy_version(inner).replace(':', '-')}.json").write_text(json.dumps(wrapped))
     (folder / ".tmp-partial.json").write_text("{")
     docs = policy_documents.load_all(tmp_path)
+    assert all(d.document is not None and not d.problem for d in docs)
     assert sorted(d.version for d in docs) == sorted([policy_version(DOC), policy_version(inner)])
+
+
+def test_a_document_whose_hash_is_not_its_name_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / POLICIES_DIR
+    folder.mkdir()
+    edited = {**DOC, "default": "deny"}  # edited in place, under the old document's name
+    (folder / f"{policy_version(DOC)}.json").write_text(json.dumps(edited))
+    (folder / "misnamed.json").write_text(json.dumps(DOC))
+    docs = {d.path.name: d for d in policy_documents.load_all(tmp_path)}
+    assert all(d.document is None for d in docs.values())
+    problem = docs[f"{policy_version(DOC)}.json"].problem
+    assert problem.startswith(f"content hashes to {policy_version(edited)}, not to the file name")
+    assert "refused" in docs["misnamed.json"].problem
 
 
 def test_bad_files_are_listed_with_their_problem(tmp_path: Path) -> None:

@@ -87,6 +87,8 @@ def test_policy_files_that_do_not_load_or_do_not_match_their_name_are_listed(
         "broken.json",
         "sha256:0000000000000000.json",
     ]
+    misnamed = next(s for s in found.invalid if s.path.endswith("0000.json"))
+    assert "not to the file name sha256:0000000000000000.json: refused" in misnamed.reason
 
 
 def test_missing_store(tmp_path: Path) -> None:
