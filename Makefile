@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP  := $(VENV)/.installed-stamp
 TYPED  := callward
 
-.PHONY: demo test lint typecheck pytest install system-deps proto bench clean
+.PHONY: demo test lint typecheck pytest install system-deps proto bench stress clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,16 @@ pytest: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The files whose tests wait on threads, processes or the clock, run STRESS_COUNT times
+# each while busy processes load every core. Not part of `make test` (about 15 minutes).
+STRESS_COUNT ?= 3
+STRESS_FILES := tests/collector/test_forward.py tests/collector/test_crash.py \
+	tests/collector/test_spool.py tests/enforcer/test_reload.py tests/enforcer/test_server.py \
+	tests/proxy/test_stdio.py tests/proxy/test_http.py tests/test_soak.py
+stress: $(STAMP)
+	$(BIN)/python -m tests.under_load -- $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  --count $(STRESS_COUNT) $(STRESS_FILES)
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

@@ -18,7 +18,7 @@ from callward.collector.schema import DUCKDB_FILE
 from callward.collector.service import Collector
 from tests.proxy.conftest import REPO
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180, func_only=True)]
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from callward.enforcer.proxy.upstream import command_upstream, url_upstream
 from callward.enforcer.telemetry import CallRecorder
 from tests.proxy.conftest import attrs, call_spans, http_proxy, misbehaving_command
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(120, func_only=True)  # a first install from PyPI is setup
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-0123456789ab"

@@ -15,7 +15,7 @@ from callward.enforcer.proxy.upstream import command_upstream
 from callward.enforcer.telemetry import CallRecorder
 from tests.proxy.conftest import REPO, attrs, relay_session, spans_by_tool
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180, func_only=True)]
 
 RUNNER_POLICY = load_policy(REPO / "examples" / "policies" / "python_runner.json")
 SEED_POLICY = load_policy(REPO / "examples" / "policies" / "seed.json")

@@ -23,7 +23,7 @@ from callward.enforcer.proxy.relay import MESSAGE_TOO_LARGE, OVERSIZE_METHOD, PA
 from callward.enforcer.proxy.stdio import BoundedLines, oversize_stand_in
 from tests.proxy.conftest import MISBEHAVING, REPO
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(120, func_only=True)  # a first install from PyPI is setup
 
 
 class ChunkedBytes:
