@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -465,3 +466,35 @@ def redact_text(s: str) -> str:
 def redact_json_text(text: str) -> str:
     """JSON ``text`` with secrets redacted and re-serialised (default redactor)."""
     return default_redactor().redact_json_text(text)
+
+
+class RedactingLogFilter(logging.Filter):
+    """A handler filter that redacts each record's message, exception text and stack
+    before it is written: a log line may quote a value that came from a span or a call
+    (an error's text, a backend's answer), and no secret is to reach a log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is logging's own error to report
+            return True
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
+def redact_logs(logger: logging.Logger | None = None) -> None:
+    """Add :class:`RedactingLogFilter` to every handler of ``logger`` (the root logger by
+    default) that lacks one; the command-line entry points call it after configuring
+    logging, so every record that reaches those handlers, whichever logger sent it, is
+    redacted."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RedactingLogFilter) for f in handler.filters):
+            handler.addFilter(RedactingLogFilter())

@@ -6,7 +6,9 @@ secret survives)."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import string
 from pathlib import Path
@@ -22,6 +24,7 @@ from callward.redact import (
     count_redactions,
     looks_random,
     redact_json_text,
+    redact_logs,
     redact_text,
 )
 
@@ -705,3 +708,27 @@ def test_password_names_in_any_casing_pairs_and_command_lines(text: str, secret:
 def test_a_pair_whose_name_is_no_secret_keeps_its_value() -> None:
     text = '{"env": [{"name": "HOME", "value": "/root"}, {"name": "pwd", "value": "/srv"}]}'
     assert "/root" in redact_json_text(text)
+
+
+def test_log_records_are_redacted_message_arguments_and_traceback() -> None:
+    """A log line that quotes a value (an error's text, a span name) keeps no secret."""
+    token = PLANTED["github_token"][0]
+    logger = logging.getLogger("callward.test.redact")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        redact_logs(logger)
+        redact_logs(logger)  # idempotent: one filter per handler
+        assert len(handler.filters) == 1
+        logger.warning("backend said %r for %s", f"bad {token}", "x")
+        try:
+            raise ValueError(f"cannot parse {token}")
+        except ValueError:
+            logger.exception("Export failed")
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert token not in out
+    assert out.count("[REDACTED:github_token]") == 2 and "ValueError" in out
