@@ -28,11 +28,13 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from callward.secret_rules import SecretRule, load_rules
 
 MARKER_PREFIX = "[REDACTED:"
 ENV_PATTERNS = "CALLWARD_REDACT_PATTERNS"
@@ -151,21 +153,68 @@ _NAME_TRIGGERS = (
     "pass", "pw", "secret", "token", "key", "auth", "credential", "cookie", "signature",
     "bearer",
 )  # fmt: skip
-# Any text whose lower-cased form contains none of these holds nothing to redact; a few
-# substring tests reject most input far faster than any regex scan.
-_ALL_TRIGGERS = tuple(
-    sorted({t.lower() for k in BUILTIN_KINDS for t in k.triggers} | set(_NAME_TRIGGERS))
-)
+# The maintained ruleset (gitleaks' rules as data, callward/secret_rules.py). They run
+# after the built-in kinds, so a secret both know keeps its built-in kind.
+RULESET, RULESET_SOURCE = load_rules()
 
+
+def _trie_pattern(words: Iterable[str], shortest: bool) -> str:
+    """One regex matching any of ``words`` (literals), laid out as a trie so that a scan
+    costs a few character tests per position whatever the number of words. ``shortest``:
+    stop at the first word that ends (a screen); else the longest word at a position."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        ends = "" in node
+        if ends and shortest:
+            return ""
+        alternatives = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not alternatives:
+            return ""
+        body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+        return f"(?:{body})?" if ends else body
+
+    return emit(trie)
+
+
+# Any text whose lower-cased form contains none of these holds nothing to redact: one
+# scan for all of them (a trie-shaped alternation, in C) rejects most input far faster
+# than running any rule. Each rule runs only when one of its own triggers is present.
+_ALL_TRIGGERS = tuple(
+    sorted(
+        {t.lower() for k in BUILTIN_KINDS for t in k.triggers}
+        | set(_NAME_TRIGGERS)
+        | {w for rule in RULESET for w in rule.keywords}
+    )
+)
+_SCREEN_RE = re.compile(_trie_pattern(_ALL_TRIGGERS, shortest=True))
+# The same plus "\u" (a JSON escape may spell any secret): the screen for JSON text.
+_JSON_SCREEN_RE = re.compile(_trie_pattern((*_ALL_TRIGGERS, "\\u"), shortest=True))
+# The longest trigger at each position; every trigger present is a prefix of one found.
+_FIND_RE = re.compile("(?=(" + _trie_pattern(_ALL_TRIGGERS, shortest=False) + "))")
+_PREFIX_TRIGGERS = {
+    t: tuple(t[:i] for i in range(1, len(t) + 1) if t[:i] in set(_ALL_TRIGGERS))
+    for t in _ALL_TRIGGERS
+}
+_NAME_TRIGGER_SET = frozenset(_NAME_TRIGGERS)
 
 _SEPARATOR = "\x00"  # lowercasing never makes it, and no trigger contains it
 
 
 def _has_trigger(lower: str) -> bool:
-    for trigger in _ALL_TRIGGERS:
-        if trigger in lower:
-            return True
-    return False
+    return _SCREEN_RE.search(lower) is not None
+
+
+def _present_triggers(lower: str) -> set[str]:
+    found: set[str] = set()
+    for longest in set(_FIND_RE.findall(lower)):
+        found.update(_PREFIX_TRIGGERS[longest])
+    return found
 
 
 _PASSWORD_KEY_RE = re.compile(rf"(?:^|[\W_])(?:{_PASSWORD_NAME})(?:$|[\W_])", re.IGNORECASE)
@@ -252,15 +301,20 @@ class Redactor:
 
     def __init__(self, extra_patterns: Mapping[str, str | re.Pattern[str]] | None = None):
         self.extra = _validate_extra(extra_patterns or {})
-        self._kinds = [
-            (
-                k.triggers,
-                k.fold_case,
-                re.compile(k.pattern, re.DOTALL),
-                _replacer(k.kind, k.secret_group),
-            )
+        # (regex, re.sub callback) per rule, built-in kinds first, then the ruleset.
+        self._rules: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+            (re.compile(k.pattern, re.DOTALL), _replacer(k.kind, k.secret_group))
             for k in BUILTIN_KINDS
-        ]
+        ] + [(rule.regex, _ruleset_replacer(rule)) for rule in RULESET]
+        # trigger -> the rules it starts, in order
+        by_trigger: dict[str, list[int]] = {}
+        for i, k in enumerate(BUILTIN_KINDS):
+            for t in {t.lower() for t in k.triggers}:
+                by_trigger.setdefault(t, []).append(i)
+        for i, rule in enumerate(RULESET, start=len(BUILTIN_KINDS)):
+            for t in rule.keywords:
+                by_trigger.setdefault(t, []).append(i)
+        self._by_trigger = {t: tuple(ids) for t, ids in by_trigger.items()}
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Redactor:
@@ -285,7 +339,7 @@ class Redactor:
         """True when :meth:`redact_json_text` (and so :meth:`redact_text`) would return
         ``text`` unchanged because nothing in it can start a secret: no trigger substring,
         no JSON escape, no extra patterns configured."""
-        return not self.extra and "\\u" not in text and not _has_trigger(text.lower())
+        return not self.extra and "\\u" not in text and _SCREEN_RE.search(text.lower()) is None
 
     def clean_texts(self, texts: Sequence[str]) -> list[bool]:
         """For each of ``texts``, :meth:`is_clean_json_text` (also ruling out ``\\U``),
@@ -296,12 +350,7 @@ class Redactor:
         lower = _SEPARATOR.join(texts).lower()
         if lower.count(_SEPARATOR) != len(texts) - 1:  # a text holds the separator
             return [self.is_clean_json_text(t) and "\\u" not in t.lower() for t in texts]
-        found: list[int] = []
-        for trigger in (*_ALL_TRIGGERS, "\\u"):
-            at = lower.find(trigger)
-            while at >= 0:
-                found.append(at)
-                at = lower.find(trigger, at + 1)
+        found = [m.start() for m in _JSON_SCREEN_RE.finditer(lower)]
         clean = [True] * len(texts)
         if found:
             starts = list(
@@ -314,20 +363,18 @@ class Redactor:
     def redact_text(self, text: str) -> str:
         """``text`` with every known secret format and credential-like value replaced."""
         lower = text.lower()
-        if not _has_trigger(lower):
+        if _SCREEN_RE.search(lower) is None:
             return self._redact_extra(text) if self.extra else text
+        present = _present_triggers(lower)
+        run: set[int] = set()
+        for trigger in present:
+            run.update(self._by_trigger.get(trigger, ()))
         out = text
-        for triggers, fold_case, regex, replace in self._kinds:
-            haystack = lower if fold_case else out
-            for trigger in triggers:
-                if trigger in haystack:
-                    out = regex.sub(replace, out)
-                    break
-        if "=" in out or ":" in out:
-            for trigger in _NAME_TRIGGERS:
-                if trigger in lower:
-                    out = _KEY_VALUE_RE.sub(self._replace_key_value, out)
-                    break
+        for i in sorted(run):
+            regex, replace = self._rules[i]
+            out = regex.sub(replace, out)
+        if ("=" in out or ":" in out) and not present.isdisjoint(_NAME_TRIGGER_SET):
+            out = _KEY_VALUE_RE.sub(self._replace_key_value, out)
         return self._redact_extra(out) if self.extra else out
 
     def _redact_extra(self, text: str) -> str:
@@ -428,6 +475,34 @@ def _replacer(kind: str, secret_group: str) -> Any:
         start, end = m.span(secret_group)
         whole, base = m.group(0), m.start()
         return whole[: start - base] + text + whole[end - base :]
+
+    return replace
+
+
+def _ruleset_replacer(rule: SecretRule) -> Callable[[re.Match[str]], str]:
+    """The ``re.sub`` callback for a ruleset rule, with gitleaks' semantics: the secret is
+    the rule's secret group, else its first non-empty group, else the whole match; a
+    secret at or below the rule's entropy, or one an allowlist lets through, is kept."""
+    text = marker(rule.kind)
+
+    def replace(m: re.Match[str]) -> str:
+        group = rule.secret_group
+        if group is None:
+            group = next((g for g in range(1, (m.re.groups or 0) + 1) if m.group(g)), 0)
+        secret = m.group(group)
+        if not secret or MARKER_PREFIX in secret:
+            return m.group(0)
+        if rule.entropy and shannon_entropy(secret) <= rule.entropy:
+            return m.group(0)
+        if rule.allowlists:
+            whole = m.string
+            line_end = whole.find("\n", m.end())
+            line = whole[whole.rfind("\n", 0, m.start()) + 1 : None if line_end < 0 else line_end]
+            if any(a.allows(secret, m.group(0), line) for a in rule.allowlists):
+                return m.group(0)
+        at, to = m.span(group)
+        base = m.start()
+        return m.group(0)[: at - base] + text + m.group(0)[to - base :]
 
     return replace
 

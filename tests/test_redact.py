@@ -14,19 +14,22 @@ import string
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from callward.redact import (
     BUILTIN_KINDS,
     ENV_PATTERNS,
+    RULESET,
     Redactor,
     count_redactions,
     looks_random,
     redact_json_text,
     redact_logs,
     redact_text,
+    shannon_entropy,
 )
+from callward.secret_rules import SecretRule
 
 # kind -> (text that carries the secret, the substring that must not survive)
 PLANTED: dict[str, tuple[str, str]] = {
@@ -385,31 +388,37 @@ def test_redact_json_text_returns_valid_json_and_is_idempotent(value: object) ->
 
 @given(
     st.text(max_size=80),
-    st.sampled_from(sorted(PLANTED)),
+    st.deferred(lambda: FRESH_HIDDEN),
     _SEPARATORS,
     _SEPARATORS,
     st.text(max_size=80),
 )
-def test_no_planted_secret_survives_in_text(
-    prefix: str, kind: str, sep_a: str, sep_b: str, suffix: str
+def test_no_fresh_secret_survives_in_text(
+    prefix: str, secret: tuple[str, str, str], sep_a: str, sep_b: str, suffix: str
 ) -> None:
-    secret_text, secret = PLANTED[kind]
-    out = redact_text(prefix + sep_a + secret_text + sep_b + suffix)
-    assert secret not in out
+    """Built-in kinds between any separators (a ruleset rule accepts the separators its
+    regex names: its own test below puts whitespace around it)."""
+    _kind, text, hidden = secret
+    assume(hidden not in prefix + sep_a and hidden not in sep_b + suffix)
+    out = redact_text(prefix + sep_a + text + sep_b + suffix)
+    assert hidden not in out
 
 
 @given(
     st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4),
-    st.sampled_from(sorted(PLANTED)),
+    st.deferred(lambda: SECRETS),
     st.text(max_size=10),
 )
-def test_no_planted_secret_survives_in_json(others: dict[str, str], kind: str, key: str) -> None:
-    secret_text, secret = PLANTED[kind]
+def test_no_fresh_secret_survives_in_json(
+    others: dict[str, str], secret: tuple[str, str, str], key: str
+) -> None:
+    _kind, text, hidden = secret
+    assume(not any(hidden in k + v for k, v in others.items()) and hidden not in key)
     args: dict[str, object] = dict(others)
-    args[key] = {"value": secret_text, "list": [secret_text]}
+    args[key] = {"value": text, "list": [text]}
     out = redact_json_text(json.dumps(args))
-    assert secret not in out
-    assert secret not in json.dumps(json.loads(out), ensure_ascii=False)
+    assert hidden not in out
+    assert hidden not in json.dumps(json.loads(out), ensure_ascii=False)
 
 
 def test_marker_format() -> None:
@@ -639,6 +648,53 @@ _BOUNDARY = st.sampled_from([" ", "\n", "\t", " (", ") ", ", ", "; ", " <", "> "
 _JSON_KEYS = st.sampled_from(["query", "body", "note", "command", "path", "text", "args"])
 
 
+def secret_of(text: str, expected: str) -> str:
+    """The part of ``text`` that redaction replaces: what differs from ``expected``."""
+    head = 0
+    while head < min(len(text), len(expected)) and text[head] == expected[head]:
+        head += 1
+    tail = 0
+    while (
+        tail < min(len(text), len(expected)) - head
+        and text[len(text) - 1 - tail] == expected[len(expected) - 1 - tail]
+    ):
+        tail += 1
+    return text[head : len(text) - tail]
+
+
+def _ruleset_case(rule: SecretRule) -> st.SearchStrategy[tuple[str, str, str]]:
+    """Fresh matches of one ruleset rule, drawn from its own regex, with the secret it
+    must replace (gitleaks' semantics: the secret group, else the first non-empty group),
+    kept only when the rule would report it (entropy above its threshold, no allowlist)."""
+
+    def case(text: str) -> tuple[str, str, str] | None:
+        m = rule.regex.fullmatch(text)
+        if m is None:
+            return None
+        group = rule.secret_group
+        if group is None:
+            group = next((g for g in range(1, rule.regex.groups + 1) if m.group(g)), 0)
+        secret = m.group(group)
+        if len(secret) < 8 or (rule.entropy and shannon_entropy(secret) <= rule.entropy):
+            return None
+        if any(a.allows(secret, m.group(0), text) for a in rule.allowlists):
+            return None
+        return (rule.kind, text, secret)
+
+    return st.from_regex(rule.regex, fullmatch=True).map(case).filter(bool)  # type: ignore[arg-type]
+
+
+# (kind, text holding a secret, the secret) for every built-in kind and every ruleset rule;
+# secrets of 8 characters or more, so that "not in the output" cannot hold by chance.
+FRESH_HIDDEN = FRESH_SECRETS.map(lambda s: (s[0], s[1], secret_of(s[1], s[2]))).filter(
+    lambda s: len(s[2]) >= 8
+)
+RULESET_SECRETS: st.SearchStrategy[tuple[str, str, str]] = st.sampled_from(RULESET).flatmap(
+    _ruleset_case
+)
+SECRETS = FRESH_HIDDEN | RULESET_SECRETS
+
+
 def test_fresh_secrets_cover_every_builtin_kind() -> None:
     assert set(FRESH) == {k.kind for k in BUILTIN_KINDS}
 
@@ -732,3 +788,17 @@ def test_log_records_are_redacted_message_arguments_and_traceback() -> None:
     out = stream.getvalue()
     assert token not in out
     assert out.count("[REDACTED:github_token]") == 2 and "ValueError" in out
+
+
+@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(RULESET_SECRETS, _PLAIN, _PLAIN)
+def test_a_fresh_secret_of_any_ruleset_rule_is_redacted_in_text_and_json(
+    secret: tuple[str, str, str], prefix: str, suffix: str
+) -> None:
+    kind, text, hidden = secret
+    assume(hidden not in prefix and hidden not in suffix)
+    out = redact_text(f"{prefix} {text} {suffix}")
+    assert hidden not in out, kind
+    assert "[REDACTED:" in out
+    document = json.loads(redact_json_text(json.dumps({"note": text, "list": [prefix, text]})))
+    assert hidden not in json.dumps(document, ensure_ascii=False), kind

@@ -1,7 +1,8 @@
 """Tests for collector/redact.py, end to end: a real collector (``callward collector
 --forward``, in a subprocess) in front of a real OTLP/gRPC backend on loopback. A secret
-is planted in one field of an Export (hypothesis picks the kind of secret, drawn fresh in
-that kind's format, and the field), or in every field at once, and must not appear
+is planted in one field of an Export (hypothesis picks the field and the secret, drawn
+fresh in the format of a built-in kind or of a ruleset rule), or in every field at once,
+and must not appear
 
 (a) in what the backend received,
 (b) in the bytes of any file under the data directory (Parquet raw and decoded, spool,
@@ -39,7 +40,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from callward import semconv
 from callward.collector.decode import set_any_value
 from callward.collector.otlp_build import SpanSpec, build_request, callward_attributes
-from tests.test_redact import FRESH_SECRETS
+from tests.test_redact import SECRETS
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
@@ -290,23 +291,10 @@ FIELDS = (
 )
 
 
-def _secret_of(text: str, expected: str) -> str:
-    """The part of ``text`` that redaction replaces: what differs from ``expected``."""
-    head = 0
-    while head < min(len(text), len(expected)) and text[head] == expected[head]:
-        head += 1
-    tail = 0
-    while (
-        tail < min(len(text), len(expected)) - head
-        and text[len(text) - 1 - tail] == expected[len(expected) - 1 - tail]
-    ):
-        tail += 1
-    return text[head : len(text) - tail]
-
-
-# Short secrets (a one-letter password) would "leak" by coincidence into any file.
-LONG_SECRETS = FRESH_SECRETS.map(lambda s: (s[1], _secret_of(s[1], s[2]))).filter(
-    lambda t: len(t[1]) >= 10 and " " not in t[0] and "\n" not in t[0]
+# Secrets of every built-in kind and every ruleset rule, on one line (a field such as a
+# span name holds one), long enough that "absent" cannot hold by chance.
+LONG_SECRETS = SECRETS.map(lambda s: (s[1], s[2])).filter(
+    lambda t: len(t[1]) >= 10 and not any(c.isspace() for c in t[0]) and '"' not in t[0]
 )
 
 
