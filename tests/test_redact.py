@@ -535,6 +535,9 @@ def _cli_password() -> st.SearchStrategy[tuple[str, str, str]]:
             "curl --user ci-bot:{}",
             "mysql -h db -u root -p{}",
             "app --password {}",
+            "curl --user=ci-bot:{}",
+            "sshpass -p {} ssh deploy@web1",
+            "redis-cli -h cache -a {} ping",
         ]
     )
     return st.tuples(forms, secret).map(
@@ -665,12 +668,13 @@ def secret_of(text: str, expected: str) -> str:
 def _ruleset_case(rule: SecretRule) -> st.SearchStrategy[tuple[str, str, str]]:
     """Fresh matches of one ruleset rule, drawn from its own regex, with the secret it
     must replace (gitleaks' semantics: the secret group, else the first non-empty group),
-    kept only when the rule would report it (entropy above its threshold, no allowlist)."""
+    kept only when the rule would report it (a keyword present, entropy above the rule's
+    threshold, no allowlist)."""
 
     def case(text: str) -> tuple[str, str, str] | None:
         m = rule.regex.fullmatch(text)
-        if m is None:
-            return None
+        if m is None or not any(k in text.lower() for k in rule.keywords):
+            return None  # a rule runs only when one of its keywords is present (gitleaks too)
         group = rule.secret_group
         if group is None:
             group = next((g for g in range(1, rule.regex.groups + 1) if m.group(g)), 0)
@@ -754,6 +758,22 @@ def test_a_fresh_secret_in_json_becomes_its_marker_and_the_rest_stays(
         ('[{"Key": "db-pass", "Value": "hunter2"}]', "hunter2"),
         ('{"command": "mysql -h db -u root -phunter2x app"}', "hunter2x"),
         ('{"command": "curl -u admin:hunter2 https://x"}', "hunter2"),
+        ('{"command": "curl --user=admin:hunter2 https://x"}', "hunter2"),
+        ('{"command": "mysql -u root -p\'hunter2x\' app"}', "hunter2x"),
+        ('{"command": "sshpass -p hunter2 ssh deploy@web1"}', "hunter2"),
+        ('{"command": "sshpass -phunter2 ssh deploy@web1"}', "hunter2"),
+        ('{"command": "redis-cli -h cache -a hunter2 ping"}', "hunter2"),
+        ('{"command": "app --password=hunter2 --verbose"}', "hunter2"),
+        ('{"command": "PGPASSWORD=hunter2 psql -h db -U app"}', "hunter2"),
+        ("PGPASSWORD='hunter2' pg_dump app", "hunter2"),
+        ("SSHPASS=hunter2 sshpass -e ssh web1", "hunter2"),
+        ('{"PGPASSWORD": "hunter2"}', "hunter2"),
+        ('{"Db_PassWord": "hunter2"}', "hunter2"),
+        (
+            '{"Parameters": [{"ParameterKey": "DbPassword", "ParameterValue": "hunter2"}]}',
+            "hunter2",
+        ),
+        ('{"Tags": [{"TagName": "sshpass", "TagValue": "hunter2"}]}', "hunter2"),
     ],
 )
 def test_password_names_in_any_casing_pairs_and_command_lines(text: str, secret: str) -> None:
