@@ -5,12 +5,15 @@ import it from here, so the two always redact alike.
 Known secret formats are replaced by a typed marker ``[REDACTED:<kind>]``; values under
 key-like names (``password``, ``api_key``, ``authorization``...) are replaced when they
 look like credentials. Redaction is idempotent: a marker is never rewritten into another.
+The formats come from two places: the built-in kinds below, and the maintained ruleset,
+gitleaks' rules shipped as data (:mod:`callward.secret_rules`), run after them.
 
 Why not detect-secrets directly: its plugins scan one line at a time through a global
 settings context, report findings instead of rewriting text, and cost tens of microseconds
-per plugin per line. This runs on every call in the enforcer's span building, so the known
-formats are compiled into one alternation (its patterns and its Shannon-entropy approach
-served as the guide) and the text is scanned once. docs/redaction.md lists the kinds.
+per plugin per line. This runs on every call in the enforcer's span building, so every
+trigger literal of every rule (about 250) is compiled into one trie-shaped alternation:
+one scan rejects the text that holds none (most text), and a rule runs only when one of
+its own triggers is present. docs/redaction.md lists the kinds and the ruleset.
 
 Extra patterns: ``Redactor(extra_patterns={"kind": regex})``, or for the module-level
 default, the environment variable ``CALLWARD_REDACT_PATTERNS`` holding either an inline
