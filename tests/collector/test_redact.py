@@ -196,7 +196,7 @@ def _tool_call(request: ExportTraceServiceRequest) -> Span:
     return request.resource_spans[0].scope_spans[0].spans[0]
 
 
-def _plant(field_name: str, text: str, span_id: bytes) -> ExportTraceServiceRequest:
+def plant(field_name: str, text: str, span_id: bytes) -> ExportTraceServiceRequest:
     """An Export with one tool-call span (and, for some fields, a second span) where
     ``text`` sits in ``field_name``."""
     attrs = callward_attributes(1)
@@ -317,7 +317,7 @@ def test_a_secret_in_any_field_reaches_no_backend_file_or_log(
 ) -> None:
     text, hidden = secret
     since = len(rig.backend.requests)
-    send(rig, _plant(field_name, text, os.urandom(8)), [hidden])
+    send(rig, plant(field_name, text, os.urandom(8)), [hidden])
     assert leaks(rig, [hidden], since) == {}, (field_name, text)
 
 
@@ -327,7 +327,7 @@ def test_every_field_at_once_is_redacted_where_it_is_kept(rig: Rig) -> None:
     secret = "ghp_" + "Zq7" * 12
     request = ExportTraceServiceRequest()
     for field_name in FIELDS:
-        request.resource_spans.extend(_plant(field_name, secret, os.urandom(8)).resource_spans)
+        request.resource_spans.extend(plant(field_name, secret, os.urandom(8)).resource_spans)
     stored = [rs.scope_spans[0].spans[0].span_id for rs in request.resource_spans]
     rig.secrets.append(secret)
     rig.stub.Export(request, timeout=30)
