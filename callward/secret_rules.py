@@ -10,7 +10,8 @@ The rules are Go RE2 expressions, and Python's ``re`` reads most of them alike b
 :func:`translate` rewrites what it can (an inline ``(?i)`` in the middle of a pattern
 becomes a scoped group up to the end of its enclosing group, ``\\z`` becomes ``\\Z``,
 POSIX classes such as ``[[:alnum:]]`` are spelled out, ``(?<name>`` becomes
-``(?P<name>``); a pattern it cannot translate is dropped and listed with its reason in the
+``(?P<name>``), and :func:`bounded` takes the backtracking blow-up out of the vendor rules;
+a pattern it cannot translate is dropped and listed with its reason in the
 data file (``dropped``), as are the rules callward leaves out on purpose (``EXCLUDED``):
 a rule that needs a file path, one whose any-character run is unbounded (quadratic on
 hostile input under a backtracking engine), and one whose keywords are in most text.
@@ -70,6 +71,28 @@ _FLAG_GROUP = re.compile(r"\(\?([imsU]*(?:-[imsU]+)?)\)")
 _UNBOUNDED_ANY = re.compile(
     r"(?<!\\)(?:\.|\(\?s:\.\)|\[(?=[^\]]*\\s)(?=[^\]]*\\S)[^\]]*\])(?:\*|\+|\{\d+,\})"
 )
+
+
+# Rewrites that keep what a rule redacts and bound its cost under backtracking (gitleaks'
+# engine is linear-time, ``re`` is not). The vendor rules read
+# ``[\w.-]{0,50}?(?:vendor)(?:[ \t\w.-]{0,20})[\s'"]{0,3}(?:=|:|...)(secret)``, some with the
+# lazy prefix twice: on a run of the vendor's name that costs up to 50 x 50 x 20 steps per
+# position (seconds for 10 KB). The leading prefix only widens the match to the left, never
+# the secret, so it goes; the run of name characters cannot give back a character the
+# operator after it could use (none of = > : | ? , is in it), so it is made possessive.
+_LEADING_CONTEXT = re.compile(r"^((?:\(\?[a-zA-Z-]*:)*)\[\\w\.-\]\{0,50\}\?")
+_NAME_RUN = "(?:[ \\t\\w.-]{0,20})"
+_NAME_RUN_POSSESSIVE = "[ \\t\\w.-]{0,20}+"
+
+
+def bounded(pattern: str) -> str:
+    """``pattern`` (translated) rewritten as described above; same redactions."""
+    while True:
+        stripped = _LEADING_CONTEXT.sub(r"\1", pattern, count=1)
+        if stripped == pattern:
+            break
+        pattern = stripped
+    return pattern.replace(_NAME_RUN, _NAME_RUN_POSSESSIVE)
 
 
 class Untranslatable(ValueError):
@@ -219,7 +242,7 @@ def convert(config: dict[str, Any], commit: str) -> dict[str, Any]:
             drop("needs a file path as well as the text")
             continue
         try:
-            pattern = translate(rule["regex"])
+            pattern = bounded(translate(rule["regex"]))
             compile_translated(pattern)
             allowlists = _allowlists(rule)
         except (Untranslatable, re.error, Warning) as e:

@@ -822,3 +822,15 @@ def test_a_fresh_secret_of_any_ruleset_rule_is_redacted_in_text_and_json(
     assert "[REDACTED:" in out
     document = json.loads(redact_json_text(json.dumps({"note": text, "list": [prefix, text]})))
     assert hidden not in json.dumps(document, ensure_ascii=False), kind
+
+
+@pytest.mark.timeout(300)
+def test_hostile_runs_of_every_ruleset_keyword_finish() -> None:
+    """A run of a rule's keyword (``sumosumo...``, ``okta=okta=...``) is the input that made
+    gitleaks' vendor rules take seconds per 10 KB under ``re`` before they were bounded
+    (callward/secret_rules.py, ``bounded``); a timeout, not a timing, is what fails here."""
+    for keyword in sorted({k for rule in RULESET for k in rule.keywords}):
+        for unit in (keyword, keyword + "=", keyword + " : "):
+            text = unit * (10_000 // len(unit))
+            out = redact_text(text)
+            assert len(out) <= len(text) + 60 * count_redactions(out)

@@ -17,6 +17,7 @@ from callward.secret_rules import (
     EXCLUDED,
     LICENCE_FILE,
     Untranslatable,
+    bounded,
     compile_translated,
     convert,
     kind_of,
@@ -46,6 +47,27 @@ def test_translation_keeps_re2_meaning(re2: str, matches: list[str], misses: lis
         assert regex.fullmatch(text), (re2, text)
     for text in misses:
         assert not regex.fullmatch(text), (re2, text)
+
+
+def test_bounded_vendor_rules_redact_the_same_secret() -> None:
+    """The rewrite drops the leading context and makes the name run possessive; the secret
+    found is the same, with or without the rewrite."""
+    re2 = (
+        r"(?i)[\w.-]{0,50}?(?:acme)(?:[ \t\w.-]{0,20})[\s'\"]{0,3}(?:=|>|:{1,3}=|\|\||:|=>|\?=|,)"
+        r"[\x60'\"\s=]{0,5}([a-z0-9]{16})(?:[\x60'\"\s;]|\\[nr]|$)"
+    )
+    plain = compile_translated(translate(re2))
+    fast = compile_translated(bounded(translate(re2)))
+    assert "{0,50}" not in fast.pattern and "{0,20}+" in fast.pattern
+    for text in (
+        "my_acme_api_key = 'a1b2c3d4e5f6a7b8'",
+        "ACME_TOKEN:a1b2c3d4e5f6a7b8 rest",
+        'x.acme-key => "a1b2c3d4e5f6a7b8"',
+        "acme_key_with_a_very_long_name_here = a1b2c3d4e5f6a7b8",
+        "acme = short",
+    ):
+        slow, quick = plain.search(text), fast.search(text)
+        assert (slow and slow.group(1)) == (quick and quick.group(1)), text
 
 
 @pytest.mark.parametrize("re2", [r"\pL+", r"\p{Greek}", r"(?U)a+", r"(ab", r"ab)", r"[ab"])
