@@ -5,12 +5,15 @@ import it from here, so the two always redact alike.
 Known secret formats are replaced by a typed marker ``[REDACTED:<kind>]``; values under
 key-like names (``password``, ``api_key``, ``authorization``...) are replaced when they
 look like credentials. Redaction is idempotent: a marker is never rewritten into another.
+The formats come from two places: the built-in kinds below, and the maintained ruleset,
+gitleaks' rules shipped as data (:mod:`callward.secret_rules`), run after them.
 
 Why not detect-secrets directly: its plugins scan one line at a time through a global
 settings context, report findings instead of rewriting text, and cost tens of microseconds
-per plugin per line. This runs on every call in the enforcer's span building, so the known
-formats are compiled into one alternation (its patterns and its Shannon-entropy approach
-served as the guide) and the text is scanned once. docs/redaction.md lists the kinds.
+per plugin per line. This runs on every call in the enforcer's span building, so every
+trigger literal of every rule (about 250) is compiled into one trie-shaped alternation:
+one scan rejects the text that holds none (most text), and a rule runs only when one of
+its own triggers is present. docs/redaction.md lists the kinds and the ruleset.
 
 Extra patterns: ``Redactor(extra_patterns={"kind": regex})``, or for the module-level
 default, the environment variable ``CALLWARD_REDACT_PATTERNS`` holding either an inline
@@ -23,15 +26,18 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import logging
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from callward.secret_rules import SecretRule, load_rules
 
 MARKER_PREFIX = "[REDACTED:"
 ENV_PATTERNS = "CALLWARD_REDACT_PATTERNS"
@@ -119,14 +125,17 @@ BUILTIN_KINDS: tuple[SecretKind, ...] = (
         secret_group="secret",
     ),
     # Credentials on a command line: curl's -u/--user user:password, mysql's -pPASSWORD
-    # (no space: with one, mysql prompts) and --password VALUE of many tools.
+    # (no space: with one, mysql prompts), sshpass -p PASSWORD, redis-cli -a PASSWORD and
+    # --password VALUE of many tools; the value may be quoted.
     SecretKind(
         "cli_password",
-        r"(?:(?<![\w-])(?:-u|--user)[ \t]+[^\s:\"']{1,128}:"
-        r"|(?<![\w-])(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n]{0,512}?[ \t]-p"
-        r"|(?<![\w-])--pass(?:word)?[ \t]+)"
+        r"(?:(?<![\w-])(?:-u|--user)(?:[ \t]+|=)[\"']?[^\s:\"']{1,128}:"
+        r"|(?<![\w-])(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n]{0,512}?[ \t]-p[\"']?"
+        r"|(?<![\w-])sshpass\b[^\n]{0,256}?[ \t]-p[ \t]*[\"']?"
+        r"|(?<![\w-])redis-cli\b[^\n]{0,512}?[ \t]-a[ \t]+[\"']?"
+        r"|(?<![\w-])--pass(?:word)?[ \t]+[\"']?)"
         r"(?P<secret>(?!\[REDACTED:)[^\s\"'(),;|&<>]{1,256})",
-        ("-u ", "-u\t", "--user", "mysql", "mariadb", "--pass"),
+        ("-u ", "-u\t", "-u=", "--user", "mysql", "mariadb", "sshpass", "redis-cli", "--pass"),
         fold_case=True,
         secret_group="secret",
     ),
@@ -150,21 +159,79 @@ _NAME_TRIGGERS = (
     "pass", "pw", "secret", "token", "key", "auth", "credential", "cookie", "signature",
     "bearer",
 )  # fmt: skip
-# Any text whose lower-cased form contains none of these holds nothing to redact; a few
-# substring tests reject most input far faster than any regex scan.
-_ALL_TRIGGERS = tuple(
-    sorted({t.lower() for k in BUILTIN_KINDS for t in k.triggers} | set(_NAME_TRIGGERS))
-)
+# The maintained ruleset (gitleaks' rules as data, callward/secret_rules.py). They run
+# after the built-in kinds, so a secret both know keeps its built-in kind.
+RULESET, RULESET_SOURCE = load_rules()
 
+
+# Letters by frequency in English text: a trie level tries its branches in this order, so
+# the branch for a common letter is reached after few tests (prose scans about 1.3x faster).
+_FREQUENT = " etaoinsrhldcumfpgwybvkxjqz"
+
+
+def _frequency_rank(ch: str) -> tuple[int, str]:
+    at = _FREQUENT.find(ch)
+    return (at if at >= 0 else len(_FREQUENT), ch)
+
+
+def _trie_pattern(words: Iterable[str], shortest: bool) -> str:
+    """One regex matching any of ``words`` (literals), laid out as a trie so that a scan
+    costs a few character tests per position whatever the number of words. ``shortest``:
+    stop at the first word that ends (a screen); else the longest word at a position."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        ends = "" in node
+        if ends and shortest:
+            return ""
+        children = sorted((ch for ch in node if ch), key=_frequency_rank)
+        alternatives = [re.escape(ch) + emit(node[ch]) for ch in children]
+        if not alternatives:
+            return ""
+        body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+        return f"(?:{body})?" if ends else body
+
+    return emit(trie)
+
+
+# Any text whose lower-cased form contains none of these holds nothing to redact: one
+# scan for all of them (a trie-shaped alternation, in C) rejects most input far faster
+# than running any rule. Each rule runs only when one of its own triggers is present.
+_ALL_TRIGGERS = tuple(
+    sorted(
+        {t.lower() for k in BUILTIN_KINDS for t in k.triggers}
+        | set(_NAME_TRIGGERS)
+        | {w for rule in RULESET for w in rule.keywords}
+    )
+)
+_SCREEN_RE = re.compile(_trie_pattern(_ALL_TRIGGERS, shortest=True))
+# The same plus "\u" (a JSON escape may spell any secret): the screen for JSON text.
+_JSON_SCREEN_RE = re.compile(_trie_pattern((*_ALL_TRIGGERS, "\\u"), shortest=True))
+# The longest trigger at each position; every trigger present is a prefix of one found.
+_FIND_RE = re.compile("(?=(" + _trie_pattern(_ALL_TRIGGERS, shortest=False) + "))")
+_PREFIX_TRIGGERS = {
+    t: tuple(t[:i] for i in range(1, len(t) + 1) if t[:i] in set(_ALL_TRIGGERS))
+    for t in _ALL_TRIGGERS
+}
+_NAME_TRIGGER_SET = frozenset(_NAME_TRIGGERS)
 
 _SEPARATOR = "\x00"  # lowercasing never makes it, and no trigger contains it
 
 
 def _has_trigger(lower: str) -> bool:
-    for trigger in _ALL_TRIGGERS:
-        if trigger in lower:
-            return True
-    return False
+    return _SCREEN_RE.search(lower) is not None
+
+
+def _present_triggers(lower: str) -> set[str]:
+    found: set[str] = set()
+    for longest in set(_FIND_RE.findall(lower)):
+        found.update(_PREFIX_TRIGGERS[longest])
+    return found
 
 
 _PASSWORD_KEY_RE = re.compile(rf"(?:^|[\W_])(?:{_PASSWORD_NAME})(?:$|[\W_])", re.IGNORECASE)
@@ -251,15 +318,20 @@ class Redactor:
 
     def __init__(self, extra_patterns: Mapping[str, str | re.Pattern[str]] | None = None):
         self.extra = _validate_extra(extra_patterns or {})
-        self._kinds = [
-            (
-                k.triggers,
-                k.fold_case,
-                re.compile(k.pattern, re.DOTALL),
-                _replacer(k.kind, k.secret_group),
-            )
+        # (regex, re.sub callback) per rule, built-in kinds first, then the ruleset.
+        self._rules: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+            (re.compile(k.pattern, re.DOTALL), _replacer(k.kind, k.secret_group))
             for k in BUILTIN_KINDS
-        ]
+        ] + [(rule.regex, _ruleset_replacer(rule)) for rule in RULESET]
+        # trigger -> the rules it starts, in order
+        by_trigger: dict[str, list[int]] = {}
+        for i, k in enumerate(BUILTIN_KINDS):
+            for t in {t.lower() for t in k.triggers}:
+                by_trigger.setdefault(t, []).append(i)
+        for i, rule in enumerate(RULESET, start=len(BUILTIN_KINDS)):
+            for t in rule.keywords:
+                by_trigger.setdefault(t, []).append(i)
+        self._by_trigger = {t: tuple(ids) for t, ids in by_trigger.items()}
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Redactor:
@@ -284,7 +356,7 @@ class Redactor:
         """True when :meth:`redact_json_text` (and so :meth:`redact_text`) would return
         ``text`` unchanged because nothing in it can start a secret: no trigger substring,
         no JSON escape, no extra patterns configured."""
-        return not self.extra and "\\u" not in text and not _has_trigger(text.lower())
+        return not self.extra and "\\u" not in text and _SCREEN_RE.search(text.lower()) is None
 
     def clean_texts(self, texts: Sequence[str]) -> list[bool]:
         """For each of ``texts``, :meth:`is_clean_json_text` (also ruling out ``\\U``),
@@ -295,12 +367,7 @@ class Redactor:
         lower = _SEPARATOR.join(texts).lower()
         if lower.count(_SEPARATOR) != len(texts) - 1:  # a text holds the separator
             return [self.is_clean_json_text(t) and "\\u" not in t.lower() for t in texts]
-        found: list[int] = []
-        for trigger in (*_ALL_TRIGGERS, "\\u"):
-            at = lower.find(trigger)
-            while at >= 0:
-                found.append(at)
-                at = lower.find(trigger, at + 1)
+        found = [m.start() for m in _JSON_SCREEN_RE.finditer(lower)]
         clean = [True] * len(texts)
         if found:
             starts = list(
@@ -313,20 +380,18 @@ class Redactor:
     def redact_text(self, text: str) -> str:
         """``text`` with every known secret format and credential-like value replaced."""
         lower = text.lower()
-        if not _has_trigger(lower):
+        if _SCREEN_RE.search(lower) is None:
             return self._redact_extra(text) if self.extra else text
+        present = _present_triggers(lower)
+        run: set[int] = set()
+        for trigger in present:
+            run.update(self._by_trigger.get(trigger, ()))
         out = text
-        for triggers, fold_case, regex, replace in self._kinds:
-            haystack = lower if fold_case else out
-            for trigger in triggers:
-                if trigger in haystack:
-                    out = regex.sub(replace, out)
-                    break
-        if "=" in out or ":" in out:
-            for trigger in _NAME_TRIGGERS:
-                if trigger in lower:
-                    out = _KEY_VALUE_RE.sub(self._replace_key_value, out)
-                    break
+        for i in sorted(run):
+            regex, replace = self._rules[i]
+            out = regex.sub(replace, out)
+        if ("=" in out or ":" in out) and not present.isdisjoint(_NAME_TRIGGER_SET):
+            out = _KEY_VALUE_RE.sub(self._replace_key_value, out)
         return self._redact_extra(out) if self.extra else out
 
     def _redact_extra(self, text: str) -> str:
@@ -342,10 +407,10 @@ class Redactor:
         if isinstance(value, str):
             return self._redact_string_under(key, value)
         if isinstance(value, dict):
-            named = _pair_name(value)
+            named, value_field = _pair_name(value)
             return {
                 self.redact_text(k) if isinstance(k, str) else k: self.redact_value(
-                    named if named and str(k).lower() == "value" else str(k), v
+                    named if named and str(k).lower() == value_field else str(k), v
                 )
                 for k, v in value.items()
             }
@@ -387,29 +452,37 @@ class Redactor:
         return json.dumps(redacted, ensure_ascii=False)
 
 
-def _pair_name(obj: Mapping[Any, Any]) -> str:
+def _pair_name(obj: Mapping[Any, Any]) -> tuple[str, str]:
     """The name of a ``{"name": "DB_PASSWORD", "value": ...}`` pair (Kubernetes env
-    entries, AWS tags and parameters, HTTP header lists), so its value is judged as if it
-    stood under that name; ``""`` for any other object."""
+    entries, AWS tags and parameters, CloudFormation's ``ParameterKey``/``ParameterValue``,
+    HTTP header lists) and its value field, lower-cased, so the value is judged as if it
+    stood under that name; ``("", "")`` for any other object."""
     if len(obj) > 8:
-        return ""
+        return "", ""
     keys = {str(k).lower(): v for k, v in obj.items()}
-    if "value" not in keys:
-        return ""
-    for field in ("name", "key"):
-        name = keys.get(field)
-        if isinstance(name, str):
-            return name
-    return ""
+    for field in keys:  # name/value, key/value, ParameterKey/ParameterValue, TagName/...
+        for suffix in ("name", "key"):
+            if field.endswith(suffix) and field[: -len(suffix)] + "value" in keys:
+                name = keys[field]
+                if isinstance(name, str):
+                    return name, field[: -len(suffix)] + "value"
+    return "", ""
 
 
 _CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
+# Unambiguous inside a word too: PGPASSWORD, SSHPASS, userpassword, MYSQLPASSWD.
+_PASSWORD_INFIX_RE = re.compile(r"passw(?:or)?d|passphrase|^sshpass$", re.IGNORECASE)
+
+
 def _is_password_key(key: str) -> bool:
-    """``password``, ``db_password``, ``DB-PASS``, ``dbPassword``, ``pw``: a password
-    name as a word of the key, in any casing, camelCase humps counting as word breaks."""
-    return bool(_PASSWORD_KEY_RE.search(_CAMEL_HUMP.sub("_", key)))
+    """``password``, ``db_password``, ``DB-PASS``, ``dbPassword``, ``pw``, ``PGPASSWORD``:
+    a password name as a word of the key, in any casing, camelCase humps counting as word
+    breaks, or ``password``/``passwd``/``passphrase`` anywhere in it."""
+    return bool(
+        _PASSWORD_INFIX_RE.search(key) or _PASSWORD_KEY_RE.search(_CAMEL_HUMP.sub("_", key))
+    )
 
 
 @lru_cache(maxsize=256)
@@ -427,6 +500,34 @@ def _replacer(kind: str, secret_group: str) -> Any:
         start, end = m.span(secret_group)
         whole, base = m.group(0), m.start()
         return whole[: start - base] + text + whole[end - base :]
+
+    return replace
+
+
+def _ruleset_replacer(rule: SecretRule) -> Callable[[re.Match[str]], str]:
+    """The ``re.sub`` callback for a ruleset rule, with gitleaks' semantics: the secret is
+    the rule's secret group, else its first non-empty group, else the whole match; a
+    secret at or below the rule's entropy, or one an allowlist lets through, is kept."""
+    text = marker(rule.kind)
+
+    def replace(m: re.Match[str]) -> str:
+        group = rule.secret_group
+        if group is None:
+            group = next((g for g in range(1, (m.re.groups or 0) + 1) if m.group(g)), 0)
+        secret = m.group(group)
+        if not secret or MARKER_PREFIX in secret:
+            return m.group(0)
+        if rule.entropy and shannon_entropy(secret) <= rule.entropy:
+            return m.group(0)
+        if rule.allowlists:
+            whole = m.string
+            line_end = whole.find("\n", m.end())
+            line = whole[whole.rfind("\n", 0, m.start()) + 1 : None if line_end < 0 else line_end]
+            if any(a.allows(secret, m.group(0), line) for a in rule.allowlists):
+                return m.group(0)
+        at, to = m.span(group)
+        base = m.start()
+        return m.group(0)[: at - base] + text + m.group(0)[to - base :]
 
     return replace
 
@@ -465,3 +566,35 @@ def redact_text(s: str) -> str:
 def redact_json_text(text: str) -> str:
     """JSON ``text`` with secrets redacted and re-serialised (default redactor)."""
     return default_redactor().redact_json_text(text)
+
+
+class RedactingLogFilter(logging.Filter):
+    """A handler filter that redacts each record's message, exception text and stack
+    before it is written: a log line may quote a value that came from a span or a call
+    (an error's text, a backend's answer), and no secret is to reach a log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is logging's own error to report
+            return True
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
+def redact_logs(logger: logging.Logger | None = None) -> None:
+    """Add :class:`RedactingLogFilter` to every handler of ``logger`` (the root logger by
+    default) that lacks one; the command-line entry points call it after configuring
+    logging, so every record that reaches those handlers, whichever logger sent it, is
+    redacted."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RedactingLogFilter) for f in handler.filters):
+            handler.addFilter(RedactingLogFilter())

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from callward.collector.config import ENV_VARS, load_config
 from callward.paths import keep_files_private
+from callward.redact import redact_logs
 
 if TYPE_CHECKING:
     from callward.collector.service import Collector
@@ -97,6 +98,7 @@ def collector(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redact_logs()
     try:
         config = load_config(
             data_dir=data_dir,

@@ -537,15 +537,19 @@ class Decoder:
         """Resource attributes, redacted; all but service.name get a ``resource.`` prefix."""
         out: dict[str, Any] = {}
         for kv in attributes:
-            value = self._redaction.value(kv.key, any_value(kv.value))
-            out[kv.key if kv.key == _SERVICE_NAME else semconv.RESOURCE_KEY_PREFIX + kv.key] = value
+            key = kv.key
+            value = self._redaction.value(key, any_value(kv.value))
+            if key != _SERVICE_NAME:
+                key = semconv.RESOURCE_KEY_PREFIX + self._redaction.plain(key)
+            out[key] = value
         return out
 
     def _reject(self, result: DecodeResult, span: Any, reason: str) -> None:
         result.rejected += 1
         if len(result.reasons) < MAX_REASONS:
             sid = span.span_id.hex() or "?"
-            result.reasons.append(f"span {sid[:16]} ({clip(span.name, 64)!r}): {reason}")
+            name = clip(self._redaction.plain(span.name), 64)
+            result.reasons.append(f"span {sid[:16]} ({name!r}): {reason}")
 
     @staticmethod
     def _key_values(blobs: Iterable[bytes]) -> Iterator[KeyValue]:
@@ -776,8 +780,8 @@ class Decoder:
         if not is_text:
             raw = any_value(v)
         kind = _KIND.get(key)
-        if kind is None:  # not a column: into the attributes bag
-            return (_NO_COLUMN, None, key, red.value(key, raw), None)
+        if kind is None:  # not a column: into the attributes bag, key redacted too
+            return (_NO_COLUMN, None, red.plain(key), red.value(key, raw), None)
         if isinstance(kind, str):  # a mapped text column
             if is_text:
                 return (_COLUMN[kind], red.plain(raw), None, None, None)
@@ -846,28 +850,8 @@ class Decoder:
         return out
 
     def redact_in_place(self, request: ExportTraceServiceRequest) -> None:
-        """Redact every attribute of every span and resource of ``request`` (for forwarding),
-        so that what a backend receives is what the store holds."""
-        red = self._redaction
-        for rs in request.resource_spans:
-            self._redact_attributes(rs.resource.attributes)
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    if span.name == POLICY_SPAN_NAME:
-                        continue  # the policy document is content-addressed; kept verbatim
-                    self._redact_attributes(span.attributes)
-                    for event in span.events:
-                        self._redact_attributes(event.attributes)
-                    if span.status.message:
-                        span.status.message = red.text("", span.status.message)
+        """Redact every string field of ``request`` (for forwarding), so that what a
+        backend receives holds no more than the store does (``collector/redact.py``)."""
+        from callward.collector.redact import redact_message
 
-    def _redact_attributes(self, attributes: Iterable[KeyValue]) -> None:
-        red = self._redaction
-        for kv in attributes:
-            raw = any_value(kv.value)
-            if kv.key == _ARGUMENTS:
-                clean: Any = red.arguments(raw)
-            else:
-                clean = red.value(kv.key, raw)
-            if clean != raw:
-                set_any_value(kv.value, clean)
+        redact_message(request, self._redaction)

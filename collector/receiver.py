@@ -104,6 +104,8 @@ class TraceReceiver:
             self.stats.repaired_requests += int(result.repaired)
         response = ExportTraceServiceResponse()
         if result.rejected:
+            # The reasons quote span names, redacted by the decoder like every stored string.
+            log.info("Export: %s", result.error_message)
             response.partial_success.rejected_spans = result.rejected
             response.partial_success.error_message = result.error_message
         return response

@@ -19,6 +19,7 @@ from callward.enforcer.server import EnforcerServer, EnforcerService, ListenFail
 from callward.enforcer.server_config import ENV_OF, make_server_config
 from callward.enforcer.telemetry import CallRecorder
 from callward.grpc_auth import AuthInvalid, load_server_auth
+from callward.redact import redact_logs
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -98,6 +99,7 @@ def enforcer(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redact_logs()
     try:
         compiled = load_policy(policy)
     except PolicyInvalid as e:

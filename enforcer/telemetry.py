@@ -48,7 +48,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from callward import semconv
 from callward.enforcer.engine import Decision, Request
-from callward.redact import redact_json_text, redact_text
+from callward.redact import default_redactor, redact_json_text, redact_text
 
 log = logging.getLogger("callward.telemetry")
 
@@ -197,6 +197,19 @@ def _env_int(name: str, default: int) -> int:
 
 
 _ATTRIBUTE_TYPES = (str, bool, int, float)
+# Attributes redacted already (as JSON, or as the decision's free text).
+_REDACTED_KEYS = frozenset((semconv.GEN_AI_TOOL_CALL_ARGUMENTS, semconv.CALLWARD_MESSAGE))
+
+
+def _redact_strings(attrs: dict[str, Any]) -> None:
+    """Redact the string attributes of a call span in place (tool name, ids, grant...:
+    what a client sent is never trusted to be free of secrets). One screen for all of
+    them (``Redactor.clean_texts``), so a call whose strings hold nothing costs one pass."""
+    keys = [k for k, v in attrs.items() if type(v) is str and k not in _REDACTED_KEYS]
+    values = [attrs[k] for k in keys]
+    for key, value, clean in zip(keys, values, default_redactor().clean_texts(values), strict=True):
+        if not clean:
+            attrs[key] = redact_text(value)
 
 
 def _attribute_value(value: Any) -> Any:
@@ -401,7 +414,8 @@ class CallRecorder:
                     attrs[key] = _attribute_value(value)
             if failure_mode:
                 attrs[semconv.CALLWARD_FAILURE_MODE] = True
-            name = semconv.tool_call_span_name(req.tool)
+            _redact_strings(attrs)
+            name = semconv.tool_call_span_name(attrs[semconv.GEN_AI_TOOL_NAME])
             parent = _remote_parent(traceparent) if traceparent else None
             context = self._new_context(name, parent, attrs)
             span = CallSpan(self, name, context, parent, attrs, start_time_ns or time.time_ns())

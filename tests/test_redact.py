@@ -6,24 +6,30 @@ secret survives)."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import re
 import string
 from pathlib import Path
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from callward.redact import (
     BUILTIN_KINDS,
     ENV_PATTERNS,
+    RULESET,
     Redactor,
     count_redactions,
     looks_random,
     redact_json_text,
+    redact_logs,
     redact_text,
+    shannon_entropy,
 )
+from callward.secret_rules import SecretRule
 
 # kind -> (text that carries the secret, the substring that must not survive)
 PLANTED: dict[str, tuple[str, str]] = {
@@ -382,31 +388,37 @@ def test_redact_json_text_returns_valid_json_and_is_idempotent(value: object) ->
 
 @given(
     st.text(max_size=80),
-    st.sampled_from(sorted(PLANTED)),
+    st.deferred(lambda: FRESH_HIDDEN),
     _SEPARATORS,
     _SEPARATORS,
     st.text(max_size=80),
 )
-def test_no_planted_secret_survives_in_text(
-    prefix: str, kind: str, sep_a: str, sep_b: str, suffix: str
+def test_no_fresh_secret_survives_in_text(
+    prefix: str, secret: tuple[str, str, str], sep_a: str, sep_b: str, suffix: str
 ) -> None:
-    secret_text, secret = PLANTED[kind]
-    out = redact_text(prefix + sep_a + secret_text + sep_b + suffix)
-    assert secret not in out
+    """Built-in kinds between any separators (a ruleset rule accepts the separators its
+    regex names: its own test below puts whitespace around it)."""
+    _kind, text, hidden = secret
+    assume(hidden not in prefix + sep_a and hidden not in sep_b + suffix)
+    out = redact_text(prefix + sep_a + text + sep_b + suffix)
+    assert hidden not in out
 
 
 @given(
     st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4),
-    st.sampled_from(sorted(PLANTED)),
+    st.deferred(lambda: SECRETS),
     st.text(max_size=10),
 )
-def test_no_planted_secret_survives_in_json(others: dict[str, str], kind: str, key: str) -> None:
-    secret_text, secret = PLANTED[kind]
+def test_no_fresh_secret_survives_in_json(
+    others: dict[str, str], secret: tuple[str, str, str], key: str
+) -> None:
+    _kind, text, hidden = secret
+    assume(not any(hidden in k + v for k, v in others.items()) and hidden not in key)
     args: dict[str, object] = dict(others)
-    args[key] = {"value": secret_text, "list": [secret_text]}
+    args[key] = {"value": text, "list": [text]}
     out = redact_json_text(json.dumps(args))
-    assert secret not in out
-    assert secret not in json.dumps(json.loads(out), ensure_ascii=False)
+    assert hidden not in out
+    assert hidden not in json.dumps(json.loads(out), ensure_ascii=False)
 
 
 def test_marker_format() -> None:
@@ -523,6 +535,9 @@ def _cli_password() -> st.SearchStrategy[tuple[str, str, str]]:
             "curl --user ci-bot:{}",
             "mysql -h db -u root -p{}",
             "app --password {}",
+            "curl --user=ci-bot:{}",
+            "sshpass -p {} ssh deploy@web1",
+            "redis-cli -h cache -a {} ping",
         ]
     )
     return st.tuples(forms, secret).map(
@@ -636,6 +651,54 @@ _BOUNDARY = st.sampled_from([" ", "\n", "\t", " (", ") ", ", ", "; ", " <", "> "
 _JSON_KEYS = st.sampled_from(["query", "body", "note", "command", "path", "text", "args"])
 
 
+def secret_of(text: str, expected: str) -> str:
+    """The part of ``text`` that redaction replaces: what differs from ``expected``."""
+    head = 0
+    while head < min(len(text), len(expected)) and text[head] == expected[head]:
+        head += 1
+    tail = 0
+    while (
+        tail < min(len(text), len(expected)) - head
+        and text[len(text) - 1 - tail] == expected[len(expected) - 1 - tail]
+    ):
+        tail += 1
+    return text[head : len(text) - tail]
+
+
+def _ruleset_case(rule: SecretRule) -> st.SearchStrategy[tuple[str, str, str]]:
+    """Fresh matches of one ruleset rule, drawn from its own regex, with the secret it
+    must replace (gitleaks' semantics: the secret group, else the first non-empty group),
+    kept only when the rule would report it (a keyword present, entropy above the rule's
+    threshold, no allowlist)."""
+
+    def case(text: str) -> tuple[str, str, str] | None:
+        m = rule.regex.fullmatch(text)
+        if m is None or not any(k in text.lower() for k in rule.keywords):
+            return None  # a rule runs only when one of its keywords is present (gitleaks too)
+        group = rule.secret_group
+        if group is None:
+            group = next((g for g in range(1, rule.regex.groups + 1) if m.group(g)), 0)
+        secret = m.group(group)
+        if len(secret) < 8 or (rule.entropy and shannon_entropy(secret) <= rule.entropy):
+            return None
+        if any(a.allows(secret, m.group(0), text) for a in rule.allowlists):
+            return None
+        return (rule.kind, text, secret)
+
+    return st.from_regex(rule.regex, fullmatch=True).map(case).filter(bool)  # type: ignore[arg-type]
+
+
+# (kind, text holding a secret, the secret) for every built-in kind and every ruleset rule;
+# secrets of 8 characters or more, so that "not in the output" cannot hold by chance.
+FRESH_HIDDEN = FRESH_SECRETS.map(lambda s: (s[0], s[1], secret_of(s[1], s[2]))).filter(
+    lambda s: len(s[2]) >= 8
+)
+RULESET_SECRETS: st.SearchStrategy[tuple[str, str, str]] = st.sampled_from(RULESET).flatmap(
+    _ruleset_case
+)
+SECRETS = FRESH_HIDDEN | RULESET_SECRETS
+
+
 def test_fresh_secrets_cover_every_builtin_kind() -> None:
     assert set(FRESH) == {k.kind for k in BUILTIN_KINDS}
 
@@ -695,6 +758,22 @@ def test_a_fresh_secret_in_json_becomes_its_marker_and_the_rest_stays(
         ('[{"Key": "db-pass", "Value": "hunter2"}]', "hunter2"),
         ('{"command": "mysql -h db -u root -phunter2x app"}', "hunter2x"),
         ('{"command": "curl -u admin:hunter2 https://x"}', "hunter2"),
+        ('{"command": "curl --user=admin:hunter2 https://x"}', "hunter2"),
+        ('{"command": "mysql -u root -p\'hunter2x\' app"}', "hunter2x"),
+        ('{"command": "sshpass -p hunter2 ssh deploy@web1"}', "hunter2"),
+        ('{"command": "sshpass -phunter2 ssh deploy@web1"}', "hunter2"),
+        ('{"command": "redis-cli -h cache -a hunter2 ping"}', "hunter2"),
+        ('{"command": "app --password=hunter2 --verbose"}', "hunter2"),
+        ('{"command": "PGPASSWORD=hunter2 psql -h db -U app"}', "hunter2"),
+        ("PGPASSWORD='hunter2' pg_dump app", "hunter2"),
+        ("SSHPASS=hunter2 sshpass -e ssh web1", "hunter2"),
+        ('{"PGPASSWORD": "hunter2"}', "hunter2"),
+        ('{"Db_PassWord": "hunter2"}', "hunter2"),
+        (
+            '{"Parameters": [{"ParameterKey": "DbPassword", "ParameterValue": "hunter2"}]}',
+            "hunter2",
+        ),
+        ('{"Tags": [{"TagName": "sshpass", "TagValue": "hunter2"}]}', "hunter2"),
     ],
 )
 def test_password_names_in_any_casing_pairs_and_command_lines(text: str, secret: str) -> None:
@@ -705,3 +784,53 @@ def test_password_names_in_any_casing_pairs_and_command_lines(text: str, secret:
 def test_a_pair_whose_name_is_no_secret_keeps_its_value() -> None:
     text = '{"env": [{"name": "HOME", "value": "/root"}, {"name": "pwd", "value": "/srv"}]}'
     assert "/root" in redact_json_text(text)
+
+
+def test_log_records_are_redacted_message_arguments_and_traceback() -> None:
+    """A log line that quotes a value (an error's text, a span name) keeps no secret."""
+    token = PLANTED["github_token"][0]
+    logger = logging.getLogger("callward.test.redact")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        redact_logs(logger)
+        redact_logs(logger)  # idempotent: one filter per handler
+        assert len(handler.filters) == 1
+        logger.warning("backend said %r for %s", f"bad {token}", "x")
+        try:
+            raise ValueError(f"cannot parse {token}")
+        except ValueError:
+            logger.exception("Export failed")
+    finally:
+        logger.removeHandler(handler)
+    out = stream.getvalue()
+    assert token not in out
+    assert out.count("[REDACTED:github_token]") == 2 and "ValueError" in out
+
+
+@settings(suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(RULESET_SECRETS, _PLAIN, _PLAIN)
+def test_a_fresh_secret_of_any_ruleset_rule_is_redacted_in_text_and_json(
+    secret: tuple[str, str, str], prefix: str, suffix: str
+) -> None:
+    kind, text, hidden = secret
+    assume(hidden not in prefix and hidden not in suffix)
+    out = redact_text(f"{prefix} {text} {suffix}")
+    assert hidden not in out, kind
+    assert "[REDACTED:" in out
+    document = json.loads(redact_json_text(json.dumps({"note": text, "list": [prefix, text]})))
+    assert hidden not in json.dumps(document, ensure_ascii=False), kind
+
+
+@pytest.mark.timeout(300)
+def test_hostile_runs_of_every_ruleset_keyword_finish() -> None:
+    """A run of a rule's keyword (``sumosumo...``, ``okta=okta=...``) is the input that made
+    gitleaks' vendor rules take seconds per 10 KB under ``re`` before they were bounded
+    (callward/secret_rules.py, ``bounded``); a timeout, not a timing, is what fails here."""
+    for keyword in sorted({k for rule in RULESET for k in rule.keywords}):
+        for unit in (keyword, keyword + "=", keyword + " : "):
+            text = unit * (10_000 // len(unit))
+            out = redact_text(text)
+            assert len(out) <= len(text) + 60 * count_redactions(out)

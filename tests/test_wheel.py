@@ -88,6 +88,8 @@ def test_callward_is_the_only_top_level_name(wheel: Path) -> None:
         "callward/examples/policies/demo.yaml",
         "callward/examples/policies/seed.json",
         "callward/py.typed",
+        "callward/data/secret_rules.json",
+        "callward/data/LICENSE.gitleaks",
     ):
         assert inside in names, inside
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith("LICENSE") for n in names)

@@ -30,6 +30,7 @@ from callward.enforcer.proxy.config import (
 from callward.enforcer.proxy.gate import DEFAULT_ENFORCER_TIMEOUT, Gate
 from callward.enforcer.proxy.relay import DEFAULT_CALL_TIMEOUT
 from callward.enforcer.proxy.stdio import DEFAULT_MAX_MESSAGE_BYTES
+from callward.redact import redact_logs
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -78,6 +79,7 @@ def proxy(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redact_logs()
     try:
         config = make_config(
             policy=policy,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from callward.collector.otlp_build import SpanSpec, build_request, callward_attr
 from callward.collector.otlp_parse import MalformedRequestError, parse_request
 from callward.collector.schema import DECISIONS, OUTCOMES, TOOL_CALL_SCHEMA
 from callward.collector.store import conform
+from tests.collector.test_redact import FIELDS, plant
 
 NOW = time.time_ns()
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -275,6 +277,22 @@ def test_redact_in_place_cleans_what_is_forwarded() -> None:
     Decoder().redact_in_place(request)
     raw = request.SerializeToString()
     assert AWS_KEY.encode() not in raw and GITHUB.encode() not in raw
+
+
+@pytest.mark.parametrize("field_name", FIELDS)
+def test_a_secret_in_any_field_is_redacted_in_rows_reasons_and_the_forwarded_copy(
+    field_name: str,
+) -> None:
+    """The in-process half of tests/collector/test_redact.py, one field at a time."""
+    request = plant(field_name, GITHUB, os.urandom(8))
+    decoder = Decoder()
+    result = decoder.decode(request, time.time_ns())
+    assert result.table.num_rows == 1
+    assert GITHUB not in json.dumps(result.table.to_pylist(), default=str)
+    assert GITHUB not in result.error_message()
+    decoder.redact_in_place(request)
+    assert GITHUB.encode() not in request.SerializeToString()
+    assert b"[REDACTED:github_token]" in request.SerializeToString()
 
 
 def test_non_utf8_text_is_repaired_not_refused() -> None:

@@ -172,6 +172,24 @@ def test_arguments_and_message_are_redacted(
     assert attrs["callward.message"] == "bad key [REDACTED:aws_access_key]"
 
 
+def test_span_name_and_string_attributes_are_redacted(
+    recorder: CallRecorder, exporter: InMemorySpanExporter
+) -> None:
+    """What the client sent (tool name, ids, grant, server) never carries a secret out."""
+    token = PLANTED["github_token"][0]
+    call = recorder.begin(
+        request(tool=f"run {token}", call_id=token, agent_id=f"agent {token}", server=token),
+        ALLOW,
+        mcp_session_id=token,
+    )
+    assert call is not None
+    call.end(outcome="ok")
+    span = only_span(exporter)
+    assert token not in span.name and "[REDACTED:github_token]" in span.name
+    assert token not in json.dumps(dict(span.attributes or {}))
+    assert span.attributes["gen_ai.tool.call.id"] == "[REDACTED:github_token]"
+
+
 def test_oversize_arguments_are_truncated_after_redaction() -> None:
     secret = PLANTED["github_token"][0]
     text = redact_arguments({"blob": "x" * (MAX_ARGUMENT_CHARS * 2), "token": secret})
