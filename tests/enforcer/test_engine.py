@@ -498,3 +498,29 @@ def test_applicable_limits_are_the_tools_then_all_tools() -> None:
     # The same limits, in the same order, are the ones decide reserves.
     allowed = decide(both, req("t"), InMemoryLimitState(), T0)
     assert [k[0] for k in allowed.reserved] == ["own", "all"]
+
+
+def test_an_allowed_call_names_the_entry_that_allowed_it() -> None:
+    # Step 8 of the evaluation order: `/tools/NAME`, whatever the entry holds.
+    p = policy(
+        {
+            "tools": {
+                "plain": {},
+                "checked": {
+                    "require": [{"conditions": [{"path": "args.x", "op": "exists"}]}],
+                    "deny_if": [{"conditions": [{"path": "args.x", "op": "eq", "value": 0}]}],
+                },
+                "limited": {"limits": [{"counter": "c", "window": "minute", "max": 5}]},
+            }
+        }
+    )
+    st = InMemoryLimitState()
+    for tool in ("plain", "checked", "limited"):
+        d = decide(p, req(tool, x=1), st, T0)
+        assert (d.decision, d.rule) == ("allow", f"/tools/{tool}")
+
+
+def test_a_hidden_tools_denial_names_the_tool() -> None:
+    p = policy({"default": "allow", "hide": ["secret_*"]})
+    d = decide(p, req("secret_tool"), InMemoryLimitState(), T0)
+    assert (d.decision, d.rule) == ("deny", "/hide/0") and "secret_tool" in d.message
