@@ -524,3 +524,25 @@ def test_a_hidden_tools_denial_names_the_tool() -> None:
     p = policy({"default": "allow", "hide": ["secret_*"]})
     d = decide(p, req("secret_tool"), InMemoryLimitState(), T0)
     assert (d.decision, d.rule) == ("deny", "/hide/0") and "secret_tool" in d.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [
+        ({"action": "deny"}, "action_deny"),
+        ({"action": "require_approval"}, "action_approval"),
+        ({"require": [{"conditions": [{"path": "args.x", "op": "exists"}]}]}, "require"),
+        ({"deny_if": [{"conditions": [{"path": "tool", "op": "exists"}]}]}, "deny_if"),
+        (
+            {"deny_if": [{"conditions": [{"path": "tool", "op": "exists"}],
+                          "action": "require_approval"}]},
+            "approval",
+        ),
+    ],
+)  # fmt: skip
+def test_a_glob_entrys_default_texts_name_the_tool_called(entry: dict[str, Any], kind: str) -> None:
+    from callward.enforcer.policy_model import default_message
+
+    p = policy({"tools": {"fs_*": entry}})
+    d = decide(p, req("fs_write"), InMemoryLimitState(), T0)
+    assert d.decision != "allow" and d.message == default_message(kind, "fs_write")
