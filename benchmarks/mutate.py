@@ -6,7 +6,12 @@ many ran out of time. ``make mutate`` runs it; ``report`` reprints the table fro
 results mutmut keeps in ``mutants/`` without running anything.
 
     .venv/bin/python benchmarks/mutate.py run [--budget 900] [--module limits ...] [--keep]
+    .venv/bin/python benchmarks/mutate.py rerun [--also GLOB] [--module limits ...]
     .venv/bin/python benchmarks/mutate.py report [--survivors]
+
+``rerun`` runs again only the mutants that survived (or that no test executed), after
+tests were added: adding tests cannot bring a killed mutant back. ``--also`` adds the
+mutants of functions that were edited meanwhile (mutmut resets their results).
 
 mutmut reads its configuration (the files to mutate, the fast test files that may kill a
 mutant) from ``[tool.mutmut]`` in pyproject.toml. Property tests run under the ``repro``
@@ -73,11 +78,13 @@ def mutmut_bin() -> str:
     return str(here) if here.exists() else "mutmut"
 
 
-def run_module(module: Module, budget: float) -> float:
-    """Run mutmut on one module's mutants, stopping it after ``budget`` seconds."""
+def run_module(module: Module, budget: float, names: tuple[str, ...] = ()) -> float:
+    """Run mutmut on one module's mutants (or on ``names``), stopping it after ``budget``
+    seconds."""
     env = dict(os.environ, HYPOTHESIS_PROFILE="repro")
-    cmd = [mutmut_bin(), "run", "--max-children", "1", *module.patterns]
-    print(f"== {module.name}: {' '.join(cmd)} (budget {budget:.0f} s)", flush=True)
+    cmd = [mutmut_bin(), "run", "--max-children", "1", *(names or module.patterns)]
+    shown = " ".join(cmd) if not names else f"{' '.join(cmd[:4])} <{len(names)} mutants>"
+    print(f"== {module.name}: {shown} (budget {budget:.0f} s)", flush=True)
     start = time.monotonic()
     # A session of its own, so the budget stops mutmut's forked workers too.
     proc = subprocess.Popen(
@@ -155,6 +162,10 @@ def main() -> int:
     run.add_argument("--budget", type=float, default=900, help="seconds per module")
     run.add_argument("--module", action="append", choices=[m.name for m in MODULES])
     run.add_argument("--keep", action="store_true", help="reuse the results in mutants/")
+    again = sub.add_parser("rerun", help="run the survivors again, then print the table")
+    again.add_argument("--budget", type=float, default=900, help="seconds per module")
+    again.add_argument("--module", action="append", choices=[m.name for m in MODULES])
+    again.add_argument("--also", action="append", default=[], help="mutant names (globs)")
     rep = sub.add_parser("report", help="print the table from mutants/")
     rep.add_argument("--module", action="append", choices=[m.name for m in MODULES])
     rep.add_argument("--survivors", action="store_true", help="list the surviving mutants")
@@ -166,6 +177,13 @@ def main() -> int:
         for m in chosen:
             took = run_module(m, args.budget)
             print(f"   {took:.0f} s", flush=True)
+    if args.cmd == "rerun":
+        for m in chosen:
+            also = [g for g in args.also if any(fnmatch.fnmatchcase(g, p) for p in m.patterns)]
+            names = (*survivors((m,)), *also)
+            if names:
+                took = run_module(m, args.budget, names)
+                print(f"   {took:.0f} s", flush=True)
     print(table(chosen))
     if args.cmd == "report" and args.survivors:
         print("\n".join(survivors(chosen)))

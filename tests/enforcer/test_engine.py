@@ -546,3 +546,16 @@ def test_a_glob_entrys_default_texts_name_the_tool_called(entry: dict[str, Any],
     p = policy({"tools": {"fs_*": entry}})
     d = decide(p, req("fs_write"), InMemoryLimitState(), T0)
     assert d.decision != "allow" and d.message == default_message(kind, "fs_write")
+
+
+def test_a_deny_rule_after_an_approval_rule_still_denies() -> None:
+    # Step 5: deny rules win over approval rules wherever they stand; among approval rules
+    # the first that holds names the decision.
+    holds_always = [{"path": "tool", "op": "exists"}]
+    ask = {"conditions": holds_always, "action": "require_approval"}
+    p = policy({"tools": {"t": {"deny_if": [ask, ask, {"conditions": holds_always}]}}})
+    d = decide(p, req("t"), InMemoryLimitState(), T0)
+    assert (d.decision, d.rule) == ("deny", "/tools/t/deny_if/2")
+    p = policy({"tools": {"t": {"deny_if": [ask, ask]}}})
+    d = decide(p, req("t"), InMemoryLimitState(), T0)
+    assert (d.decision, d.rule) == ("require_approval", "/tools/t/deny_if/0")
