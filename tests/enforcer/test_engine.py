@@ -518,6 +518,7 @@ def test_an_allowed_call_names_the_entry_that_allowed_it() -> None:
     for tool in ("plain", "checked", "limited"):
         d = decide(p, req(tool, x=1), st, T0)
         assert (d.decision, d.rule) == ("allow", f"/tools/{tool}")
+        assert (d.message, d.policy_version) == ("", p.version)  # an allow has no text
 
 
 def test_a_hidden_tools_denial_names_the_tool() -> None:
