@@ -673,3 +673,13 @@ def test_retain_counters_keeps_the_named_sliding_counters() -> None:
     state.add([limits.SlidingKey(c, "", BASE_US) for c in ("x", "y")])
     state.retain_counters(["x"])
     assert state.instants == {("x", ""): [BASE_US]}
+
+
+def test_a_sliding_counter_listed_twice_is_one_counter_and_the_next_limits_still_count() -> None:
+    s = {"counter": "s", "window": "minute", "max": 3, "sliding": True}
+    c = {"counter": "c", "window": "minute", "max": 3}
+    policy = compile_document(
+        {"version": "1", "all_tools": {"limits": [s, c]}, "tools": {"t": {"limits": [s]}}}
+    )
+    d = decide(policy, Request("t", {}), InMemoryLimitState(), BASE_US / 1e6)
+    assert [k[0] for k in d.reserved] == ["s", "c"]
