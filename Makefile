@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP  := $(VENV)/.installed-stamp
 TYPED  := callward
 
-.PHONY: demo test lint typecheck pytest install system-deps proto bench stress clean
+.PHONY: demo test lint typecheck pytest install system-deps proto bench stress mutate clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,5 +69,15 @@ proto: $(STAMP)
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
+# Mutation testing (mutmut) of the engine, the limit rules, the conditions, the policy
+# validator and the detectors' tool roles: one module at a time, one worker, the fast
+# tests of [tool.mutmut] in pyproject.toml, Hypothesis's fixed `repro` profile. Not part
+# of `make test`: it takes hours on a shared 2-core machine. `MUTATE_BUDGET` bounds each
+# module (seconds); the table of killed / survived / timeout per module ends the output.
+# BENCHMARKS.md ("Mutation testing (issue 13)") has the figures and the equivalent mutants.
+MUTATE_BUDGET ?= 3600
+mutate: $(STAMP)
+	$(BIN)/python benchmarks/mutate.py run --budget $(MUTATE_BUDGET)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-data mutants

@@ -35,6 +35,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from callward.enforcer.policy import CompiledPolicy, Limit
+from callward.enforcer.policy_model import WINDOWS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -155,6 +156,9 @@ class LimitState(Protocol):
     def release(self, keys: Iterable[CounterKey]) -> None: ...
 
 
+_LONGEST_WINDOW = max(WINDOWS.values())
+
+
 class InMemoryLimitState:
     """A dict of counters, and per (counter, scope key) of a sliding limit the sorted
     instants of the calls it holds (at most ``max`` within any window, so its memory is
@@ -213,10 +217,11 @@ class InMemoryLimitState:
         limits no call at ``now`` or later can see; returns how many were dropped.
 
         ``keep_counters`` maps counter name -> window length; unknown counters are dropped.
+        Without it every counter is kept as long as the longest window (a day) needs it.
         """
         dead = []
         for key in self.counts:
-            length = keep_counters.get(key[0]) if keep_counters is not None else 86400
+            length = keep_counters.get(key[0]) if keep_counters is not None else _LONGEST_WINDOW
             if length is None or key[2] + length <= now:
                 dead.append(key)
         for key in dead:
@@ -224,7 +229,7 @@ class InMemoryLimitState:
         dropped = len(dead)
         at = instant_us(now)
         for name in list(self.instants):
-            length = keep_counters.get(name[0]) if keep_counters is not None else 86400
+            length = keep_counters.get(name[0]) if keep_counters is not None else _LONGEST_WINDOW
             held = self.instants[name]
             cut = (
                 len(held) if length is None else bisect.bisect_right(held, at - length * 1_000_000)

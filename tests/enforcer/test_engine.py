@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from callward.enforcer.engine import InMemoryLimitState, Request, decide, holds, visible_tools
+from callward.enforcer.engine import (
+    InMemoryLimitState,
+    Request,
+    applicable_limits,
+    decide,
+    holds,
+    visible_tools,
+)
 from callward.enforcer.policy import Condition, compile_document, compile_text
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -438,3 +445,118 @@ def test_yaml_and_json_give_the_same_version() -> None:
     assert a.version == b.version
     c = compile_text(json.dumps({**doc, "default": "allow"}))
     assert c.version != a.version
+
+
+# --------------------------------------------------------------------------- found by mutation
+
+
+def test_a_hide_entry_for_server_and_tool_names_its_pointer() -> None:
+    p = policy({"default": "allow", "hide": ["other", "github/delete_*"]})
+    hidden = decide(p, Request("delete_repo", {}, server="github"), InMemoryLimitState(), T0)
+    assert (hidden.decision, hidden.rule) == ("deny", "/hide/1")
+    assert decide(p, Request("delete_repo", {}, server="gitlab"), InMemoryLimitState(), T0).allowed
+    tools = ["delete_repo", "list_repos", "other"]
+    assert visible_tools(p, "github", tools) == ["list_repos"]
+    assert visible_tools(p, "gitlab", tools) == ["delete_repo", "list_repos"]
+
+
+def test_every_decision_carries_the_policy_version() -> None:
+    p = policy(
+        {
+            "hide": ["h"],
+            "tools": {
+                "t": {"limits": [{"counter": "c", "window": "minute", "max": 1}]},
+                "d": {"action": "deny"},
+                "r": {"action": "require_approval"},
+                "q": {"require": [{"conditions": [{"path": "args.x", "op": "exists"}]}]},
+            },
+        }
+    )
+    state = InMemoryLimitState()
+    calls = ["h", "nope", "d", "r", "q", "t", "t"]
+    decisions = [decide(p, req(tool), state, T0) for tool in calls]
+    assert [d.decision for d in decisions] == [
+        "deny", "deny", "deny", "require_approval", "deny", "allow", "deny"
+    ]  # fmt: skip
+    assert {d.policy_version for d in decisions} == {p.version}
+    assert p.version.startswith("sha256:")
+
+
+def test_applicable_limits_are_the_tools_then_all_tools() -> None:
+    shared = {"counter": "all", "window": "hour", "max": 9}
+    own = {"counter": "own", "window": "minute", "max": 9}
+    both = policy(
+        {"default": "allow", "all_tools": {"limits": [shared]}, "tools": {"t": {"limits": [own]}}}
+    )
+    only_own = policy({"tools": {"t": {"limits": [own]}}})
+    entry = both.resolve("", "t")[0]
+    assert [lim.counter for lim in applicable_limits(entry, both)] == ["own", "all"]
+    assert [lim.counter for lim in applicable_limits(None, both)] == ["all"]
+    assert [lim.counter for lim in applicable_limits(only_own.resolve("", "t")[0], only_own)] == [
+        "own"
+    ]
+    # The same limits, in the same order, are the ones decide reserves.
+    allowed = decide(both, req("t"), InMemoryLimitState(), T0)
+    assert [k[0] for k in allowed.reserved] == ["own", "all"]
+
+
+def test_an_allowed_call_names_the_entry_that_allowed_it() -> None:
+    # Step 8 of the evaluation order: `/tools/NAME`, whatever the entry holds.
+    p = policy(
+        {
+            "tools": {
+                "plain": {},
+                "checked": {
+                    "require": [{"conditions": [{"path": "args.x", "op": "exists"}]}],
+                    "deny_if": [{"conditions": [{"path": "args.x", "op": "eq", "value": 0}]}],
+                },
+                "limited": {"limits": [{"counter": "c", "window": "minute", "max": 5}]},
+            }
+        }
+    )
+    st = InMemoryLimitState()
+    for tool in ("plain", "checked", "limited"):
+        d = decide(p, req(tool, x=1), st, T0)
+        assert (d.decision, d.rule) == ("allow", f"/tools/{tool}")
+        assert (d.message, d.policy_version) == ("", p.version)  # an allow has no text
+
+
+def test_a_hidden_tools_denial_names_the_tool() -> None:
+    p = policy({"default": "allow", "hide": ["secret_*"]})
+    d = decide(p, req("secret_tool"), InMemoryLimitState(), T0)
+    assert (d.decision, d.rule) == ("deny", "/hide/0") and "secret_tool" in d.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [
+        ({"action": "deny"}, "action_deny"),
+        ({"action": "require_approval"}, "action_approval"),
+        ({"require": [{"conditions": [{"path": "args.x", "op": "exists"}]}]}, "require"),
+        ({"deny_if": [{"conditions": [{"path": "tool", "op": "exists"}]}]}, "deny_if"),
+        (
+            {"deny_if": [{"conditions": [{"path": "tool", "op": "exists"}],
+                          "action": "require_approval"}]},
+            "approval",
+        ),
+    ],
+)  # fmt: skip
+def test_a_glob_entrys_default_texts_name_the_tool_called(entry: dict[str, Any], kind: str) -> None:
+    from callward.enforcer.policy_model import default_message
+
+    p = policy({"tools": {"fs_*": entry}})
+    d = decide(p, req("fs_write"), InMemoryLimitState(), T0)
+    assert d.decision != "allow" and d.message == default_message(kind, "fs_write")
+
+
+def test_a_deny_rule_after_an_approval_rule_still_denies() -> None:
+    # Step 5: deny rules win over approval rules wherever they stand; among approval rules
+    # the first that holds names the decision.
+    holds_always = [{"path": "tool", "op": "exists"}]
+    ask = {"conditions": holds_always, "action": "require_approval"}
+    p = policy({"tools": {"t": {"deny_if": [ask, ask, {"conditions": holds_always}]}}})
+    d = decide(p, req("t"), InMemoryLimitState(), T0)
+    assert (d.decision, d.rule) == ("deny", "/tools/t/deny_if/2")
+    p = policy({"tools": {"t": {"deny_if": [ask, ask]}}})
+    d = decide(p, req("t"), InMemoryLimitState(), T0)
+    assert (d.decision, d.rule) == ("require_approval", "/tools/t/deny_if/0")

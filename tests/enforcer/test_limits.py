@@ -537,3 +537,149 @@ def test_sliding_is_a_boolean_kept_alike_by_every_use_of_a_counter(
     with pytest.raises(PolicyInvalid) as caught:
         compile_text(text)
     assert code in {e.code for e in caught.value.errors}
+
+
+# --------------------------------------------------------------------------- keys and pruning
+
+
+def _scoped(scope: str, sliding: bool) -> Any:
+    limit = {"counter": "k", "window": "hour", "max": 9, "scope": scope, "sliding": sliding}
+    return compile_document(
+        {"version": "1", "default": "allow", "all_tools": {"limits": [limit]}, "tools": {}}
+    )
+
+
+_ids = st.text(alphabet="ab/-", max_size=3)
+
+
+@given(
+    st.sampled_from(["grant", "agent", "session", "tool", "global"]),
+    st.booleans(),
+    st.builds(Request, tool=st.sampled_from(["t", "u"]), arguments=st.just({}), server=_ids,
+              grant=_ids, agent_id=_ids, session_id=_ids),
+    st.integers(-(2**40), 2**50),  # before 1970 too: floor, not truncation
+)  # fmt: skip
+def test_counter_key_is_counter_scope_key_and_window_start(
+    scope: str, sliding: bool, req: Request, t_us: int
+) -> None:
+    # Rule 2 of docs/policy.md, and the keys an allowed call reserves are these keys.
+    policy = _scoped(scope, sliding)
+    (lim,) = policy.all_tools_limits
+    now = t_us / 1e6
+    assert limits.scope_key(lim, req) == scope_value(scope, req)
+    key = limits.counter_key(lim, req, now)
+    if sliding:
+        assert key == limits.SlidingKey("k", scope_value(scope, req), limits.instant_us(now))
+        assert type(key) is limits.SlidingKey
+    else:
+        assert key == ("k", scope_value(scope, req), limits.window_start(now, 3600))
+    assert decide(policy, req, InMemoryLimitState(), now).reserved == (key,)
+
+
+def test_window_numbers_in_integer_mode_at_todays_times() -> None:
+    # The batch's integer shortcut, at times near now (2**32 s is its bound): the window
+    # number of each call, as an integer, for every window length.
+    times = np.array([BASE_US + d for d in (-1, 0, 1, 59_999_999, 60_000_000, 86_400_000_000)])
+    for w in WINDOW_LEN.values():
+        expected = [t // (w * 1_000_000) for t in times.tolist()]
+        for exact_int in (True, False):
+            numbers = limits.window_numbers(times, w, exact_int)
+            assert numbers.dtype == np.int64 and numbers.tolist() == expected
+            assert limits.window_starts(times, w, exact_int).tolist() == [n * w for n in expected]
+
+
+def test_prune_without_window_lengths_keeps_what_a_day_long_window_needs() -> None:
+    day_us = 86_400 * 1_000_000
+    state = InMemoryLimitState()
+    state.add([("n", "", BASE_US // 1_000_000)])
+    state.add([limits.SlidingKey("s", "", BASE_US)])
+    assert state.prune((BASE_US + day_us - 1) / 1e6) == 0
+    assert state.prune((BASE_US + day_us) / 1e6) == 2
+    assert state.counts == {} and state.instants == {}
+
+
+def test_prune_counts_everything_it_dropped() -> None:
+    state = InMemoryLimitState()
+    state.add([("n", "a", 0), ("n", "b", 0), ("n", "b", 60)])
+    state.add([limits.SlidingKey("s", sc, BASE_US + i) for sc in "ab" for i in range(3)])
+    assert state.prune(BASE_US / 1e6 + 3600, {"n": 60, "s": 60}) == 9
+
+
+def test_a_clock_that_stepped_back_keeps_the_instants_in_order() -> None:
+    policy, state = _sliding(3), InMemoryLimitState()
+    later, earlier = BASE_US / 1e6 + 30, BASE_US / 1e6 + 20
+    first = decide(policy, Request("t", {}), state, later)
+    decide(policy, Request("t", {}), state, earlier)
+    decide(policy, Request("t", {}), state, later)
+    assert state.instants == {("n", ""): [BASE_US + 20_000_000] + [BASE_US + 30_000_000] * 2}
+    assert not decide(policy, Request("t", {}), state, later).allowed
+    limits.release(state, first.reserved)
+    assert state.instants == {("n", ""): [BASE_US + 20_000_000, BASE_US + 30_000_000]}
+
+
+def test_releasing_what_is_not_held_changes_nothing() -> None:
+    # Rule 5 gives back a call's own units, no more: a sliding release of an instant that is
+    # not held (sent twice, or after a reload reset the counter) takes no other call's, and
+    # a calendar key that holds nothing stays at nothing. (Two calls of one calendar window
+    # share a key, so there a second release of one call cannot be told from the other's.)
+    policy = compile_document(
+        {
+            "version": "1",
+            "tools": {
+                "t": {
+                    "limits": [
+                        {"counter": "s", "window": "minute", "max": 5, "sliding": True},
+                        {"counter": "c", "window": "minute", "max": 5},
+                    ]
+                }
+            },
+        }
+    )
+    state = InMemoryLimitState()
+    kept = decide(policy, Request("t", {}), state, BASE_US / 1e6 + 10)
+    gone = decide(policy, Request("t", {}), state, BASE_US / 1e6 + 20)
+    assert len(gone.reserved) == 2
+    limits.release(state, gone.reserved)  # a sliding key and a calendar key, both released
+    assert state.instants == {("s", ""): [BASE_US + 10_000_000]}
+    assert state.counts == {kept.reserved[1]: 1}
+    limits.release(state, gone.reserved[:1])
+    limits.release(state, [limits.SlidingKey("s", "", BASE_US + 5_000_000)])
+    limits.release(state, [limits.SlidingKey("s", "", BASE_US + 50_000_000)])
+    limits.release(state, [("c", "", 0)])
+    assert state.instants == {("s", ""): [BASE_US + 10_000_000]}
+    assert state.counts == {kept.reserved[1]: 1}
+
+
+def test_a_reload_resets_the_old_counters_and_those_only_the_state_holds() -> None:
+    def doc(s_sliding: bool, gone: bool) -> dict[str, Any]:
+        lims = [
+            {"counter": "a", "window": "minute", "max": 5},
+            {"counter": "s", "window": "minute", "max": 5, "sliding": s_sliding},
+        ]
+        if gone:
+            lims.append({"counter": "gone", "window": "hour", "max": 5})
+        return {"version": "1", "tools": {"t": {"limits": lims}}}
+
+    old, new = compile_document(doc(True, True)), compile_document(doc(False, False))
+    state = InMemoryLimitState()
+    state.add([("a", "g", 0), ("orphan", "g", 0), limits.SlidingKey("s", "g", 1)])
+    kept, reset = limits.carry_over(state, old, new)
+    assert (kept, reset) == ({"a"}, {"s", "gone", "orphan"})
+    assert state.counts == {("a", "g", 0): 1} and state.instants == {}
+
+
+def test_retain_counters_keeps_the_named_sliding_counters() -> None:
+    state = InMemoryLimitState()
+    state.add([limits.SlidingKey(c, "", BASE_US) for c in ("x", "y")])
+    state.retain_counters(["x"])
+    assert state.instants == {("x", ""): [BASE_US]}
+
+
+def test_a_sliding_counter_listed_twice_is_one_counter_and_the_next_limits_still_count() -> None:
+    s = {"counter": "s", "window": "minute", "max": 3, "sliding": True}
+    c = {"counter": "c", "window": "minute", "max": 3}
+    policy = compile_document(
+        {"version": "1", "all_tools": {"limits": [s, c]}, "tools": {"t": {"limits": [s]}}}
+    )
+    d = decide(policy, Request("t", {}), InMemoryLimitState(), BASE_US / 1e6)
+    assert [k[0] for k in d.reserved] == ["s", "c"]
