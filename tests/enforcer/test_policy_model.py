@@ -19,4 +19,4 @@ def test_version_ignores_formatting_and_key_order() -> None:
 
 def test_limit_signatures_for_reload() -> None:
     p = load_policy(REPO / "examples" / "policies" / "seed.json")
-    assert p.limit_signatures() == {"run_python_file_rate": ("minute", 10, "grant")}
+    assert p.limit_signatures() == {"run_python_file_rate": ("minute", 10, "grant", False)}
